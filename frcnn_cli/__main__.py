@@ -1,0 +1,3 @@
+from frcnn_cli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Command-line layer: parses arguments, calls library functions, prints results."""

@@ -1,0 +1,89 @@
+"""The ``frcnn`` Typer app: global options, command registration and the error convention.
+
+Errors are handled in one place, :class:`FrcnnGroup.invoke`: a :class:`FrcnnError` (bad input)
+prints one red line and exits 2; any other exception is a bug, printed as a one-line summary
+with a hint to rerun with ``--debug``, exit 1. ``--debug`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from frcnn_cli import __version__
+from frcnn_cli.cli import console
+from frcnn_cli.errors import FrcnnError
+
+# Each module registers its commands on ``app`` with ``register(app)``.
+COMMAND_MODULES = ["recipe"]
+
+
+class FrcnnGroup(TyperGroup):
+    """Top-level group that turns library errors into the CLI's exit codes."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except FrcnnError as e:
+            if console.state.debug:
+                console.err_console.print(traceback.format_exc(), markup=False)
+            console.error(str(e))
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            console.error("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as e:  # a bug, not bad input
+            if console.state.debug:
+                console.err_console.print(traceback.format_exc(), markup=False)
+            first = str(e).splitlines()[0] if str(e) else ""
+            console.error(f"unexpected {type(e).__name__}: {first} "
+                          "(rerun with --debug for the traceback)")
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    name="frcnn",
+    cls=FrcnnGroup,
+    help="Train, evaluate and export Faster R-CNN detectors (Ren et al., NIPS 2015).",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"frcnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q",
+                                        help="Print only results and errors.")] = False,
+) -> None:
+    """Train, evaluate and export Faster R-CNN detectors (Ren et al., NIPS 2015).
+
+    Start with [bold]frcnn data synth demo/ --train 200 --val 50[/] and
+    [bold]frcnn train --recipe shapes --train demo/train.json --val demo/val.json --out runs/a[/].
+    """
+    console.setup_logging(quiet=quiet, debug=debug)
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"frcnn_cli.cli.{_name}").register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

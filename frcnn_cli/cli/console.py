@@ -1,0 +1,174 @@
+"""Everything the CLI prints goes through here: messages, tables and progress.
+
+On a terminal, progress is a rich bar with the task's metrics; when output is not a terminal
+(CI logs, ``| tee``), a plain line every few seconds; with ``--quiet``, nothing but errors and
+results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from frcnn_cli.progress import Reporter, Task
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _State:
+    quiet = False
+    debug = False
+
+
+state = _State()
+
+
+def setup_logging(quiet: bool = False, debug: bool = False) -> None:
+    """Route the ``frcnn`` logger to stderr: warnings always, info unless quiet."""
+    state.quiet, state.debug = quiet, debug
+    logger = logging.getLogger("frcnn")
+    logger.handlers.clear()
+    handler = RichHandler(console=err_console, show_time=False, show_path=False,
+                          markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def info(message: str) -> None:
+    """A message for the user (suppressed by --quiet)."""
+    if not state.quiet:
+        console.print(message)
+
+
+def error(message: str) -> None:
+    """One red line on stderr."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False,
+                      soft_wrap=True)
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]],
+          justify_numbers: bool = True) -> Table:
+    """Build and print a rich table; numbers are right-aligned and floats shown with 4 digits."""
+    t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+    first = rows[0] if rows else []
+    for i, col in enumerate(columns):
+        numeric = justify_numbers and i < len(first) and isinstance(first[i], (int, float))
+        t.add_column(col, justify="right" if numeric else "left")
+    for row in rows:
+        t.add_row(*[_fmt(v) for v in row])
+    console.print(t)
+    return t
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _fmt_fields(fields: dict[str, Any]) -> str:
+    parts = []
+    for k, v in fields.items():
+        if isinstance(v, float):
+            parts.append(f"{k} {v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{k} {v:.3f}")
+        else:
+            parts.append(f"{k} {v}")
+    return "  ".join(parts)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f}/s" if speed else "-/s", style="cyan")
+
+
+class _RichTask(Task):
+    def __init__(self, progress: Progress, task_id: Any) -> None:
+        self.progress, self.task_id = progress, task_id
+
+    def update(self, completed: int | None = None, advance: int = 0, **fields: Any) -> None:
+        kw: dict[str, Any] = {"advance": advance}
+        if completed is not None:
+            kw = {"completed": completed}
+        if fields:
+            kw["fields"] = _fmt_fields(fields)
+        self.progress.update(self.task_id, **kw)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class _PlainTask(Task):
+    """Prints ``description  n/total  fields`` at most every ``every`` seconds, and at the end."""
+
+    def __init__(self, description: str, total: int | None, completed: int, every: float) -> None:
+        self.description, self.total, self.completed = description, total, completed
+        self.every, self.start = every, time.monotonic()
+        self.start_completed = completed
+        self.last, self.fields = 0.0, ""
+
+    def update(self, completed: int | None = None, advance: int = 0, **fields: Any) -> None:
+        self.completed = completed if completed is not None else self.completed + advance
+        if fields:
+            self.fields = _fmt_fields(fields)
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._print()
+
+    def _print(self) -> None:
+        elapsed = time.monotonic() - self.start
+        done = self.completed - self.start_completed
+        rate = f"{done / elapsed:.2f}/s" if elapsed > 0 and done else "-"
+        total = f"/{self.total}" if self.total else ""
+        print(f"{self.description} {self.completed}{total}  {rate}  {self.fields}".rstrip(),
+              flush=True)
+
+    def close(self) -> None:
+        self._print()
+
+
+class ConsoleReporter(Reporter):
+    """Rich bars on a terminal, plain lines elsewhere, nothing when quiet."""
+
+    def __init__(self, quiet: bool | None = None, plain_every: float = 10.0) -> None:
+        self.quiet = state.quiet if quiet is None else quiet
+        self.plain_every = plain_every
+
+    def task(self, description: str, total: int | None = None, completed: int = 0) -> Task:
+        if self.quiet:
+            return Task()
+        if not console.is_terminal:
+            return _PlainTask(description, total, completed, self.plain_every)
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            _RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[fields]}"), console=console, transient=False)
+        progress.start()
+        task_id = progress.add_task(description, total=total, completed=completed, fields="")
+        return _RichTask(progress, task_id)
+
+
+def reporter() -> Reporter:
+    """The reporter for the current invocation (respects --quiet)."""
+    return ConsoleReporter()

@@ -1,0 +1,427 @@
+"""Recipe schema, YAML loading and ``--set`` overrides.
+
+A recipe is a YAML file whose sections mirror :class:`Recipe`. Every key has a typed default
+taken from the paper and its original implementation (py-faster-rcnn), so a recipe only states
+what differs. A recipe may name another as ``base:``; its keys are merged over the base's.
+
+    recipe = load_recipe("shapes", overrides=["solver.lr=0.02", "rpn.nms_thresh=0.6"])
+    recipe.rpn.nms_thresh  # 0.6
+
+This module is the one home of the paper's numbers; code reads them from a Recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from frcnn_cli.errors import RecipeError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    backbone: Literal["vgg16", "resnet50", "resnet101", "mobilenet_v3_large", "tiny"] = Field(
+        "vgg16", description="Shared convolutional layers: the paper's vgg16 (conv5_3), ResNet C4 "
+        "(res4), MobileNetV3, or a small CPU network for demos and tests.")
+    pretrained: bool = Field(
+        True, description="Start the backbone (and VGG16's fc6/fc7) from ImageNet weights via "
+        "torchvision's weights API; ignored by the tiny backbone, which has none.")
+    backbone_weights: str | None = Field(
+        None, description="Local file with an ImageNet state dict for the backbone, for offline "
+        "machines; overrides the download.")
+    freeze_early: bool = Field(
+        True, description="Freeze the backbone's early layers: VGG16 conv1-conv2, ResNet stem and "
+        "res2, MobileNet's first blocks (the original implementation's fixed layers).")
+    roi_op: Literal["pool", "align"] = Field(
+        "pool", description="RoI feature op: the paper's RoI max pooling, or RoIAlign.")
+    roi_size: int = Field(7, ge=1, description="Output side of RoI pooling (7x7 in the paper).")
+    head_dim: int = Field(
+        4096, ge=1, description="Width of the fc6/fc7 detection head (VGG16: 4096). ResNet C4 "
+        "uses res5 instead and ignores it.")
+    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout after fc6 and fc7 in training.")
+    channels_last: bool = Field(
+        True, description="Run convolutions in channels-last memory format (faster on CPU and "
+        "tensor cores; results unchanged).")
+
+
+class AnchorConfig(Section):
+    stride: int = Field(16, ge=1, description="Feature stride of the shared conv map (pixels).")
+    base_size: int = Field(16, ge=1, description="Side of the base anchor before scaling.")
+    scales: list[float] = Field(
+        [8, 16, 32], min_length=1, description="Anchor scales times base_size: 128, 256, 512 px.")
+    ratios: list[float] = Field(
+        [0.5, 1, 2], min_length=1, description="Anchor aspect ratios h/w.")
+
+
+class InputConfig(Section):
+    min_size: int = Field(600, ge=16, description="Shorter image side after resizing (test and "
+                          "single-scale training).")
+    max_size: int = Field(1000, ge=16, description="Cap on the longer side after resizing.")
+    train_scales: list[int] | None = Field(
+        None, description="Multi-scale training: each training image takes a shorter side drawn "
+        "from this list; null trains at min_size.")
+    size_divisible: int = Field(16, ge=1, description="Batched images are padded to a multiple "
+                                "of this.")
+    pixel_mean: list[float] | None = Field(
+        None, description="Per-channel mean (RGB, 0..1) subtracted after resizing; null takes "
+        "the backbone's own.")
+    pixel_std: list[float] | None = Field(
+        None, description="Per-channel std (RGB, 0..1); null takes the backbone's own.")
+
+
+class AugmentConfig(Section):
+    hflip: float = Field(0.5, ge=0, le=1, description="Probability of a horizontal flip in "
+                         "training (the paper's only augmentation).")
+    extra: list[dict[str, Any]] = Field(
+        [], description="Further albumentations transforms, each {name: ClassName, ...args}, "
+        "e.g. {name: RandomBrightnessContrast, p: 0.3}. Boxes are clipped and filtered.")
+
+
+class DataConfig(Section):
+    use_difficult: bool = Field(False, description="Train on objects marked difficult (VOC).")
+    use_crowd: bool = Field(False, description="Train on objects marked iscrowd (COCO).")
+    num_workers: int = Field(2, ge=0, description="Loader worker processes.")
+    aspect_ratio_grouping: bool = Field(
+        True, description="Batch portrait and landscape images separately to waste less padding.")
+
+
+class RPNConfig(Section):
+    channels: int = Field(512, ge=1, description="Width of the RPN's 3x3 conv (512 for VGG16, "
+                          "256 for ZF).")
+    objectness: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="The paper's 2k softmax scores, or k sigmoid scores.")
+    fg_iou_thresh: float = Field(0.7, gt=0, le=1, description="Anchor IoU for a positive.")
+    bg_iou_thresh: float = Field(0.3, ge=0, le=1, description="Anchor IoU below which it is "
+                                 "negative.")
+    batch_size_per_image: int = Field(256, ge=1, description="Anchors sampled per image.")
+    positive_fraction: float = Field(0.5, gt=0, le=1, description="Largest share of positives in "
+                                     "the sample.")
+    allowed_border: float = Field(
+        0, description="Anchors reaching further than this outside the image are ignored in "
+        "training (0: the paper's rule); negative disables the rule.")
+    loss_norm: Literal["paper", "modern"] = Field(
+        "paper", description="paper: L = L_cls/N_cls + lambda * L_reg/N_reg with N_reg the "
+        "anchor places; modern: both terms over the sampled anchors (torchvision).")
+    box_loss_weight: float = Field(10.0, ge=0, description="lambda of the paper's loss.")
+    smooth_l1_beta: float = Field(1 / 9, ge=0, description="Smooth L1 transition (1/sigma^2, "
+                                  "sigma 3 in the original).")
+    pre_nms_top_n_train: int = Field(12000, ge=1, description="Proposals kept before NMS, train.")
+    post_nms_top_n_train: int = Field(2000, ge=1, description="Proposals kept after NMS, train.")
+    pre_nms_top_n_test: int = Field(6000, ge=1, description="Proposals kept before NMS, test.")
+    post_nms_top_n_test: int = Field(300, ge=1, description="Proposals kept after NMS, test.")
+    nms_thresh: float = Field(0.7, gt=0, le=1, description="Proposal NMS IoU.")
+    min_size: float = Field(16, ge=0, description="Proposals smaller than this (input pixels, "
+                            "at the original scale) are dropped.")
+
+
+class RoIHeadsConfig(Section):
+    batch_size_per_image: int = Field(128, ge=1, description="RoIs sampled per image.")
+    positive_fraction: float = Field(0.25, gt=0, le=1, description="Foreground share of RoIs.")
+    fg_iou_thresh: float = Field(0.5, gt=0, le=1, description="RoI IoU for foreground.")
+    bg_iou_thresh_hi: float = Field(0.5, gt=0, le=1, description="Background IoU upper bound.")
+    bg_iou_thresh_lo: float = Field(
+        0.0, ge=0, lt=1, description="Background IoU lower bound (0.1 in Fast R-CNN's paper, 0.0 "
+        "in the released configs).")
+    add_gt_as_proposals: bool = Field(True, description="Add ground truth to the proposals.")
+    box_stds: list[float] = Field(
+        [0.1, 0.1, 0.2, 0.2], min_length=4, max_length=4,
+        description="Box target normalisation (dx, dy, dw, dh).")
+    smooth_l1_beta: float = Field(1.0, ge=0, description="Smooth L1 transition of the head.")
+    score_thresh: float = Field(0.05, ge=0, le=1, description="Test: drop detections below.")
+    nms_thresh: float = Field(0.3, gt=0, le=1, description="Test: per-class NMS IoU.")
+    detections_per_img: int = Field(100, ge=1, description="Test: detections kept per image.")
+
+
+class SolverConfig(Section):
+    images_per_batch: int = Field(1, ge=1, description="Images per iteration (over all "
+                                  "processes).")
+    lr: float = Field(0.001, gt=0, description="Base learning rate (for images_per_batch).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="Weight decay of weights.")
+    bias_lr_factor: float = Field(2.0, gt=0, description="Biases learn this much faster (the "
+                                  "original implementation's 2x).")
+    bias_weight_decay: float = Field(0.0, ge=0, description="Weight decay of biases.")
+    max_iters: int = Field(70000, ge=1, description="Joint training length (iterations).")
+    steps: list[int] = Field([50000], description="Iterations where lr is multiplied by gamma.")
+    gamma: float = Field(0.1, gt=0, description="Step decay factor.")
+    warmup_iters: int = Field(0, ge=0, description="Linear warm-up length.")
+    warmup_factor: float = Field(1 / 3, gt=0, le=1, description="lr factor at iteration 0 of "
+                                 "warm-up.")
+    clip_grad_norm: float | None = Field(None, description="Clip gradients to this L2 norm; "
+                                         "null: no clipping.")
+
+
+class AltConfig(Section):
+    """The paper's 4-step alternating schedule (Section 3.2)."""
+
+    rpn_iters: int = Field(80000, ge=1, description="Steps 1 and 3: RPN training length.")
+    rpn_steps: list[int] = Field([60000], description="Steps 1 and 3: lr drops.")
+    detector_iters: int = Field(40000, ge=1, description="Steps 2 and 4: detector training "
+                                "length.")
+    detector_steps: list[int] = Field([30000], description="Steps 2 and 4: lr drops.")
+
+
+class TrainConfig(Section):
+    log_every: int = Field(20, ge=1, description="Iterations between metric lines.")
+    checkpoint_every: int = Field(5000, ge=1, description="Iterations between last.pt saves.")
+    val_every: int = Field(0, ge=0, description="Iterations between validations on --val "
+                           "(0: only at the end).")
+    seed: int = Field(0, description="Random seed.")
+
+
+class EvalConfig(Section):
+    metric: Literal["voc07", "voc", "coco"] = Field("voc07", description="Metric of eval and "
+                                                    "validation.")
+
+
+class Recipe(Section):
+    """A whole recipe: one section per part of the detector and its training."""
+
+    name: str = Field("custom", description="Recipe name, shown in logs.")
+    description: str = Field("", description="What the recipe is for and what it should reach.")
+    model: ModelConfig = ModelConfig()
+    anchors: AnchorConfig = AnchorConfig()
+    input: InputConfig = InputConfig()
+    augment: AugmentConfig = AugmentConfig()
+    data: DataConfig = DataConfig()
+    rpn: RPNConfig = RPNConfig()
+    roi_heads: RoIHeadsConfig = RoIHeadsConfig()
+    solver: SolverConfig = SolverConfig()
+    alt: AltConfig = AltConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.rpn.bg_iou_thresh > self.rpn.fg_iou_thresh:
+            raise ValueError("rpn.bg_iou_thresh must not exceed rpn.fg_iou_thresh")
+        if self.roi_heads.bg_iou_thresh_lo >= self.roi_heads.bg_iou_thresh_hi:
+            raise ValueError("roi_heads.bg_iou_thresh_lo must be below bg_iou_thresh_hi")
+        if self.input.max_size < self.input.min_size:
+            raise ValueError("input.max_size must be at least input.min_size")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML- and checkpoint-safe)."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- finding recipes
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def recipe_dirs() -> list[Path]:
+    """Folders searched for named recipes: the wheel's copy, then the source checkout's."""
+    dirs = [_PACKAGE_DIR / "recipes", _PACKAGE_DIR.parent / "recipes"]
+    extra = os.environ.get("FRCNN_RECIPE_PATH")
+    if extra:
+        dirs = [Path(p) for p in extra.split(os.pathsep)] + dirs
+    return [d for d in dirs if d.is_dir()]
+
+
+def available_recipes() -> list[str]:
+    """Names of the shipped recipes, sorted."""
+    names = {p.stem for d in recipe_dirs() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def find_recipe(name_or_path: str | os.PathLike) -> Path:
+    """Path of a recipe given by name (``shapes``) or by path (``my.yaml``)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or os.sep in str(name_or_path):
+        if not p.is_file():
+            raise RecipeError(f"recipe file not found: {p}")
+        return p
+    for d in recipe_dirs():
+        cand = d / f"{name_or_path}.yaml"
+        if cand.is_file():
+            return cand
+    names = available_recipes()
+    hint = difflib.get_close_matches(str(name_or_path), names, n=1)
+    msg = f"unknown recipe '{name_or_path}'"
+    msg += f"; did you mean '{hint[0]}'?" if hint else f"; available: {', '.join(names)}"
+    raise RecipeError(msg)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"recipe {path}{where} is not valid YAML: "
+                          f"{getattr(e, 'problem', e)}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"cannot read recipe {path}: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise RecipeError(f"recipe {path} inherits from itself through 'base'")
+    data = _read_yaml(path)
+    base_name = data.pop("base", None)
+    if base_name is None:
+        return data
+    sibling = path.parent / f"{base_name}.yaml"
+    base_path = sibling if sibling.is_file() else find_recipe(base_name)
+    return _merge(_load_raw(base_path, (*seen, path.resolve())), data)
+
+
+# --------------------------------------------------------------------------- keys and overrides
+
+
+def all_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> dict[str, Any]:
+    """Every dotted key of the schema with its pydantic FieldInfo, in schema order."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(all_keys(ann, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = field
+    return out
+
+
+def _did_you_mean(key: str) -> str:
+    keys = list(all_keys())
+    hint = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not hint:
+        leaf = key.rsplit(".", 1)[-1]
+        hint = [k for k in keys if k.rsplit(".", 1)[-1] == leaf][:1]
+    return f"; did you mean '{hint[0]}'?" if hint else ""
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"rpn.nms_thresh=0.6"`` -> ``("rpn.nms_thresh", 0.6)``; values are YAML scalars/lists."""
+    if "=" not in text:
+        raise RecipeError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"override '{text}': value is not valid YAML") from e
+    if key not in all_keys():
+        raise RecipeError(f"unknown recipe key '{key}'{_did_you_mean(key)}")
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the raw recipe dict with each ``key=value`` set."""
+    out = copy.deepcopy(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"cannot set '{key}': '{part}' is not a section")
+        node[leaf] = value
+    return out
+
+
+def _validation_message(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown recipe key '{loc}'{_did_you_mean(loc)}"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    where = f" '{loc}'" if loc else ""
+    return f"{source}: bad value for{where}: {first['msg']}{shown}"
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a raw dict into a Recipe; errors name the key and the value."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(_validation_message(e, source)) from None
+
+
+def load_recipe(name_or_path: str | os.PathLike | None = None,
+                overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe by name or path (None: the paper's defaults) and apply ``--set`` overrides."""
+    if name_or_path is None:
+        raw: dict[str, Any] = {}
+        source = "defaults"
+    else:
+        path = find_recipe(name_or_path)
+        raw = _load_raw(path)
+        raw.setdefault("name", path.stem)
+        source = f"recipe {path.name}"
+    raw = apply_overrides(raw, list(overrides or []))
+    return recipe_from_dict(raw, source)
+
+
+def dump_yaml(obj: Any) -> str:
+    """YAML text of a plain structure, keys in insertion order."""
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=None, width=100)
+
+
+def key_table() -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, meaning)`` for every recipe key, in schema order."""
+    defaults = Recipe().to_dict()
+    rows = []
+    for key, field in all_keys().items():
+        node: Any = defaults
+        for part in key.split("."):
+            node = node[part]
+        rows.append((key, _type_name(field.annotation), _short(node), field.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    """A Markdown table of every recipe key, its default and meaning, generated from the schema."""
+    lines = [
+        "# Recipe reference",
+        "",
+        "Generated from the schema in `frcnn_cli/config.py` by `frcnn recipe keys --markdown`; "
+        "do not edit by hand.",
+        "",
+        "| key | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, typ, default, desc in key_table():
+        desc = desc.replace("|", "\\|")
+        lines.append(f"| `{key}` | {typ} | `{default}` | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _type_name(ann: Any) -> str:
+    text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
+    text = text or str(ann).replace("typing.", "")
+    return text.replace("|", "or")

@@ -1,0 +1,93 @@
+"""Checkpoint I/O: atomic saves, and loads that never run code from the file.
+
+A checkpoint is a dict saved with ``torch.save``::
+
+    {"format": "frcnn-checkpoint", "version": 1,
+     "model": state_dict,                    # keys start with backbone., rpn., roi_heads.
+     "meta": {"iteration", "stage", "classes", "recipe", ...},
+     # last.pt only:
+     "optimizer": ..., "scheduler": ..., "rng": ...}
+
+Loading goes through ``torch.load(weights_only=True)``: a file whose pickle stream names any
+global outside tensors and plain containers is refused before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frcnn_cli.errors import CheckpointError
+from frcnn_cli.files import atomic_open
+
+CHECKPOINT_FORMAT = "frcnn-checkpoint"
+PROPOSALS_FORMAT = "frcnn-proposals"
+VERSION = 1
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``obj`` to ``path`` atomically (temp file, fsync, rename).
+
+    A crash or a full disk mid-write leaves the previous file at ``path`` untouched.
+    """
+    obj = {"format": CHECKPOINT_FORMAT, "version": VERSION, **obj}
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+def save_safe(obj: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Atomically ``torch.save`` a dict of tensors and plain values (no format key added)."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+def load_safe(path: str | os.PathLike, what: str = "checkpoint",
+              map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise CheckpointError(f"{what} {p} is a folder; give the .pt file inside it")
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).splitlines()[0] if str(e) else "bad pickle stream"
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it holds Python objects beyond tensors (a pickle payload); refused unread"
+        raise CheckpointError(f"{what} {p} is not safe to load: {reason}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
+            IndexError, AttributeError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{what} {p} is truncated or not a PyTorch file ({first})") \
+            from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{what} {p} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate an frcnn checkpoint; raise CheckpointError for anything else.
+
+    A bare state dict (``torch.save(model.state_dict())``) is accepted as ``{"model": sd}``
+    only if its keys have our layout, so a detector's weights saved by hand still load.
+    """
+    obj = load_safe(path, "checkpoint", map_location)
+    if "model" not in obj and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        obj = {"model": obj, "meta": {}}
+    model = obj.get("model")
+    if not isinstance(model, dict) or "meta" not in obj:
+        raise CheckpointError(f"{path} is not an frcnn checkpoint (no 'model' and 'meta' entries)")
+    prefixes = ("backbone.", "rpn.", "roi_heads.")
+    bad = [k for k in model if not k.startswith(prefixes)]
+    if bad:
+        raise CheckpointError(f"{path} is not an frcnn checkpoint (unexpected weight '{bad[0]}')")
+    return obj

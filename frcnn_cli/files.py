@@ -1,0 +1,130 @@
+"""Path checks and atomic writes shared by every command.
+
+Two promises are kept here: a command never writes over its own input, and an output file is
+either the old one or the complete new one (temp file + rename), never half written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from frcnn_cli.errors import InputError
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """Return ``path`` as a Path if it is an existing file, else raise InputError."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} not found: {p}")
+    if not p.is_file():
+        raise InputError(f"{what} is not a file: {p}")
+    return p
+
+
+def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Return ``path`` as a Path if it is an existing folder, else raise InputError."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} not found: {p}")
+    if not p.is_dir():
+        raise InputError(f"{what} is not a folder: {p}")
+    return p
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def prepare_output_file(
+    path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), what: str = "output"
+) -> Path:
+    """Check that ``path`` can be written and is none of ``inputs``; create its folder.
+
+    Raises InputError when the output would replace an input, lies inside an input folder's
+    place of a file, or its folder cannot be created or written.
+    """
+    out = Path(path)
+    for src in inputs:
+        if src is not None and _same(out, Path(src)):
+            raise InputError(f"{what} {out} is the same file as the input; choose another path")
+    if out.exists() and out.is_dir():
+        raise InputError(f"{what} {out} is a folder; give a file path")
+    _writable_dir(out.parent if str(out.parent) else Path("."), what)
+    return out
+
+
+def prepare_output_dir(
+    path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), what: str = "output folder"
+) -> Path:
+    """Create ``path`` as a folder (parents too) and check it is writable and is no input.
+
+    Files written inside it are checked one by one with :func:`prepare_output_file`.
+    """
+    out = Path(path)
+    for src in inputs:
+        if src is not None and _same(out, Path(src)):
+            raise InputError(f"{what} {out} is an input; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{what} {out} exists and is not a folder")
+    _writable_dir(out, what)
+    return out
+
+
+def _writable_dir(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create {what} folder {folder}: {e.strerror or e}") from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{what} folder {folder} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on success fsync it and rename it over ``path``.
+
+    On any error the temp file is removed and ``path`` keeps its previous content. A full disk
+    surfaces as InputError naming the file.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(
+                f"no space left on device while writing {target}; the previous file is intact"
+            ) from e
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON atomically; returns the path."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=indent)
+        f.write("\n")
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` atomically; returns the path."""
+    with atomic_open(path) as f:
+        f.write(text)
+    return Path(path)

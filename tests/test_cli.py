@@ -1,0 +1,65 @@
+"""The CLI frame: help, version, and the error convention (exit codes, no traceback)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from frcnn_cli import __version__
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"frcnn {__version__}"
+
+
+def test_help_lists_groups(cli):
+    r = cli("--help")
+    assert r.exit_code == 0
+    assert "recipe" in r.output
+
+
+@pytest.mark.parametrize("group", ["recipe"])
+def test_group_help(cli, group):
+    r = cli(group, "--help")
+    assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_bad_recipe_is_one_line_exit_2(cli):
+    r = cli("recipe", "show", "shapez")
+    assert r.exit_code == 2
+    assert "unknown recipe 'shapez'; did you mean 'shapes'" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_bad_override_exit_2(cli):
+    r = cli("recipe", "show", "shapes", "--set", "rpn.nms_tresh=0.5")
+    assert r.exit_code == 2
+    assert "did you mean 'rpn.nms_thresh'" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_recipe_show_applies_override(cli):
+    r = cli("recipe", "show", "shapes", "--set", "solver.lr=0.123")
+    assert r.exit_code == 0 and "lr: 0.123" in r.output
+
+
+def test_unexpected_error_exit_1_with_hint(cli, monkeypatch):
+    from frcnn_cli import config
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(config, "load_recipe", boom)
+    r = cli("recipe", "show", "shapes")
+    assert r.exit_code == 1
+    assert "unexpected ZeroDivisionError" in r.output and "--debug" in r.output
+    assert "Traceback" not in r.output
+    r = cli("--debug", "recipe", "show", "shapes")
+    assert r.exit_code == 1 and "Traceback" in r.output
+
+
+def test_console_script_runs_as_module():
+    out = subprocess.run([sys.executable, "-m", "frcnn_cli", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == f"frcnn {__version__}"
