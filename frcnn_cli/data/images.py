@@ -1,0 +1,99 @@
+"""Image decoding that every command shares: one RGB uint8 array, whatever the file holds.
+
+Photos carry an EXIF orientation that viewers honour, so boxes drawn on them are in the
+rotated frame: :func:`read_image` and :func:`image_size` apply it too. Grayscale, palette,
+RGBA, CMYK and 16-bit files become 8-bit RGB. A missing, truncated or corrupt file raises a
+DataError naming it instead of a decoder's traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from frcnn_cli.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
+                  ".pgm")
+
+# EXIF orientations 5..8 rotate by 90 degrees: width and height swap.
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = {5, 6, 7, 8}
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError,
+                  Image.DecompressionBombError)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True when the name ends like a picture the decoder reads."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to a uint8 ``[H, W, 3]`` RGB array, EXIF orientation applied.
+
+    Raises DataError naming the file when it is missing, truncated or not an image.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"image not found: {p}")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns about odd EXIF blocks or palette transparency; the pixels are fine.
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return to_rgb(im)
+    except _DECODE_ERRORS as e:
+        raise DataError(f"cannot decode image {p}: {_reason(e)}") from None
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """A decoded PIL image as uint8 ``[H, W, 3]`` RGB.
+
+    16-bit and 32-bit integer images are scaled from their full range (0..65535) to 0..255;
+    float images in 0..1 are scaled by 255; alpha is dropped.
+    """
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        if im.mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
+            arr = arr * 255.0
+        elif im.mode != "F":
+            arr = arr / 257.0
+        gray = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` as :func:`read_image` would return it, from the header only.
+
+    Raises DataError naming the file when it is missing or not an image.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"image not found: {p}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                width, height = im.size
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except _DECODE_ERRORS as e:
+        raise DataError(f"cannot read image header {p}: {_reason(e)}") from None
+    if orientation in _SWAPS_SIDES:
+        width, height = height, width
+    return int(width), int(height)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    # Pillow names the path itself; keep the message short and name the file once.
+    return text.replace("cannot identify image file", "not an image file").split(" '/")[0]
