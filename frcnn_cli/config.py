@@ -168,6 +168,10 @@ class AltConfig(Section):
     detector_iters: int = Field(40000, ge=1, description="Steps 2 and 4: detector training "
                                 "length.")
     detector_steps: list[int] = Field([30000], description="Steps 2 and 4: lr drops.")
+    rpn_images_per_batch: int = Field(1, ge=1, description="Steps 1 and 3: images per "
+                                      "iteration (the original: 1).")
+    detector_images_per_batch: int = Field(2, ge=1, description="Steps 2 and 4: images per "
+                                           "iteration (the original: 2).")
 
 
 class TrainConfig(Section):
