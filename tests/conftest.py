@@ -22,3 +22,14 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return run
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory):
+    """A small synthetic shapes set, made once per session: the folder holding ``train.json``
+    (24 images), ``val.json`` (8 images) and ``images/``, 128 px, 3 classes, seed 0."""
+    from frcnn_cli.data.synth import synthesize
+
+    folder = tmp_path_factory.mktemp("shapes")
+    synthesize(folder, train=24, val=8, size=128, seed=0, num_classes=3, workers=1)
+    return folder
