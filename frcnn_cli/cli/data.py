@@ -27,9 +27,10 @@ def synth(
 ) -> None:
     """Synthesise a detection set of coloured shapes on textured backgrounds.
 
-    Writes OUT/train.json, OUT/val.json and OUT/images/. Shapes have sides from 8 % to 50 % of
-    the image, overlap but stay at least 60 % visible; some images have no object. Boxes are
-    the shapes' full extents.
+    Writes OUT/train.json, OUT/val.json and OUT/images/.
+    Shapes have sides from 8 % to 50 % of the image and overlap, each staying
+    at least 60 % visible; some images have no object.
+    Boxes are the shapes' full extents. The same seed gives byte-identical JSON.
 
     Example: [bold]frcnn data synth demo/ --train 200 --val 50 --size 256 --seed 0[/]
     """
