@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -39,6 +40,68 @@ def synth(
     paths = synthesize(out, train=train, val=val, size=size, seed=seed, num_classes=classes,
                        reporter=console.reporter())
     console.info(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
+
+
+class Format(str, Enum):
+    voc = "voc"
+    coco = "coco"
+    yolo = "yolo"
+    csv = "csv"
+
+
+@data_app.command("convert")
+def convert(
+    src: Annotated[Path, typer.Argument(
+        help="VOC folder (VOCdevkit year or flat labelImg), COCO JSON, YOLO folder or "
+        "data.yaml, or CSV file.")],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Format of SRC.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output COCO JSON file.",
+                                      dir_okay=False)],
+    split: Annotated[Optional[str], typer.Option(  # noqa: UP045 (Typer needs Optional)
+        "--split", help="VOC: ImageSets/Main/<split>.txt; YOLO: images/<split> or a "
+        "data.yaml key.")] = None,
+    classes: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--classes", help="Comma-separated class names fixing the category ids 1..K "
+        "(VOC, CSV) or naming YOLO indices 0..K-1.")] = None,
+    images: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--images", help="COCO: the image folder, when not beside the JSON.",
+        file_okay=False)] = None,
+) -> None:
+    r"""Convert a VOC, COCO, YOLO or CSV dataset to the canonical COCO JSON.
+
+    Boxes become continuous \[x, y, w, h]; file names are relative to OUT's folder.
+
+    VOC: x = xmin - 1, w = xmax - xmin + 1 (inclusive pixel indices);
+    difficult and truncated are kept. Category ids: the 20 VOC classes in devkit
+    order (aeroplane = 1) when every name is a VOC class, else sorted names 1..K.
+    YOLO: category id = class index + 1; centres become pixel boxes rounded to
+    0.01 px; an image without a label file has no object.
+    CSV: image_path,xmin,ymin,xmax,ymax,label, paths relative to the CSV;
+    empty box fields mean an image with no object; ids 1..K in sorted order.
+    COCO: ids kept; area, iscrowd and sizes filled; paths made relative.
+
+    Example: [bold]frcnn data convert VOCdevkit/VOC2007 -f voc --split test -o voc07-test.json[/]
+    """
+    from frcnn_cli.data.annotations import save_annotations
+    from frcnn_cli.data.formats import read_dataset
+
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    ann = read_dataset(src, fmt.value, split=split, classes=names, images=images)
+    path = save_annotations(ann, out, inputs=[src])
+    _summary(ann)
+    console.info(f"wrote {path}")
+
+
+def _summary(ann) -> None:
+    counts = {c["id"]: 0 for c in ann.categories}
+    for a in ann.annotations:
+        counts[a["category_id"]] = counts.get(a["category_id"], 0) + 1
+    empty = sum(1 for im in ann.images if not ann.objects(im["id"]))
+    console.info(f"{len(ann.images)} images ({empty} without objects), "
+                 f"{len(ann.annotations)} objects, {len(ann.categories)} classes")
+    if not console.state.quiet:
+        console.table(None, ["id", "class", "objects"],
+                      [[c["id"], c["name"], counts.get(c["id"], 0)] for c in ann.classes])
 
 
 def register(app: typer.Typer) -> None:
