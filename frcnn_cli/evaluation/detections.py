@@ -1,0 +1,175 @@
+"""Detections in the COCO results format: reading, checking, writing, and as arrays.
+
+A detections file is a JSON list, one entry per detected box::
+
+    [{"image_id": 42, "category_id": 3, "bbox": [x, y, w, h], "score": 0.91}, ...]
+
+``bbox`` is continuous pixels of the image file (not of a resized copy), ``category_id`` the
+dataset's category id (not the model's label). Extra keys (``file_name``, ``category_name``
+written by ``frcnn predict``) are allowed and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from frcnn_cli.data.annotations import Annotations
+from frcnn_cli.errors import DataError
+from frcnn_cli.files import require_file, write_json
+
+# Larger lists are written without indentation (a COCO-sized run has millions of lines).
+_INDENT_LIMIT = 10000
+
+
+@dataclass
+class DetectionArrays:
+    """Detections as arrays. ``images``: ``(D,)`` int index into ``Annotations.images``;
+    ``classes``: ``(D,)`` int label - 1 (0..K-1); ``boxes``: ``(D, 4)`` xywh float64;
+    ``scores``: ``(D,)`` float64."""
+
+    images: np.ndarray
+    classes: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass
+class GroundTruthArrays:
+    """Objects as arrays: ``images``, ``classes`` ``(G,)`` int as in :class:`DetectionArrays`,
+    ``boxes`` ``(G, 4)`` xywh, ``ignore`` ``(G,)`` bool (difficult or crowd)."""
+
+    images: np.ndarray
+    classes: np.ndarray
+    boxes: np.ndarray
+    ignore: np.ndarray
+
+
+def load_detections(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a detections JSON file (a list of COCO results); DataError when it is not one.
+
+    The entries themselves are checked against a dataset by :func:`detection_arrays`.
+    """
+    p = require_file(path, "detections file")
+    try:
+        with open(p, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p} is not valid JSON: line {e.lineno} column {e.colno}: "
+                        f"{e.msg}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{p} is not a text JSON file") from None
+    if isinstance(data, dict) and "annotations" in data and "images" in data:
+        raise DataError(f"{p} is a dataset (COCO annotations), not detections; detections are "
+                        "a JSON list of {image_id, category_id, bbox, score}")
+    if not isinstance(data, list):
+        raise DataError(f"{p}: expected a JSON list of detections "
+                        f"{{image_id, category_id, bbox, score}}, got {type(data).__name__}")
+    return data
+
+
+def save_detections(path: str | os.PathLike, detections: list[dict[str, Any]]) -> Path:
+    """Write detections atomically as a JSON list."""
+    indent = 1 if len(detections) <= _INDENT_LIMIT else None
+    return write_json(path, detections, indent=indent)
+
+
+def detection_arrays(ann: Annotations, detections: list[dict[str, Any]],
+                     source: str = "detections") -> DetectionArrays:
+    """Check detections against a dataset and turn them into arrays.
+
+    Raises DataError naming the first bad entry: a missing key, a bbox that is not four finite
+    numbers with w, h >= 0, a non-finite score, an ``image_id`` that is not one of the
+    dataset's images or a ``category_id`` that is not one of its categories.
+    """
+    n = len(detections)
+    try:
+        image_ids = [d["image_id"] for d in detections]
+        category_ids = [d["category_id"] for d in detections]
+        boxes = np.array([d["bbox"] for d in detections], dtype=np.float64).reshape(n, 4)
+        scores = np.array([d["score"] for d in detections], dtype=np.float64).reshape(n)
+    except (TypeError, KeyError, ValueError):
+        _raise_first_malformed(detections, source)
+    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
+    bad |= ~np.isfinite(scores)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{source}: detection {k} has bbox {detections[k]['bbox']!r} and score "
+                        f"{detections[k]['score']!r}; need finite [x, y, w, h] with w, h >= 0 "
+                        "and a finite score")
+
+    index = {im["id"]: i for i, im in enumerate(ann.images)}
+    images = np.array([_lookup(index, i) for i in image_ids], dtype=np.int64).reshape(n)
+    if (images < 0).any():
+        k = int(np.flatnonzero(images < 0)[0])
+        raise DataError(f"{source}: detection {k} has image_id {image_ids[k]!r}, which is not "
+                        f"an image of the dataset{_named(ann)}")
+    label_of = {c["id"]: i for i, c in enumerate(ann.classes)}
+    classes = np.array([_lookup(label_of, c) for c in category_ids], dtype=np.int64).reshape(n)
+    if (classes < 0).any():
+        k = int(np.flatnonzero(classes < 0)[0])
+        known = ", ".join(str(c["id"]) for c in ann.classes[:20])
+        raise DataError(f"{source}: detection {k} has category_id {category_ids[k]!r}, which is "
+                        f"not a category of the dataset{_named(ann)} (ids: {known})")
+    return DetectionArrays(images, classes, boxes, scores)
+
+
+def ground_truth_arrays(ann: Annotations) -> GroundTruthArrays:
+    """The dataset's objects as arrays; difficult and crowd objects are marked ``ignore``.
+
+    Raises DataError for an object whose image or category the dataset does not list.
+    """
+    index = {im["id"]: i for i, im in enumerate(ann.images)}
+    label_of = {c["id"]: i for i, c in enumerate(ann.classes)}
+    objs = ann.annotations
+    images = np.array([index.get(a["image_id"], -1) for a in objs], dtype=np.int64)
+    classes = np.array([label_of.get(a["category_id"], -1) for a in objs], dtype=np.int64)
+    for values, what in ((images, "image_id"), (classes, "category_id")):
+        if (values < 0).any():
+            a = objs[int(np.flatnonzero(values < 0)[0])]
+            raise DataError(f"dataset{_named(ann)}: annotation id {a.get('id')} has {what} "
+                            f"{a[what]!r}, which the dataset does not list; run "
+                            "'frcnn data check' on it")
+    boxes = np.array([a["bbox"] for a in objs], dtype=np.float64).reshape(-1, 4)
+    ignore = np.array([bool(a.get("difficult", 0)) or bool(a.get("iscrowd", 0)) for a in objs],
+                      dtype=bool)
+    return GroundTruthArrays(images, classes, boxes, ignore)
+
+
+def _raise_first_malformed(detections: list[Any], source: str) -> NoReturn:
+    for k, d in enumerate(detections):
+        if not isinstance(d, dict):
+            raise DataError(f"{source}: detection {k} is a {type(d).__name__}, not an object "
+                            "{image_id, category_id, bbox, score}")
+        missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in d]
+        if missing:
+            raise DataError(f"{source}: detection {k} lacks {', '.join(map(repr, missing))}")
+        box, score = d["bbox"], d["score"]
+        if (not isinstance(box, list) or len(box) != 4
+                or not all(_is_number(v) for v in box)):
+            raise DataError(f"{source}: detection {k}: 'bbox' must be [x, y, w, h] numbers, "
+                            f"got {box!r}")
+        if not _is_number(score):
+            raise DataError(f"{source}: detection {k}: 'score' must be a number, got {score!r}")
+    raise DataError(f"{source}: malformed detections")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _lookup(mapping: dict[Any, int], key: Any) -> int:
+    """``mapping[key]``, or -1 for a missing or unhashable key (a list where an id belongs)."""
+    try:
+        return mapping.get(key, -1)
+    except TypeError:
+        return -1
+
+
+def _named(ann: Annotations) -> str:
+    return f" {ann.path}" if ann.path is not None else ""
