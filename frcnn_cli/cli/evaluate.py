@@ -1,0 +1,183 @@
+"""``frcnn eval``: VOC07, VOC and COCO mAP of a checkpoint or of a detections file, and the
+RPN's proposal recall."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from frcnn_cli.cli import console, options
+from frcnn_cli.errors import InputError
+
+PANEL = "Evaluation"
+
+
+class Metric(str, Enum):
+    voc07 = "voc07"
+    voc = "voc"
+    coco = "coco"
+
+
+def evaluate(
+    checkpoint: Annotated[Optional[Path], typer.Argument(  # noqa: UP045 (Typer needs Optional)
+        help="Model checkpoint (RUN/model.pt); leave out with --detections.",
+        show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--data", help="Dataset to evaluate on (COCO JSON).", dir_okay=False,
+        show_default=False)] = None,
+    detections: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--detections", help="Score these detections (COCO results JSON: image_id, "
+        "category_id, bbox \\[x, y, w, h] in file pixels, score) instead of running a model.",
+        dir_okay=False)] = None,
+    metric: Annotated[Optional[Metric], typer.Option(  # noqa: UP045
+        "--metric", "-m", help="voc07: 11-point AP at IoU 0.5 (the paper's); voc: area AP at "
+        "IoU 0.5; coco: AP at IoU 0.5:0.95 by pycocotools. Default: the checkpoint recipe's "
+        "eval.metric, voc07 for --detections.")] = None,
+    json_out: options.JsonOut = None,
+    plot: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--plot", help="Folder for PNG curves: precision-recall per class (pr_<class>.png, "
+        "pr_all.png), or recall.png with --proposals.", file_okay=False)] = None,
+    save_detections: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--save-detections", help="Also write the model's detections (COCO results JSON) to "
+        "this file, for 'frcnn eval --detections' later.", dir_okay=False)] = None,
+    proposals: Annotated[bool, typer.Option(
+        "--proposals", help="Report the RPN's proposal recall at IoU 0.5 and 0.7 for the top "
+        "300/1000/2000 proposals instead of mAP (the paper's Section 4); writes recall.json and "
+        "recall.png (to --json and --plot, default: the checkpoint's folder).")] = False,
+    device: options.Device = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
+                                            help="Images per forward pass.")] = 2,
+) -> None:
+    """Evaluate a model (or saved detections) on a dataset: per-class AP and mAP.
+
+    VOC metrics follow the devkit: detections by falling score, each matched
+    to the highest-IoU object of its class; IoU > 0.5 counts; difficult and
+    crowd objects are ignored; a second detection of an object is a false
+    positive. Classes without objects show n/a and are left out of the mean.
+    COCO numbers are pycocotools' own.
+
+    Example: [bold]frcnn eval runs/a/model.pt --data demo/val.json --plot runs/a/plots[/]
+
+    Example: [bold]frcnn eval --detections dets.json --data demo/val.json --metric coco[/]
+
+    Example: [bold]frcnn eval runs/a/model.pt --data demo/val.json --proposals[/]
+    """
+    from frcnn_cli.files import prepare_output_dir, prepare_output_file, require_file
+
+    if data is None:
+        raise InputError("eval needs --data ANN.json, the dataset to evaluate on")
+    if (checkpoint is None) == (detections is None):
+        raise InputError("give a checkpoint or --detections DETS.json (exactly one of them)")
+    if detections is not None and (proposals or save_detections is not None):
+        flag = "--proposals" if proposals else "--save-detections"
+        raise InputError(f"{flag} needs a checkpoint: it runs the model")
+    if proposals and save_detections is not None:
+        raise InputError("--proposals runs only the RPN; drop --save-detections")
+    if proposals and metric is not None:
+        raise InputError("--proposals reports recall, not a detection metric; drop --metric")
+
+    require_file(data, "dataset")
+    inputs = [p for p in (checkpoint, data, detections) if p is not None]
+    if checkpoint is not None:
+        require_file(checkpoint, "checkpoint")
+    if proposals:
+        folder = checkpoint.parent
+        json_out = json_out or folder / "recall.json"
+        png = (plot or folder) / "recall.png"
+        prepare_output_file(json_out, inputs, "--json file")
+        prepare_output_file(png, inputs, "recall plot")
+    else:
+        if json_out is not None:
+            prepare_output_file(json_out, inputs, "--json file")
+        if save_detections is not None:
+            prepare_output_file(save_detections, inputs, "--save-detections file")
+        if plot is not None:
+            prepare_output_dir(plot, inputs, "--plot folder")
+
+    from frcnn_cli.data.annotations import load_annotations
+
+    ann = load_annotations(data)
+    if detections is not None:
+        from frcnn_cli.evaluation.detections import load_detections
+        from frcnn_cli.evaluation.evaluate import evaluate_detections
+
+        dets = load_detections(detections)
+        result = evaluate_detections(ann, dets, (metric or Metric.voc07).value,
+                                     source=str(detections))
+        _report(result, data, json_out, plot)
+        return
+
+    from frcnn_cli import load_model
+    from frcnn_cli.engine.trainer import resolve_device
+
+    torch_device = resolve_device(device)
+    model = load_model(checkpoint, device=torch_device)
+    if proposals:
+        from frcnn_cli.evaluation.inference import evaluate_proposals
+        from frcnn_cli.evaluation.plots import plot_recall_curve
+        from frcnn_cli.files import write_json
+
+        rec = evaluate_proposals(model, ann, torch_device, console.reporter(), batch_size)
+        _recall_table(rec, data)
+        write_json(json_out, {"checkpoint": str(checkpoint), "data": str(data),
+                              **rec.to_dict()})
+        plot_recall_curve(rec, png)
+        console.info(f"wrote {json_out} and {png}")
+        return
+
+    from frcnn_cli.evaluation.detections import save_detections as write_detections
+    from frcnn_cli.evaluation.inference import evaluate_model
+
+    chosen = metric.value if metric is not None else model.recipe.eval.metric
+    dets: list = []
+    result = evaluate_model(model, ann, chosen, torch_device, console.reporter(), batch_size,
+                            detections=dets)
+    if save_detections is not None:
+        write_detections(save_detections, dets)
+        console.info(f"wrote {len(dets)} detections to {save_detections}")
+    _report(result, data, json_out, plot)
+
+
+def _report(result, data: Path, json_out: Path | None, plot: Path | None) -> None:
+    from frcnn_cli.evaluation.evaluate import METRIC_TITLES
+
+    rows = [[name, result.objects.get(name, 0), result.detections.get(name, 0), ap]
+            for name, ap in result.per_class.items()]
+    scored = [ap for ap in result.per_class.values() if ap is not None]
+    rows.append(["mAP", sum(result.objects.values()), sum(result.detections.values()),
+                 result.mAP])
+    console.table(f"{METRIC_TITLES[result.metric]} on {data} ({result.num_images} images)",
+                  ["class", "objects", "detections", "AP"], rows)
+    left_out = len(result.per_class) - len(scored)
+    if left_out:
+        console.info(f"{left_out} class(es) without objects show n/a and are left out of the "
+                     f"mean of {len(scored)}")
+    if result.metric == "coco":
+        names = list(result.summary)
+        console.table("COCO summary (pycocotools)", names,
+                      [[result.summary[n] for n in names]])
+    if json_out is not None:
+        from frcnn_cli.files import write_json
+
+        write_json(json_out, result.to_dict())
+        console.info(f"wrote {json_out}")
+    if plot is not None:
+        from frcnn_cli.evaluation.plots import plot_pr_curves
+
+        written = plot_pr_curves(result, plot)
+        console.info(f"wrote {len(written)} precision-recall plots to {plot}")
+
+
+def _recall_table(rec, data: Path) -> None:
+    rows = [[n, rec.recall_at(n, 0.5), rec.recall_at(n, 0.7), rec.average_recall[n],
+             rec.mean_proposals[n]] for n in rec.top_n]
+    console.table(f"RPN proposal recall on {data} ({rec.num_objects} objects, "
+                  f"{rec.num_images} images)",
+                  ["proposals", "recall@0.5", "recall@0.7", "AR@0.5:0.95", "per image"], rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", rich_help_panel=PANEL)(evaluate)
