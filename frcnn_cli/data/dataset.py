@@ -1,0 +1,263 @@
+"""The torch Dataset the trainer and evaluator read: decoded, augmented, resized samples.
+
+``DetectionDataset(annotations, recipe, train)[request]`` returns ``(image, target)``:
+
+- ``image``: float32 ``[3, H, W]`` in 0..1, RGB, resized by the recipe's rule (and augmented
+  when training)
+- ``target["boxes"]``: float32 ``[N, 4]`` x1 y1 x2 y2 in the returned image's pixels
+- ``target["labels"]``: int64 ``[N]`` in 1..K (categories sorted by id)
+- ``target["image_id"]``: int; ``target["orig_size"]``: ``(height, width)`` of the decoded
+  file; ``target["scale"]``: returned size / original size; ``target["flipped"]``: bool
+- ``target["proposals"]`` (when proposals are given): float32 ``[P, 4]`` in the returned
+  image's pixels, transformed with the image
+- test mode only: ``target["difficult"]``, ``target["iscrowd"]``: bool ``[N]``
+
+``request`` is an index, or ``(index, seed)`` as the training sampler sends it: the seed
+drives every random choice of that sample (flip, scale, augmentation), so a sample is the
+same whichever worker makes it and whenever a resumed run asks for it again.
+
+Training drops objects marked difficult or iscrowd unless the recipe's ``data.use_difficult``
+or ``data.use_crowd`` says otherwise; test mode keeps every object, flagged. Boxes are
+clipped to the image and those under a pixel wide or high are dropped. An image that cannot
+be decoded stops a test run with a DataError naming it; in training it is skipped with a
+warning and the next image takes its place.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from frcnn_cli.config import Recipe
+from frcnn_cli.data.annotations import Annotations
+from frcnn_cli.data.images import read_image
+from frcnn_cli.data.transforms import (
+    build_augmentation,
+    clip_boxes,
+    hflip,
+    hflip_boxes,
+    resize,
+    valid_boxes,
+)
+from frcnn_cli.errors import DataError, InputError
+
+log = logging.getLogger("frcnn")
+
+_MAX_SKIPS = 10  # unreadable images skipped in a row before training gives up
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Samples of a COCO dataset for training (``train=True``) or testing (see module doc).
+
+    ``proposals``: ``{image_id: float32 [P, 4] x1y1x2y2}`` in original image pixels, for the
+    Fast R-CNN stages; every image needs an entry (possibly empty).
+    """
+
+    def __init__(self, annotations: Annotations, recipe: Recipe, train: bool,
+                 proposals: Mapping[int, Any] | None = None) -> None:
+        self.annotations = annotations
+        self.recipe = recipe
+        self.train = train
+        self.images = list(annotations.images)
+        self.proposals = proposals
+        self.augmentation = build_augmentation(recipe.augment) if train else None
+        self._objects = [self._read_objects(im) for im in self.images]
+        if proposals is not None:
+            missing = [im["id"] for im in self.images if im["id"] not in proposals]
+            if missing:
+                raise DataError(f"proposals lack {len(missing)} of {len(self.images)} images "
+                                f"(e.g. image id {missing[0]}); were they computed for this "
+                                "dataset?")
+        self._warned: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _read_objects(self, image: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Boxes (x1y1x2y2 file pixels), labels and flags of one image, filtered for training."""
+        data = self.recipe.data
+        boxes, labels, difficult, crowd = [], [], [], []
+        for a in self.annotations.objects(image["id"]):
+            if not self.annotations.has_category(a["category_id"]):
+                raise DataError(
+                    f"{self.annotations.path or 'dataset'}: annotation {a['id']} has category "
+                    f"{a['category_id']}, which is not in 'categories' (see frcnn data check)")
+            is_difficult = bool(a.get("difficult", 0))
+            is_crowd = bool(a.get("iscrowd", 0))
+            if self.train and ((is_difficult and not data.use_difficult)
+                               or (is_crowd and not data.use_crowd)):
+                continue
+            x, y, w, h = a["bbox"]
+            boxes.append([x, y, x + w, y + h])
+            labels.append(self.annotations.label_of(a["category_id"]))
+            difficult.append(is_difficult)
+            crowd.append(is_crowd)
+        return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+                "labels": np.asarray(labels, np.int64),
+                "difficult": np.asarray(difficult, bool),
+                "iscrowd": np.asarray(crowd, bool)}
+
+    def __getitem__(self, request: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
+        index, seed = request if isinstance(request, tuple) else (request, None)
+        if not self.train:
+            return self._sample(index, None)
+        if seed is None:
+            # no seed from a sampler: follow torch's generator, so torch.manual_seed rules
+            seed = int(torch.randint(2**31, (1,)).item())
+        for skip in range(_MAX_SKIPS + 1):
+            i = (index + skip) % len(self.images)
+            try:
+                return self._sample(i, np.random.default_rng(seed))
+            except DataError as e:
+                if i not in self._warned:
+                    self._warned.add(i)
+                    log.warning("skipping an image in training: %s", e)
+        raise DataError(f"{_MAX_SKIPS + 1} images in a row cannot be decoded, from "
+                        f"{self.annotations.image_path(self.images[index])}; run frcnn data check")
+
+    def _sample(self, index: int, rng: np.random.Generator | None
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
+        record = self.images[index]
+        pixels = read_image(self.annotations.image_path(record))
+        orig_h, orig_w = pixels.shape[:2]
+        objects = self._objects[index]
+        boxes = clip_boxes(objects["boxes"], orig_h, orig_w)
+        keep = valid_boxes(boxes)
+        boxes = boxes[keep]
+        labels = objects["labels"][keep]
+        flags = {k: objects[k][keep] for k in ("difficult", "iscrowd")}
+        proposals = self._proposals(record["id"], orig_h, orig_w)
+
+        min_size, max_size = self.recipe.input.min_size, self.recipe.input.max_size
+        flipped = False
+        if rng is not None:
+            if self.augmentation is not None:
+                pixels, boxes, labels, proposals = self._augment(pixels, boxes, labels,
+                                                                 proposals, rng)
+            if rng.random() < self.recipe.augment.hflip:
+                flipped = True
+                pixels, boxes = hflip(pixels, boxes)
+                if proposals is not None:
+                    proposals = hflip_boxes(proposals, pixels.shape[1])
+            scales = self.recipe.input.train_scales
+            if scales:
+                min_size = int(scales[int(rng.integers(len(scales)))])
+                max_size = max(max_size, min_size)
+        pixels, ratio, scale = resize(pixels, min_size, max_size)
+        boxes = boxes * ratio
+        if proposals is not None:
+            proposals = proposals * ratio
+        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
+        image.div_(255.0)
+        target: dict[str, Any] = {
+            "boxes": torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4)),
+            "labels": torch.from_numpy(labels.astype(np.int64).reshape(-1)),
+            "image_id": record["id"],
+            "orig_size": (orig_h, orig_w),
+            "scale": scale,
+            "flipped": flipped,
+        }
+        if proposals is not None:
+            target["proposals"] = torch.from_numpy(proposals.astype(np.float32).reshape(-1, 4))
+        if not self.train:
+            target["difficult"] = torch.from_numpy(flags["difficult"])
+            target["iscrowd"] = torch.from_numpy(flags["iscrowd"])
+        return image, target
+
+    def _augment(self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                 proposals: np.ndarray | None, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The recipe's albumentations; proposals ride along with label 0."""
+        n = len(boxes)
+        every = boxes if proposals is None else np.concatenate([boxes, proposals])
+        every_labels = np.concatenate([labels, np.zeros(len(every) - n, np.int64)])
+        pixels, kept, kept_labels, index = self.augmentation(pixels, every, every_labels, rng)
+        is_gt = index < n
+        gt, gt_labels = kept[is_gt], kept_labels[is_gt]
+        ok = valid_boxes(gt)
+        new_proposals = kept[~is_gt] if proposals is not None else None
+        return pixels, gt[ok], gt_labels[ok], new_proposals
+
+    def _proposals(self, image_id: int, height: int, width: int) -> np.ndarray | None:
+        if self.proposals is None:
+            return None
+        p = self.proposals[image_id]
+        p = p.numpy() if isinstance(p, torch.Tensor) else np.asarray(p)
+        return clip_boxes(p.astype(np.float32).reshape(-1, 4), height, width)
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]
+            ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """``[(image, target), ...]`` -> ``(images, targets)`` as lists (sizes differ)."""
+    return [image for image, _ in batch], [target for _, target in batch]
+
+
+def build_train_loader(annotations: Annotations, recipe: Recipe, images_per_batch: int,
+                       seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1,
+                       proposals: Mapping[int, Any] | None = None
+                       ) -> torch.utils.data.DataLoader:
+    """Endless training batches ``(images, targets)`` for process ``rank`` of ``world_size``.
+
+    ``images_per_batch`` is this process's share of an iteration. Batches are
+    aspect-grouped when ``recipe.data.aspect_ratio_grouping`` is on, decoded by
+    ``recipe.data.num_workers`` worker processes, and a function of ``seed`` and the iteration
+    alone: the loader built with ``start_iter=k`` yields what an uninterrupted one yields from
+    its k-th batch on, augmentation included, whatever the number of workers.
+    """
+    from frcnn_cli.data.sampler import TrainingSampler, aspect_groups
+
+    dataset = DetectionDataset(annotations, recipe, train=True, proposals=proposals)
+    groups = aspect_groups(annotations) if recipe.data.aspect_ratio_grouping else None
+    sampler = TrainingSampler(len(dataset), images_per_batch, seed, group_ids=groups,
+                              start_iter=start_iter, rank=rank, world_size=world_size)
+    workers = recipe.data.num_workers
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+        worker_init_fn=functools.partial(_init_worker, seed=seed, rank=rank),
+        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        prefetch_factor=2 if workers else None)
+
+
+def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int = 1,
+                      num_workers: int | None = None, rank: int = 0, world_size: int = 1,
+                      proposals: Mapping[int, Any] | None = None
+                      ) -> torch.utils.data.DataLoader:
+    """Every image once, in dataset order, resized, not augmented: ``(images, targets)``.
+
+    Process ``rank`` of ``world_size`` gets images ``rank, rank + world_size, ...``. Targets
+    carry ``image_id``, ``orig_size`` and ``scale`` to map detections back to file pixels,
+    and every object with its ``difficult`` and ``iscrowd`` flags.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    dataset = DetectionDataset(annotations, recipe, train=False, proposals=proposals)
+    indices = list(range(rank, len(dataset), world_size))
+    workers = recipe.data.num_workers if num_workers is None else num_workers
+    batches = torch.utils.data.BatchSampler(indices, batch_size, drop_last=False)
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+        worker_init_fn=functools.partial(_init_worker, seed=0, rank=rank),
+        pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers else None)
+
+
+def _init_worker(worker_id: int, seed: int, rank: int) -> None:
+    """One thread per worker (the workers are the parallelism) and seeded global RNGs for any
+    library randomness outside the per-sample seeds."""
+    import random
+
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    worker_seed = int(np.random.SeedSequence([seed, rank, worker_id]).generate_state(1)[0])
+    random.seed(worker_seed)
+    np.random.seed(worker_seed)
+    torch.manual_seed(worker_seed)
