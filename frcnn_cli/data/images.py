@@ -72,10 +72,12 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(width, height)`` as :func:`read_image` would return it, from the header only.
+def image_size(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]:
+    """``(width, height)`` as :func:`read_image` would return it, from the header only, or
+    after decoding the pixels too with ``decode=True`` (which finds truncated files).
 
-    Raises DataError naming the file when it is missing or not an image.
+    Raises DataError naming the file when it is missing, not an image or (with ``decode``)
+    truncated or corrupt.
     """
     p = Path(path)
     if not p.is_file():
@@ -86,8 +88,11 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             with Image.open(p) as im:
                 width, height = im.size
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+                if decode:
+                    im.load()
     except _DECODE_ERRORS as e:
-        raise DataError(f"cannot read image header {p}: {_reason(e)}") from None
+        what = "decode image" if decode else "read image header"
+        raise DataError(f"cannot {what} {p}: {_reason(e)}") from None
     if orientation in _SWAPS_SIDES:
         width, height = height, width
     return int(width), int(height)

@@ -1,0 +1,347 @@
+"""Finding and fixing what is wrong with a dataset, before training trips over it.
+
+:func:`check_dataset` opens every image (fully decoding it unless ``decode=False``) and
+inspects every record; it returns a :class:`CheckReport` of :class:`Issue` s, each of one
+kind and severity:
+
+- errors: missing, unreadable or corrupt images, sizes that differ from the file, boxes with
+  zero, negative or non-finite sides, boxes wholly outside their image, unknown categories,
+  duplicate image, annotation or category ids, annotations of images that do not exist;
+- warnings: boxes partly outside their image, boxes under a pixel, duplicate boxes (same
+  class, IoU >= 0.95), images listed twice, images without a stated size;
+- information: images without objects, categories without objects.
+
+:func:`fix_dataset` returns a cleaned copy and the list of what it changed: sizes set from
+the files, boxes clipped to their image, degenerate, tiny, duplicate, orphaned and
+unknown-category boxes dropped, missing or unreadable images dropped, duplicate ids renumbered.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from frcnn_cli.data.annotations import Annotations
+from frcnn_cli.data.images import image_size
+from frcnn_cli.errors import DataError
+from frcnn_cli.progress import SILENT, Reporter
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+
+# kind -> (severity, what --fix does about it)
+KINDS: dict[str, tuple[str, str]] = {
+    "missing image": (ERROR, "image dropped"),
+    "unreadable image": (ERROR, "image dropped"),
+    "size mismatch": (ERROR, "size set from the file, boxes clipped"),
+    "degenerate box": (ERROR, "dropped"),
+    "box outside image": (ERROR, "dropped"),
+    "unknown category": (ERROR, "dropped"),
+    "orphan annotation": (ERROR, "dropped"),
+    "duplicate image id": (ERROR, "renumbered"),
+    "duplicate annotation id": (ERROR, "renumbered"),
+    "duplicate category id": (ERROR, "merged when the names agree"),
+    "box partly outside image": (WARNING, "clipped"),
+    "tiny box": (WARNING, "dropped"),
+    "duplicate box": (WARNING, "dropped"),
+    "duplicate file": (WARNING, "kept"),
+    "missing size": (WARNING, "size set from the file"),
+    "image without objects": (INFO, "kept"),
+    "category without objects": (INFO, "kept"),
+}
+
+DUPLICATE_IOU = 0.95
+MIN_SIDE = 1.0  # pixels: a box narrower or lower is not an object to learn
+_SLACK = 1e-3  # pixels a box may poke out of its image (float rounding)
+_PLURAL = {"degenerate box": "degenerate boxes", "box outside image": "boxes outside their image",
+           "tiny box": "boxes under a pixel"}
+
+
+@dataclass
+class Issue:
+    """One finding: its kind (a key of KINDS) and a message naming the file or id."""
+
+    kind: str
+    message: str
+
+    @property
+    def severity(self) -> str:
+        return KINDS[self.kind][0]
+
+
+@dataclass
+class CheckReport:
+    """Everything :func:`check_dataset` found, and the image sizes it measured."""
+
+    num_images: int
+    num_annotations: int
+    issues: list[Issue] = field(default_factory=list)
+    # image list index -> (width, height) read from the file, None when unreadable
+    measured: dict[int, tuple[int, int] | None] = field(default_factory=dict)
+
+    def add(self, kind: str, message: str) -> None:
+        self.issues.append(Issue(kind, message))
+
+    def by_kind(self) -> dict[str, list[Issue]]:
+        """Issues grouped by kind, errors first, then warnings, then information."""
+        order = {ERROR: 0, WARNING: 1, INFO: 2}
+        groups: dict[str, list[Issue]] = defaultdict(list)
+        for issue in self.issues:
+            groups[issue.kind].append(issue)
+        kinds = sorted(groups, key=lambda k: (order[KINDS[k][0]], list(KINDS).index(k)))
+        return {k: groups[k] for k in kinds}
+
+    def count(self, severity: str) -> int:
+        return sum(1 for i in self.issues if i.severity == severity)
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error (warnings and information allowed)."""
+        return self.count(ERROR) == 0
+
+
+def check_dataset(ann: Annotations, decode: bool = True, reporter: Reporter = SILENT,
+                  workers: int | None = None) -> CheckReport:
+    """Inspect every image file and record of ``ann``; see the module doc for the kinds."""
+    report = CheckReport(len(ann.images), len(ann.annotations))
+    report.measured = _measure(ann, decode, reporter, workers, report)
+    _check_ids(ann, report)
+    _check_images(ann, report)
+    _check_boxes(ann, report)
+    return report
+
+
+def _measure(ann: Annotations, decode: bool, reporter: Reporter, workers: int | None,
+             report: CheckReport) -> dict[int, tuple[int, int] | None]:
+    def probe(i: int) -> tuple[tuple[int, int] | None, str | None, str]:
+        im = ann.images[i]
+        path = ann.image_path(im)
+        if not path.is_file():
+            return None, "missing image", f"image {im['id']}: {path} not found"
+        try:
+            return image_size(path, decode=decode), None, ""
+        except DataError as e:
+            return None, "unreadable image", f"image {im['id']}: {e}"
+
+    measured: dict[int, tuple[int, int] | None] = {}
+    workers = workers or min(8, os.cpu_count() or 1)
+    # decoders release the GIL: threads keep every core busy without copying the dataset
+    with ThreadPoolExecutor(workers) as pool, \
+            reporter.task("reading images", total=len(ann.images)) as task:
+        for i, (size, kind, message) in enumerate(pool.map(probe, range(len(ann.images)))):
+            measured[i] = size
+            if kind is not None:
+                report.add(kind, message)
+            task.update(advance=1)
+    return measured
+
+
+def _check_ids(ann: Annotations, report: CheckReport) -> None:
+    for what, items, kind in (("image", ann.images, "duplicate image id"),
+                              ("annotation", ann.annotations, "duplicate annotation id"),
+                              ("category", ann.categories, "duplicate category id")):
+        counts = Counter(x["id"] for x in items)
+        for value, n in counts.items():
+            if n > 1:
+                report.add(kind, f"{what} id {value} is used {n} times")
+    files = Counter(im["file_name"] for im in ann.images)
+    for name, n in files.items():
+        if n > 1:
+            report.add("duplicate file", f"{name} is listed {n} times")
+    image_ids = {im["id"] for im in ann.images}
+    cat_ids = {c["id"] for c in ann.categories}
+    for a in ann.annotations:
+        if a["image_id"] not in image_ids:
+            report.add("orphan annotation", f"annotation {a['id']}: image {a['image_id']} "
+                       "does not exist")
+        if a["category_id"] not in cat_ids:
+            report.add("unknown category", f"annotation {a['id']} (image {a['image_id']}): "
+                       f"category {a['category_id']} is not in 'categories'")
+    used = Counter(a["category_id"] for a in ann.annotations)
+    for c in ann.classes:
+        if not used.get(c["id"]):
+            report.add("category without objects", f"category {c['id']} '{c['name']}'")
+
+
+def _check_images(ann: Annotations, report: CheckReport) -> None:
+    for i, im in enumerate(ann.images):
+        size = report.measured.get(i)
+        stated = (im.get("width"), im.get("height"))
+        if not stated[0] or not stated[1]:
+            report.add("missing size", f"image {im['id']} ({im['file_name']}) has no "
+                       "width/height")
+        elif size is not None and tuple(size) != stated:
+            hint = " (EXIF orientation rotates it)" if tuple(size) == stated[::-1] else ""
+            report.add("size mismatch", f"image {im['id']} ({im['file_name']}): the file is "
+                       f"{size[0]}x{size[1]}, the JSON says {stated[0]}x{stated[1]}{hint}")
+        if not ann.objects(im["id"]):
+            report.add("image without objects", f"image {im['id']} ({im['file_name']})")
+
+
+def _image_extent(ann: Annotations, report: CheckReport, index: dict[Any, int],
+                  image_id: Any) -> tuple[float, float] | None:
+    i = index.get(image_id)
+    if i is None:
+        return None
+    size = report.measured.get(i)
+    if size is not None:
+        return float(size[0]), float(size[1])
+    im = ann.images[i]
+    if im.get("width") and im.get("height"):
+        return float(im["width"]), float(im["height"])
+    return None
+
+
+def _check_boxes(ann: Annotations, report: CheckReport) -> None:
+    index = {im["id"]: i for i, im in reversed(list(enumerate(ann.images)))}
+    for a in ann.annotations:
+        problem = box_problem(a["bbox"], _image_extent(ann, report, index, a["image_id"]))
+        if problem is not None:
+            kind, text = problem
+            report.add(kind, f"annotation {a['id']} (image {a['image_id']}): {text}")
+    for image_id, dup in _duplicate_boxes(ann):
+        report.add("duplicate box", f"annotation {dup} (image {image_id}) repeats another box "
+                   "of its class")
+
+
+def box_problem(bbox: list[float], extent: tuple[float, float] | None
+                ) -> tuple[str, str] | None:
+    """The kind and description of what is wrong with one ``[x, y, w, h]`` box in an image of
+    ``extent = (width, height)`` (None: unknown), or None when it is fine."""
+    x, y, w, h = bbox
+    shown = "[" + ", ".join(f"{v:g}" for v in bbox) + "]"
+    if not all(math.isfinite(v) for v in bbox):
+        return "degenerate box", f"box {shown} is not finite"
+    if w <= 0 or h <= 0:
+        return "degenerate box", f"box {shown} has a zero or negative side"
+    if extent is not None:
+        width, height = extent
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            return "box outside image", f"box {shown} lies outside the {width:g}x{height:g} image"
+        if x < -_SLACK or y < -_SLACK or x + w > width + _SLACK or y + h > height + _SLACK:
+            return ("box partly outside image",
+                    f"box {shown} reaches outside the {width:g}x{height:g} image")
+    if w < MIN_SIDE or h < MIN_SIDE:
+        return "tiny box", f"box {shown} is under a pixel wide or high"
+    return None
+
+
+def _duplicate_boxes(ann: Annotations) -> list[tuple[Any, Any]]:
+    """``(image_id, annotation id)`` of each box that repeats an earlier one of its image and
+    class (IoU >= DUPLICATE_IOU)."""
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = defaultdict(list)
+    for a in ann.annotations:
+        if all(math.isfinite(v) for v in a["bbox"]) and a["bbox"][2] > 0 and a["bbox"][3] > 0:
+            groups[(a["image_id"], a["category_id"])].append(a)
+    found = []
+    for (image_id, _), anns in groups.items():
+        if len(anns) < 2:
+            continue
+        b = np.array([a["bbox"] for a in anns], np.float64)
+        xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+        lt = np.maximum(xyxy[:, None, :2], xyxy[None, :, :2])
+        rb = np.minimum(xyxy[:, None, 2:], xyxy[None, :, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+        area = b[:, 2] * b[:, 3]
+        iou = inter / (area[:, None] + area[None, :] - inter)
+        dropped: set[int] = set()
+        for j in range(len(anns)):
+            if any(iou[k, j] >= DUPLICATE_IOU for k in range(j) if k not in dropped):
+                dropped.add(j)
+                found.append((image_id, anns[j]["id"]))
+    return found
+
+
+# --------------------------------------------------------------------------- fixing
+
+
+def fix_dataset(ann: Annotations, report: CheckReport) -> tuple[Annotations, dict[str, int]]:
+    """A cleaned copy of ``ann`` (checked into ``report``) and how often each kind of change
+    was made (``{"boxes clipped to their image": 3, ...}``, empty when nothing changed)."""
+    changes: Counter[str] = Counter()
+    images = copy.deepcopy(ann.images)
+    anns = copy.deepcopy(ann.annotations)
+    cats = copy.deepcopy(ann.categories)
+
+    # categories: merge repeats that agree; those that disagree stay for the user
+    seen_cats: dict[Any, str] = {}
+    kept_cats = []
+    for c in cats:
+        if c["id"] in seen_cats and seen_cats[c["id"]] == c["name"]:
+            changes["repeated categories merged"] += 1
+            continue
+        seen_cats.setdefault(c["id"], c["name"])
+        kept_cats.append(c)
+
+    # images: drop unreadable ones, set sizes from the files, renumber repeated ids
+    kept_images, first_of_id, next_id = [], {}, 1 + max(
+        (im["id"] for im in images), default=0)
+    for i, im in enumerate(images):
+        size = report.measured.get(i)
+        if size is None and i in report.measured:
+            changes["missing or unreadable images dropped"] += 1
+            continue
+        if size is not None and (im.get("width"), im.get("height")) != tuple(size):
+            im["width"], im["height"] = size
+            changes["image sizes set from the files"] += 1
+        if im["id"] in first_of_id:
+            im["id"] = next_id
+            next_id += 1
+            changes["repeated image ids renumbered"] += 1
+        else:
+            first_of_id[im["id"]] = im
+        kept_images.append(im)
+    extent = {im["id"]: (float(im["width"]), float(im["height"])) for im in kept_images
+              if im.get("width") and im.get("height")}
+    cat_ids = {c["id"] for c in kept_cats}
+
+    # annotations: drop what cannot be trained on, clip the rest, renumber repeated ids
+    kept_anns, seen_ids = [], set()
+    next_ann = 1 + max((a["id"] for a in anns), default=0)
+    for a in anns:
+        if a["image_id"] not in first_of_id or a["image_id"] not in extent:
+            changes["annotations of missing images dropped"] += 1
+            continue
+        if a["category_id"] not in cat_ids:
+            changes["annotations of unknown categories dropped"] += 1
+            continue
+        problem = box_problem(a["bbox"], extent[a["image_id"]])
+        kind = problem[0] if problem else None
+        if kind in ("degenerate box", "box outside image", "tiny box"):
+            changes[f"{_PLURAL[kind]} dropped"] += 1
+            continue
+        if kind == "box partly outside image":
+            a["bbox"] = clip_box(a["bbox"], *extent[a["image_id"]])
+            if box_problem(a["bbox"], extent[a["image_id"]]) is not None:
+                changes["boxes dropped as slivers once clipped"] += 1
+                continue
+            a["area"] = round(a["bbox"][2] * a["bbox"][3], 4)
+            changes["boxes clipped to their image"] += 1
+        if a["id"] in seen_ids:
+            a["id"] = next_ann
+            next_ann += 1
+            changes["repeated annotation ids renumbered"] += 1
+        seen_ids.add(a["id"])
+        kept_anns.append(a)
+
+    fixed = Annotations(kept_images, kept_anns, kept_cats, ann.root, None, dict(ann.extra))
+    duplicates = {dup for _, dup in _duplicate_boxes(fixed)}
+    if duplicates:
+        fixed.annotations = [a for a in fixed.annotations if a["id"] not in duplicates]
+        fixed.reindex()
+        changes["duplicate boxes dropped"] += len(duplicates)
+    return fixed, dict(changes)
+
+
+def clip_box(bbox: list[float], width: float, height: float) -> list[float]:
+    """``[x, y, w, h]`` cut to the image ``[0, width] x [0, height]``."""
+    x, y, w, h = bbox
+    x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    return [x1, y1, x2 - x1, y2 - y1]
