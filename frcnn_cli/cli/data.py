@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from frcnn_cli.cli import console
+from frcnn_cli.cli import console, options
 
 data_app = typer.Typer(help="Make, convert, check, describe and split datasets (COCO JSON).",
                        no_args_is_help=True)
@@ -162,6 +162,97 @@ def check(
         raise typer.Exit(2)
     console.info(f"wrote {path}: {len(fixed.images)} images, {len(fixed.annotations)} objects, "
                  "no errors")
+
+
+@data_app.command("stats")
+def stats(
+    annotations: Annotated[Path, typer.Argument(help="COCO JSON file.", dir_okay=False)],
+    recipe: options.OptionalRecipe = None,
+    plot: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--plot", help="Write PNG histograms into this folder.", file_okay=False)] = None,
+    json_out: options.JsonOut = None,
+) -> None:
+    """Images, objects per class and per image, box sizes and aspect ratios.
+
+    Box sizes are in pixels after the recipe's resize (the paper's 600/1000
+    without --recipe), which is what the anchors must cover. COCO's
+    small/medium/large counts use the original pixels.
+
+    Example: [bold]frcnn data stats demo/train.json --recipe shapes --plot demo/stats[/]
+    """
+    from frcnn_cli import config
+    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.data.stats import dataset_stats, plot_stats
+    from frcnn_cli.files import prepare_output_dir, prepare_output_file, write_json
+
+    if json_out is not None:
+        prepare_output_file(json_out, inputs=[annotations], what="--json output")
+    ann = load_annotations(annotations)
+    r = config.load_recipe(recipe)
+    st = dataset_stats(ann, r)
+    console.info(f"{annotations}: {st.num_images} images ({st.images_without_objects} without "
+                 f"objects), {st.num_objects} objects, {len(st.classes)} classes"
+                 + (f", {st.invalid_boxes} invalid boxes" if st.invalid_boxes else ""))
+    console.table("per class", ["id", "class", "objects", "images", "difficult", "crowd"],
+                  [[c["id"], c["name"], c["objects"], c["images"], c["difficult"], c["crowd"]]
+                   for c in st.classes])
+    console.table(f"distributions (box pixels after resize to {st.min_size}, max "
+                  f"{st.max_size})",
+                  ["measure", "min", "p5", "median", "p95", "max", "mean"],
+                  [[name, *(f"{v:.2f}" if name.startswith("aspect") else f"{v:.1f}"
+                            for v in q.values())]
+                   for name, q in st.distributions().items()])
+    console.table("COCO sizes (original pixels)", ["small (<32²)", "medium (<96²)", "large"],
+                  [[st.coco_sizes["small"], st.coco_sizes["medium"], st.coco_sizes["large"]]])
+    if plot is not None:
+        folder = prepare_output_dir(plot, inputs=[annotations])
+        for path in plot_stats(st, folder):
+            console.info(f"wrote {path}")
+    if json_out is not None:
+        write_json(json_out, st.to_dict())
+        console.info(f"wrote {json_out}")
+
+
+@data_app.command("split")
+def split(
+    annotations: Annotated[Path, typer.Argument(help="COCO JSON file.", dir_okay=False)],
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="Share of the images for validation, in (0, 1).",
+        min=0.0, max=1.0)] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for train.json and "
+                                      "val.json.", file_okay=False)] = Path("."),
+) -> None:
+    """Split a dataset into OUT/train.json and OUT/val.json.
+
+    Deterministic for a seed; every class with two or more images is kept on
+    both sides where possible. File names are rewritten relative to OUT.
+
+    Example: [bold]frcnn data split data/all.json --val-fraction 0.2 --seed 0 --out data/[/]
+    """
+    from frcnn_cli.data.annotations import load_annotations, save_annotations
+    from frcnn_cli.data.split import class_counts, split_annotations
+    from frcnn_cli.files import prepare_output_dir
+
+    folder = prepare_output_dir(out)
+    ann = load_annotations(annotations)
+    train, val = split_annotations(ann, val_fraction, seed)
+    # check both outputs before writing either
+    from frcnn_cli.files import prepare_output_file
+
+    for name in ("train.json", "val.json"):
+        prepare_output_file(folder / name, inputs=[annotations])
+    paths = [save_annotations(part, folder / name, inputs=[annotations])
+             for part, name in ((train, "train.json"), (val, "val.json"))]
+    tc, vc = class_counts(train), class_counts(val)
+    console.table(None, ["id", "class", "train objects", "train images", "val objects",
+                         "val images"],
+                  [[c["id"], c["name"], *tc[c["id"]], *vc[c["id"]]] for c in ann.classes])
+    console.info(f"wrote {paths[0]} ({len(train.images)} images) and {paths[1]} "
+                 f"({len(val.images)} images)")
+    missing = [c["name"] for c in ann.classes if tc[c["id"]][1] == 0 or vc[c["id"]][1] == 0]
+    if missing:
+        console.info(f"[yellow]on one side only[/] (too few images): {', '.join(missing)}")
 
 
 def _render_report(report, examples: int, only_errors: bool = False) -> None:

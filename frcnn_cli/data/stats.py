@@ -1,0 +1,188 @@
+"""What a dataset holds, seen the way the detector will see it.
+
+Box sizes are measured after the recipe's resize (shorter side ``input.min_size``, longer at
+most ``input.max_size``), since that is what the anchors must cover; COCO's small / medium /
+large split (area below 32², below 96², above) uses the original pixels, as COCO does.
+Boxes with non-finite or non-positive sides are counted apart and left out of the
+distributions (``frcnn data check`` tells where they are).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from frcnn_cli.config import Recipe
+from frcnn_cli.data.annotations import Annotations
+from frcnn_cli.data.images import image_size
+from frcnn_cli.errors import DataError
+from frcnn_cli.geometry import resize_scale
+
+COCO_SMALL, COCO_MEDIUM = 32**2, 96**2
+
+
+@dataclass
+class DatasetStats:
+    """Counts and distributions of one dataset; arrays hold one value per image or box."""
+
+    num_images: int
+    num_objects: int
+    min_size: int
+    max_size: int
+    images_without_objects: int = 0
+    invalid_boxes: int = 0
+    # per category in label order: {"id", "name", "objects", "images", "difficult", "crowd"}
+    classes: list[dict[str, Any]] = field(default_factory=list)
+    objects_per_image: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    box_sides: np.ndarray = field(default_factory=lambda: np.zeros(0))  # sqrt(w h), resized
+    box_widths: np.ndarray = field(default_factory=lambda: np.zeros(0))  # resized pixels
+    box_heights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # resized pixels
+    aspect_ratios: np.ndarray = field(default_factory=lambda: np.zeros(0))  # h / w
+    coco_sizes: dict[str, int] = field(default_factory=dict)  # small, medium, large
+
+    def distributions(self) -> dict[str, dict[str, float]]:
+        """Quantiles of each distribution: ``{name: {min, p5, median, p95, max, mean}}``."""
+        return {
+            "objects/image": quantiles(self.objects_per_image),
+            "box side √(wh)": quantiles(self.box_sides),
+            "box width": quantiles(self.box_widths),
+            "box height": quantiles(self.box_heights),
+            "aspect h/w": quantiles(self.aspect_ratios),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (no per-box arrays)."""
+        return {"images": self.num_images, "objects": self.num_objects,
+                "images_without_objects": self.images_without_objects,
+                "invalid_boxes": self.invalid_boxes,
+                "resize": {"min_size": self.min_size, "max_size": self.max_size},
+                "classes": self.classes, "coco_sizes": self.coco_sizes,
+                "distributions": self.distributions()}
+
+
+def quantiles(values: np.ndarray) -> dict[str, float]:
+    """min, 5th percentile, median, 95th percentile, max and mean (NaN when empty)."""
+    if len(values) == 0:
+        return {k: math.nan for k in ("min", "p5", "median", "p95", "max", "mean")}
+    v = np.asarray(values, np.float64)
+    p5, med, p95 = np.percentile(v, [5, 50, 95])
+    return {"min": float(v.min()), "p5": float(p5), "median": float(med), "p95": float(p95),
+            "max": float(v.max()), "mean": float(v.mean())}
+
+
+def dataset_stats(ann: Annotations, recipe: Recipe | None = None) -> DatasetStats:
+    """Statistics of ``ann`` with box sizes after ``recipe``'s resize (None: the paper's)."""
+    recipe = recipe or Recipe()
+    min_size, max_size = recipe.input.min_size, recipe.input.max_size
+    stats = DatasetStats(len(ann.images), len(ann.annotations), min_size, max_size)
+    per_image = np.array([len(ann.objects(im["id"])) for im in ann.images], np.int64)
+    stats.objects_per_image = per_image
+    stats.images_without_objects = int((per_image == 0).sum())
+
+    objects, images, difficult, crowd = Counter(), Counter(), Counter(), Counter()
+    sides, widths, heights, aspects = [], [], [], []
+    coco = Counter({"small": 0, "medium": 0, "large": 0})
+    for im in ann.images:
+        scale = _scale(ann, im, min_size, max_size)
+        seen = set()
+        for a in ann.objects(im["id"]):
+            cat = a["category_id"]
+            objects[cat] += 1
+            seen.add(cat)
+            difficult[cat] += bool(a.get("difficult", 0))
+            crowd[cat] += bool(a.get("iscrowd", 0))
+            _, _, w, h = a["bbox"]
+            if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0):
+                stats.invalid_boxes += 1
+                continue
+            area = w * h
+            coco["small" if area < COCO_SMALL else "medium" if area < COCO_MEDIUM
+                 else "large"] += 1
+            if scale is not None:
+                sides.append(math.sqrt(area) * scale)
+                widths.append(w * scale)
+                heights.append(h * scale)
+            aspects.append(h / w)
+        images.update(seen)
+    stats.classes = [{"id": c["id"], "name": c["name"], "objects": objects[c["id"]],
+                      "images": images[c["id"]], "difficult": difficult[c["id"]],
+                      "crowd": crowd[c["id"]]} for c in ann.classes]
+    stats.box_sides = np.array(sides)
+    stats.box_widths = np.array(widths)
+    stats.box_heights = np.array(heights)
+    stats.aspect_ratios = np.array(aspects)
+    stats.coco_sizes = dict(coco)
+    return stats
+
+
+def _scale(ann: Annotations, im: dict[str, Any], min_size: int, max_size: int
+           ) -> float | None:
+    w, h = im.get("width"), im.get("height")
+    if not w or not h:
+        try:
+            w, h = image_size(ann.image_path(im))
+        except DataError:
+            return None
+    return resize_scale(h, w, min_size, max_size)
+
+
+def plot_stats(stats: DatasetStats, folder: str | os.PathLike) -> list[Path]:
+    """Write histograms as PNG files into ``folder``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    folder = Path(folder)
+    written = []
+
+    def save(fig: Any, name: str) -> None:
+        path = folder / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    fig, ax = plt.subplots(figsize=(max(5, 0.4 * len(stats.classes) + 2), 4))
+    ax.bar([c["name"] for c in stats.classes], [c["objects"] for c in stats.classes])
+    ax.set_ylabel("objects")
+    ax.set_title("objects per class")
+    ax.tick_params(axis="x", rotation=60)
+    save(fig, "classes.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    top = int(stats.objects_per_image.max()) if len(stats.objects_per_image) else 0
+    ax.hist(stats.objects_per_image, bins=np.arange(top + 2) - 0.5)
+    ax.set_xlabel("objects in the image")
+    ax.set_ylabel("images")
+    ax.set_title("objects per image")
+    save(fig, "objects_per_image.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(stats.box_sides):
+        lo, hi = max(stats.box_sides.min(), 1.0), max(stats.box_sides.max(), 2.0)
+        ax.hist(stats.box_sides, bins=np.geomspace(lo, hi * 1.01, 40))
+        ax.set_xscale("log")
+        # plain pixel numbers on the log axis, not powers of ten
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(f"sqrt(w h) in pixels after resize ({stats.min_size}/{stats.max_size})")
+    ax.set_ylabel("boxes")
+    ax.set_title("box sizes")
+    save(fig, "box_sizes.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(stats.aspect_ratios):
+        ax.hist(np.log2(stats.aspect_ratios), bins=40)
+    ax.set_xlabel("log2(h / w)")
+    ax.set_ylabel("boxes")
+    ax.set_title("box aspect ratios")
+    save(fig, "aspect_ratios.png")
+    return written
