@@ -205,7 +205,7 @@ def stats(
     console.table("COCO sizes (original pixels)", ["small (<32²)", "medium (<96²)", "large"],
                   [[st.coco_sizes["small"], st.coco_sizes["medium"], st.coco_sizes["large"]]])
     if plot is not None:
-        folder = prepare_output_dir(plot, inputs=[annotations])
+        folder = prepare_output_dir(plot, inputs=[annotations], what="--plot")
         for path in plot_stats(st, folder):
             console.info(f"wrote {path}")
     if json_out is not None:
@@ -234,7 +234,7 @@ def split(
     from frcnn_cli.data.split import class_counts, split_annotations
     from frcnn_cli.files import prepare_output_dir
 
-    folder = prepare_output_dir(out)
+    folder = prepare_output_dir(out, what="--out")
     ann = load_annotations(annotations)
     train, val = split_annotations(ann, val_fraction, seed)
     # check both outputs before writing either

@@ -63,7 +63,7 @@ def synthesize(out: str | os.PathLike, train: int = 200, val: int = 50, size: in
     if train < 0 or val < 0:
         raise InputError("--train and --val must not be negative")
     cfg = SynthConfig(size=size, num_classes=num_classes)
-    folder = prepare_output_dir(out)
+    folder = prepare_output_dir(out, what="output")
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     written = {}
     with reporter.task("synthesising", total=train + val) as task:
