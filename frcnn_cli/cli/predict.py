@@ -1,0 +1,78 @@
+"""``frcnn predict``: detections on image files, drawn and saved as JSON."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from frcnn_cli.cli import console, options
+from frcnn_cli.errors import DataError, InputError
+
+PANEL = "Evaluation"
+
+log = logging.getLogger("frcnn")
+
+
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (RUN/model.pt).",
+                                               dir_okay=False, show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Image files and folders (walked for .jpg, .png, .bmp, .tif, .webp, ...).",
+        metavar="IMAGE_OR_DIR...", show_default=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder: detections.json and one drawing per image.",
+        file_okay=False, show_default=False)],
+    score_thresh: Annotated[float, typer.Option(
+        "--score-thresh", "-t", min=0.0, max=1.0,
+        help="Keep detections scoring at least this (drawn and saved).")] = 0.5,
+    device: options.Device = "auto",
+) -> None:
+    """Detect objects in images; write OUT/detections.json and annotated copies.
+
+    detections.json is a COCO results list with file names and class names:
+    image_id (1, 2, ... in input order), file_name, category_id, category_name,
+    bbox \\[x, y, w, h] in the file's pixels, score.
+    Drawings keep the input's name (FOLDER/a/b.jpg -> OUT/a/b.jpg). An --out
+    folder that would replace an input image is refused; an --out inside an
+    input folder is not walked. Unreadable images are skipped and listed.
+
+    Example: [bold]frcnn predict runs/a/model.pt demo/images --out preds/ --score-thresh 0.6[/]
+    """
+    from frcnn_cli.evaluation.predict import describe_suffixes, find_images, plan_outputs
+    from frcnn_cli.files import prepare_output_dir, require_file
+
+    require_file(checkpoint, "checkpoint")
+    found = find_images(inputs, exclude=out)
+    if not found:
+        raise InputError(f"no images found in {', '.join(map(str, inputs))} (looked for "
+                         f"{describe_suffixes()})")
+    jobs = plan_outputs(found, out)
+    prepare_output_dir(out, inputs, "--out folder")
+
+    from frcnn_cli import load_model
+    from frcnn_cli.engine.trainer import resolve_device
+    from frcnn_cli.evaluation.detections import save_detections
+    from frcnn_cli.evaluation.predict import predict_files
+
+    torch_device = resolve_device(device)
+    model = load_model(checkpoint, device=torch_device)
+    report = predict_files(model, jobs, torch_device, score_thresh, console.reporter())
+    for source, reason in report.skipped:
+        log.warning("skipped: %s", reason if str(source) in reason else f"{source}: {reason}")
+    if not report.written:
+        first = report.skipped[0][1] if report.skipped else "no image"
+        raise DataError(f"none of the {len(jobs)} image(s) could be read ({first}); nothing "
+                        "written")
+    dets_path = save_detections(out / "detections.json", report.detections)
+    console.info(f"{len(report.detections)} detections in {len(report.written)} image(s) "
+                 f"-> {dets_path} and drawings in {out}")
+    if report.skipped:
+        log.warning("skipped %d unreadable image(s) of %d (listed above)", len(report.skipped),
+                    len(jobs))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict", rich_help_panel=PANEL)(predict)

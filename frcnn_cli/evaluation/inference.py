@@ -1,0 +1,183 @@
+"""Run a model over a dataset: detections in file pixels, scores, and RPN proposals.
+
+    model = load_model("runs/a/model.pt")
+    result = evaluate_model(model, load_annotations("demo/val.json"), metric="voc07")
+    result.mAP, result.per_class
+
+The test loader resizes each image by the recipe's rule; the model answers in the resized
+image's pixels, and boxes are brought back to the file's pixels here with the actual per-axis
+factors (the resized sides are rounded to whole pixels, so x and y differ very slightly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from frcnn_cli.data.annotations import Annotations, load_annotations
+from frcnn_cli.errors import DataError
+from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
+from frcnn_cli.evaluation.recall import TOP_N, RecallResult, proposal_recall
+from frcnn_cli.progress import SILENT, Reporter
+
+log = logging.getLogger("frcnn")
+
+DEFAULT_BATCH_SIZE = 2
+
+
+def to_coco_results(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, image_id: Any,
+                    classes: list[dict[str, Any]], scale_xy: tuple[float, float] = (1.0, 1.0),
+                    size_wh: tuple[float, float] | None = None) -> list[dict[str, Any]]:
+    """One image's model output as COCO results in file pixels.
+
+    ``boxes``: ``(N, 4)`` x1 y1 x2 y2 in the model input's pixels; ``scores``: ``(N,)``;
+    ``labels``: ``(N,)`` in 1..K, mapped to ``classes[label - 1]["id"]``; ``scale_xy``: input
+    size / file size per axis; ``size_wh``: the file's size, boxes are clipped to it.
+    Returns ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``; boxes are
+    rounded to 0.01 px and scores to 6 decimals, which keeps files small and changes no
+    match.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / np.tile(scale_xy, 2)
+    if size_wh is not None:
+        boxes = np.clip(boxes, 0, np.tile(size_wh, 2))
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    category_ids = [c["id"] for c in classes]
+    return [{"image_id": image_id, "category_id": category_ids[int(label) - 1],
+             "bbox": [round(float(v), 2) for v in b], "score": round(float(s), 6)}
+            for b, s, label in zip(xywh, np.asarray(scores).reshape(-1),
+                                   np.asarray(labels).reshape(-1), strict=True)]
+
+
+def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> None:
+    """The model's categories must be the dataset's (by id); a name that differs is warned
+    about, a missing id is a DataError (its detections could not be scored)."""
+    names = {c["id"]: c["name"] for c in ann.classes}
+    missing = [c for c in model_classes if c["id"] not in names]
+    if missing:
+        where = f" {ann.path}" if ann.path is not None else ""
+        ours = ", ".join(f"{c['id']}:{c['name']}" for c in model_classes)
+        theirs = ", ".join(f"{c['id']}:{c['name']}" for c in ann.classes)
+        raise DataError(f"the model's classes ({ours}) are not the dataset{where}'s "
+                        f"({theirs}); was it trained on another label set?")
+    renamed = [c for c in model_classes if names[c["id"]] != c["name"]]
+    if renamed:
+        c = renamed[0]
+        log.warning("category %s is '%s' in the model but '%s' in the dataset", c["id"],
+                    c["name"], names[c["id"]])
+
+
+def _batches(model, ann: Annotations, device: torch.device, reporter: Reporter,
+             batch_size: int, description: str, rpn_only: bool = False) -> Iterator[Any]:
+    """Yield ``(output, image_id, scale_xy, size_wh)`` for every image of ``ann``."""
+    from frcnn_cli.data.dataset import build_test_loader
+
+    loader = build_test_loader(ann, model.recipe, batch_size=batch_size)
+    with reporter.task(description, total=len(ann.images)) as task:
+        for images, targets in loader:
+            inputs = [im.to(device, non_blocking=True) for im in images]
+            outputs = model(inputs, rpn_only=True) if rpn_only else model(inputs)
+            for image, output, target in zip(images, outputs, targets, strict=True):
+                h, w = (float(v) for v in target["orig_size"])
+                scale_xy = (image.shape[-1] / w, image.shape[-2] / h)
+                yield ({k: v.detach().float().cpu().numpy() for k, v in output.items()},
+                       target["image_id"], scale_xy, (w, h))
+            task.update(advance=len(images))
+
+
+def _annotations(annotations: Annotations | str | os.PathLike) -> Annotations:
+    if isinstance(annotations, Annotations):
+        return annotations
+    return load_annotations(annotations)
+
+
+@torch.inference_mode()
+def predict_dataset(model, annotations: Annotations | str | os.PathLike,
+                    device: str | torch.device = "cpu", reporter: Reporter = SILENT,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+    """Detections of ``model`` on every image of a dataset, as COCO results in file pixels.
+
+    The model is put in eval mode on ``device``; its labels are mapped back to the dataset's
+    category ids (DataError if the model knows a category the dataset does not).
+    """
+    ann = _annotations(annotations)
+    device = torch.device(device)
+    check_classes(model.classes, ann)
+    model.eval().to(device)
+    results: list[dict[str, Any]] = []
+    for out, image_id, scale_xy, size_wh in _batches(model, ann, device, reporter, batch_size,
+                                                     "detect"):
+        results.extend(to_coco_results(out["boxes"], out["scores"], out["labels"], image_id,
+                                       model.classes, scale_xy, size_wh))
+    return results
+
+
+def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: str = "voc07",
+                   device: str | torch.device = "cpu", reporter: Reporter = SILENT,
+                   batch_size: int = DEFAULT_BATCH_SIZE,
+                   detections: list[dict[str, Any]] | None = None) -> EvalResult:
+    """Run ``model`` over a dataset and score it (``metric``: voc07, voc or coco).
+
+    ``annotations`` is an Annotations or a path to a COCO JSON file. Pass a list as
+    ``detections`` to also receive the detections (COCO results, file pixels) in it.
+    """
+    ann = _annotations(annotations)
+    dets = predict_dataset(model, ann, device, reporter, batch_size)
+    if detections is not None:
+        detections.extend(dets)
+    return evaluate_detections(ann, dets, metric, source="model detections")
+
+
+@contextlib.contextmanager
+def proposal_count(model, top_n: int) -> Iterator[dict[str, int]]:
+    """Let an eval-mode model's RPN return up to ``top_n`` proposals after NMS.
+
+    The pre-NMS count stays the recipe's test value unless it is smaller than ``top_n``.
+    Yields the settings in effect.
+    """
+    rpn = model.rpn
+    saved = (rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test)
+    rpn.pre_nms_top_n_test = max(saved[0], top_n)
+    rpn.post_nms_top_n_test = top_n
+    try:
+        yield {"pre_nms_top_n": rpn.pre_nms_top_n_test, "post_nms_top_n": top_n}
+    finally:
+        rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test = saved
+
+
+@torch.inference_mode()
+def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
+                       device: str | torch.device = "cpu", reporter: Reporter = SILENT,
+                       batch_size: int = DEFAULT_BATCH_SIZE,
+                       top_n: tuple[int, ...] = TOP_N) -> RecallResult:
+    """Recall of the RPN's top N proposals (default 300, 1000, 2000) on a dataset.
+
+    Proposals are taken once with room for the largest N; since NMS keeps boxes by falling
+    score, the top 300 of those are the 300 a smaller setting would give.
+    """
+    ann = _annotations(annotations)
+    device = torch.device(device)
+    model.eval().to(device)
+    index = {im["id"]: i for i, im in enumerate(ann.images)}
+    proposals: list[np.ndarray] = [np.zeros((0, 4))] * len(ann.images)
+    with proposal_count(model, max(top_n)) as settings:
+        for out, image_id, scale_xy, size_wh in _batches(model, ann, device, reporter,
+                                                         batch_size, "proposals",
+                                                         rpn_only=True):
+            boxes = out["boxes"].reshape(-1, 4) / np.tile(scale_xy, 2)
+            order = np.argsort(-out["scores"].reshape(-1), kind="stable")
+            proposals[index[image_id]] = np.clip(boxes[order], 0, np.tile(size_wh, 2))
+    objects = []
+    for im in ann.images:
+        kept = [a["bbox"] for a in ann.objects(im["id"])
+                if not a.get("difficult", 0) and not a.get("iscrowd", 0)]
+        xywh = np.asarray(kept, dtype=np.float64).reshape(-1, 4)
+        objects.append(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
+    result = proposal_recall(proposals, objects, top_n)
+    result.extra = {"rpn": {**settings, "nms_thresh": float(model.rpn.nms_thresh)}}
+    return result

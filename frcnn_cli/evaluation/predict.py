@@ -1,0 +1,186 @@
+"""Detections on image files: find the images, name the outputs, run the model, draw.
+
+Output naming keeps every input safe and every output findable:
+
+* a file given directly is written as ``OUT/<its name>``; a folder is walked (image suffixes
+  only, hidden entries skipped) and ``FOLDER/a/b.jpg`` is written as ``OUT/a/b.jpg``;
+* two inputs that would get one name are told apart with ``-2``, ``-3`` before the suffix;
+* formats Pillow cannot write back (GIF, PGM, ...) are written as PNG;
+* an output that would land on an input file is refused before anything runs (so ``--out``
+  cannot be an input folder, nor the folder of an input image);
+* when ``OUT`` lies inside an input folder, the walk skips it: a second run does not predict
+  on the first run's drawings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from frcnn_cli.data.images import IMAGE_SUFFIXES, is_image_file, read_image
+from frcnn_cli.errors import DataError, InputError
+from frcnn_cli.evaluation.draw import draw_detections
+from frcnn_cli.evaluation.inference import to_coco_results
+from frcnn_cli.files import atomic_open
+from frcnn_cli.progress import SILENT, Reporter
+
+# Suffixes written back in their own format; anything else becomes PNG.
+_WRITABLE = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
+             ".tiff": "TIFF", ".webp": "WEBP"}
+
+
+@dataclass
+class ImageJob:
+    """One input image: ``source`` file, ``output`` drawing, ``image_id`` (1-based, in the
+    order images were found)."""
+
+    source: Path
+    output: Path
+    image_id: int
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_files` did: ``detections`` (COCO results with ``file_name`` and
+    ``category_name``), drawings ``written``, images ``skipped`` as (file, reason)."""
+
+    detections: list[dict[str, Any]] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def find_images(inputs: Sequence[str | os.PathLike],
+                exclude: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
+    """``(file, name under OUT)`` for every image of ``inputs``, in order.
+
+    Files are taken as given (whatever their suffix); folders are walked in sorted order for
+    files with an image suffix, skipping hidden entries and the ``exclude`` folder. Raises
+    InputError for a path that does not exist.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: list[tuple[Path, Path]] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_file():
+            found.append((path, Path(path.name)))
+        elif path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                                 and (skip is None or (Path(root) / d).resolve() != skip))
+                for name in sorted(files):
+                    if not name.startswith(".") and is_image_file(name):
+                        file = Path(root) / name
+                        found.append((file, file.relative_to(path)))
+        else:
+            raise InputError(f"input not found: {path}")
+    return found
+
+
+def plan_outputs(found: Sequence[tuple[Path, Path]], out: str | os.PathLike) -> list[ImageJob]:
+    """Give each found image its output path under ``out`` (see the module docstring).
+
+    Raises InputError when an output would replace an input image.
+    """
+    out = Path(out)
+    taken: set[str] = set()
+    jobs = []
+    for i, (source, name) in enumerate(found, start=1):
+        if name.suffix.lower() not in _WRITABLE:
+            name = name.with_suffix(".png")
+        candidate, n = out / name, 1
+        # case-insensitive: a.jpg and A.JPG are one file on macOS and Windows
+        while str(candidate).lower() in taken:
+            n += 1
+            candidate = out / name.with_name(f"{name.stem}-{n}{name.suffix}")
+        taken.add(str(candidate).lower())
+        jobs.append(ImageJob(source, candidate, i))
+    sources = {_resolved(job.source) for job in jobs}
+    for job in jobs:
+        if _resolved(job.output) in sources:
+            raise InputError(f"the drawing of {job.source} would replace the input image "
+                             f"{job.output}; choose an --out folder that holds no input image")
+    return jobs
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
+
+
+@contextlib.contextmanager
+def score_threshold(model, score_thresh: float) -> Iterator[None]:
+    """Let the model keep detections down to ``score_thresh`` if its recipe drops them
+    earlier (its ``roi_heads.score_thresh``)."""
+    heads = model.roi_heads
+    saved = heads.score_thresh
+    heads.score_thresh = min(saved, score_thresh)
+    try:
+        yield
+    finally:
+        heads.score_thresh = saved
+
+
+@torch.inference_mode()
+def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = "cpu",
+                  score_thresh: float = 0.5, reporter: Reporter = SILENT) -> PredictReport:
+    """Run ``model`` on each job's image, keep detections scoring at least ``score_thresh``,
+    write the drawing to ``job.output`` and collect the detections in file pixels.
+
+    An image that cannot be decoded is skipped and listed in the report's ``skipped``.
+    """
+    device = torch.device(device)
+    model.eval().to(device)
+    report = PredictReport()
+    with score_threshold(model, score_thresh), \
+            reporter.task("predict", total=len(jobs)) as task:
+        for job in jobs:
+            try:
+                pixels = read_image(job.source)
+            except DataError as e:
+                report.skipped.append((job.source, str(e)))
+                task.update(advance=1)
+                continue
+            image = torch.from_numpy(pixels).permute(2, 0, 1).to(device).float().div_(255)
+            out = {k: v.detach().float().cpu().numpy() for k, v in model([image])[0].items()}
+            h, w = pixels.shape[:2]
+            labels = out["labels"].astype(np.int64)
+            results = to_coco_results(out["boxes"], out["scores"], labels, job.image_id,
+                                      model.classes, size_wh=(w, h))
+            # the threshold applies to the scores as written, so the file and the drawing
+            # agree with a filter a user runs on the file
+            keep = np.array([r["score"] >= score_thresh for r in results], dtype=bool)
+            boxes, scores, labels = out["boxes"][keep], out["scores"][keep], labels[keep]
+            results = [r for r, k in zip(results, keep, strict=True) if k]
+            for r, label in zip(results, labels, strict=True):
+                r["file_name"] = str(job.source)
+                r["category_name"] = model.classes[int(label) - 1]["name"]
+            report.detections.extend(results)
+            drawing = draw_detections(pixels, np.clip(boxes, 0, [w, h, w, h]), labels, scores,
+                                      model.classes)
+            save_image(drawing, job.output)
+            report.written.append(job.output)
+            task.update(advance=1, detections=len(report.detections))
+    return report
+
+
+def save_image(image, path: Path) -> Path:
+    """Write a PIL image atomically in the format its suffix names (JPEG at quality 95)."""
+    fmt = _WRITABLE.get(path.suffix.lower(), "PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        image.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return path
+
+
+def describe_suffixes() -> str:
+    """The image suffixes a folder walk picks up, for messages."""
+    return ", ".join(IMAGE_SUFFIXES)
