@@ -162,3 +162,13 @@ def test_geometric_augmentation_moves_boxes_and_proposals_with_pixels(tiny):
     assert target["boxes"][1].tolist() == pytest.approx([194, 80, 200, 100], abs=1e-3)
     with pytest.raises(RecipeError, match=r"augment.extra\[0\] \(Affine\): bad 'scale'"):
         DetectionDataset(tiny, _recipe("augment.extra=[{name: Affine, scale: x}]"), train=True)
+
+
+def test_starting_a_loader_leaves_the_global_random_state_alone(shapes_data):
+    ann = load_annotations(shapes_data / "train.json")
+    recipe = load_recipe("shapes", ["data.num_workers=0"])
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    next(iter(build_train_loader(ann, recipe, 2, seed=1)))
+    assert torch.equal(torch.rand(3), expected)

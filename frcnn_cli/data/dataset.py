@@ -225,7 +225,7 @@ def build_train_loader(annotations: Annotations, recipe: Recipe, images_per_batc
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
         worker_init_fn=functools.partial(_init_worker, seed=seed, rank=rank),
         pin_memory=torch.cuda.is_available(), persistent_workers=False,
-        prefetch_factor=2 if workers else None)
+        prefetch_factor=2 if workers else None, generator=_own_generator(seed, rank))
 
 
 def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int = 1,
@@ -247,7 +247,17 @@ def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int 
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
         worker_init_fn=functools.partial(_init_worker, seed=0, rank=rank),
-        pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers else None)
+        pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers else None,
+        generator=_own_generator(0, rank))
+
+
+def _own_generator(seed: int, rank: int) -> torch.Generator:
+    """The DataLoader draws its workers' base seed from this generator rather than from the
+    global one, so starting a loader leaves the trainer's random state (RPN sampling,
+    dropout) exactly as it was, and a resumed run stays on the uninterrupted run's track."""
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([seed, rank, 1]).generate_state(1)[0]))
+    return g
 
 
 def _init_worker(worker_id: int, seed: int, rank: int) -> None:
