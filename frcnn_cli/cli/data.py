@@ -89,7 +89,7 @@ def convert(
     ann = read_dataset(src, fmt.value, split=split, classes=names, images=images)
     path = save_annotations(ann, out, inputs=[src])
     _summary(ann)
-    console.info(f"wrote {path}")
+    console.info(f"wrote {path}; look for broken images and boxes with: frcnn data check {path}")
 
 
 def _summary(ann) -> None:
