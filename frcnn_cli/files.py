@@ -81,12 +81,13 @@ def prepare_output_dir(
 
 
 def _writable_dir(folder: Path, what: str) -> None:
+    name = what if what.endswith("folder") else f"{what} folder"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise InputError(f"cannot create {what} folder {folder}: {e.strerror or e}") from e
+        raise InputError(f"cannot create {name} {folder}: {e.strerror or e}") from e
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{what} folder {folder} is not writable")
+        raise InputError(f"{name} {folder} is not writable")
 
 
 @contextlib.contextmanager
