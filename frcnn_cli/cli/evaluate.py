@@ -173,7 +173,7 @@ def _report(result, data: Path, json_out: Path | None, plot: Path | None) -> Non
 
 def _recall_table(rec, data: Path) -> None:
     rows = [[n, rec.recall_at(n, 0.5), rec.recall_at(n, 0.7), rec.average_recall[n],
-             rec.mean_proposals[n]] for n in rec.top_n]
+             round(rec.mean_proposals[n])] for n in rec.top_n]
     console.table(f"RPN proposal recall on {data} ({rec.num_objects} objects, "
                   f"{rec.num_images} images)",
                   ["proposals", "recall@0.5", "recall@0.7", "AR@0.5:0.95", "per image"], rows)

@@ -90,9 +90,12 @@ def plot_recall_curve(result: RecallResult, path: str | os.PathLike) -> Path:
     """Recall against IoU threshold for each top-N, like Figure 4 of the paper."""
     fig = _figure()
     ax = fig.add_subplot()
-    for n in result.top_n:
+    styles = ["-", "--", ":", "-."]  # curves that coincide (few proposals) stay visible
+    for i, n in enumerate(result.top_n):
         ax.plot(result.iou_thresholds, result.recall[n], marker="o", markersize=3,
-                label=f"{n} proposals (AR {result.average_recall[n]:.3f})")
+                linestyle=styles[i % len(styles)],
+                label=f"top {n}: {result.mean_proposals[n]:.0f} per image, "
+                      f"AR {result.average_recall[n]:.3f}")
     ax.set_xlim(float(result.iou_thresholds[0]), float(result.iou_thresholds[-1]))
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("IoU")
