@@ -1,0 +1,180 @@
+"""Anchor coverage: how well a set of anchors fits a dataset's objects, and what would fit better.
+
+Each object, resized as the recipe resizes its image, gets its best IoU with the anchors the
+RPN would see for that image in training (the anchor grid of the image, anchors crossing the
+border left out when the recipe ignores them). The share of objects at IoU >= 0.7 are
+positives by the threshold rule; 0.3-0.7 learn only through the best-anchor rule (one anchor
+each); below 0.3 the RPN barely sees them. Shares are reported per class and per COCO size
+bucket (areas after the resize).
+
+    objects = ObjectSet.from_annotations(load_annotations("train.json"), recipe)
+    report = coverage(objects, recipe.anchors.scales, recipe.anchors.ratios, recipe)
+    suggestions = suggest_anchors(objects, recipe)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from frcnn_cli.config import Recipe
+from frcnn_cli.geometry import resize_scale, resized_shape
+from frcnn_cli.model.anchors import AnchorGrid
+
+# COCO's size buckets (object area in pixels, here after the recipe's resize).
+BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
+           ("large", 96.0 ** 2, math.inf))
+POSITIVE, NEGATIVE = 0.7, 0.3
+
+
+@dataclass
+class ObjectSet:
+    """Objects in resized pixels: ``boxes`` [N, 4], ``image_sizes`` [N, 2] (height, width of
+    each object's resized image), ``labels`` [N] in 1..K, and the class names."""
+
+    boxes: Tensor
+    image_sizes: Tensor
+    labels: Tensor
+    class_names: list[str]
+
+    @property
+    def areas(self) -> Tensor:
+        return (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
+
+    def subset(self, index: Tensor) -> ObjectSet:
+        return ObjectSet(self.boxes[index], self.image_sizes[index], self.labels[index],
+                         self.class_names)
+
+    @classmethod
+    def from_annotations(cls, ann, recipe: Recipe) -> ObjectSet:
+        """Non-crowd objects of positive size from an
+        :class:`~frcnn_cli.data.annotations.Annotations`, resized by the recipe's rule."""
+        boxes, sizes, labels = [], [], []
+        for image in ann.images:
+            h, w = int(image["height"]), int(image["width"])
+            s = resize_scale(h, w, recipe.input.min_size, recipe.input.max_size)
+            size = resized_shape(h, w, recipe.input.min_size, recipe.input.max_size)
+            for obj in ann.objects(image["id"]):
+                x, y, bw, bh = obj["bbox"]
+                if obj.get("iscrowd", 0) or bw <= 0 or bh <= 0:
+                    continue
+                boxes.append([x * s, y * s, (x + bw) * s, (y + bh) * s])
+                sizes.append(size)
+                labels.append(ann.label_of(obj["category_id"]))
+        return cls(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                   torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2),
+                   torch.tensor(labels, dtype=torch.int64), [c["name"] for c in ann.classes])
+
+
+def best_anchor_iou(objects: ObjectSet, scales: list[float], ratios: list[float],
+                    recipe: Recipe) -> Tensor:
+    """[N] best IoU of each object with its image's training anchors."""
+    grid = AnchorGrid(recipe.anchors.stride, recipe.anchors.base_size, scales, ratios)
+    border = recipe.rpn.allowed_border
+    best = torch.zeros(len(objects.boxes))
+    for h, w in torch.unique(objects.image_sizes, dim=0).tolist():
+        anchors = grid.grid(math.ceil(h / grid.stride), math.ceil(w / grid.stride))
+        if border >= 0:
+            inside = ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border)
+                      & (anchors[:, 2] <= w + border) & (anchors[:, 3] <= h + border))
+            anchors = anchors[inside]
+        if len(anchors) == 0:
+            continue
+        index = torch.nonzero((objects.image_sizes == torch.tensor([h, w])).all(dim=1))[:, 0]
+        for chunk in index.split(2048):  # never one huge IoU matrix
+            best[chunk] = box_iou(objects.boxes[chunk], anchors).max(dim=1).values
+    return best
+
+
+def shares(best: Tensor) -> dict[str, float | int]:
+    """Object count and the share of best IoUs >= 0.7, in 0.3-0.7, < 0.3."""
+    n = len(best)
+    if n == 0:
+        return {"objects": 0, "positive": None, "best_only": None, "missed": None}
+    return {"objects": n, "positive": float((best >= POSITIVE).float().mean()),
+            "best_only": float(((best >= NEGATIVE) & (best < POSITIVE)).float().mean()),
+            "missed": float((best < NEGATIVE).float().mean())}
+
+
+def coverage(objects: ObjectSet, scales: list[float], ratios: list[float],
+             recipe: Recipe) -> dict:
+    """``{"all": shares, "per_class": {name: shares}, "per_size": {bucket: shares},
+    "per_class_size": {name: {bucket: shares}}}`` for these anchors."""
+    best = best_anchor_iou(objects, scales, ratios, recipe)
+    areas = objects.areas
+    buckets = {name: (areas >= lo) & (areas < hi) for name, lo, hi in BUCKETS}
+    per_class, per_class_size = {}, {}
+    for label, name in enumerate(objects.class_names, start=1):
+        of_class = objects.labels == label
+        per_class[name] = shares(best[of_class])
+        per_class_size[name] = {b: shares(best[of_class & m]) for b, m in buckets.items()}
+    return {"all": shares(best), "per_class": per_class,
+            "per_size": {b: shares(best[m]) for b, m in buckets.items()},
+            "per_class_size": per_class_size}
+
+
+def _nice(x: float) -> float:
+    """Two significant digits: 2.37 -> 2.4, 11.6 -> 12."""
+    if x <= 0:
+        return x
+    digits = 1 - int(math.floor(math.log10(x)))
+    return round(x, digits)
+
+
+def _quantiles(values: Tensor, n: int) -> list[float]:
+    qs = torch.tensor([(i + 0.5) / n for i in range(n)])
+    return torch.quantile(values, qs).tolist()
+
+
+def suggest_anchors(objects: ObjectSet, recipe: Recipe, max_objects: int = 5000) -> list[dict]:
+    """Anchor sets fitted to the objects, each with its share of positives (IoU >= 0.7);
+    only those that beat the recipe's anchors, best first.
+
+    Candidates: scales and ratios at the quantiles of the objects' sizes and aspect ratios
+    (as many as the recipe has), the recipe's anchors plus one scale or one ratio for the
+    objects they cover worst, and square anchors spaced by sqrt(2) over the size range.
+    """
+    a = recipe.anchors
+    sub = objects
+    if len(objects.labels) > max_objects:  # a fixed, spread-out sample of a large set
+        sub = objects.subset(torch.linspace(0, len(objects.labels) - 1, max_objects).long())
+    boxes = sub.boxes
+    if len(boxes) == 0:
+        return []
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = torch.sqrt(w * h) / a.base_size
+    aspect = h / w
+    best = best_anchor_iou(sub, a.scales, a.ratios, recipe)
+    poor = best < POSITIVE
+    current = float((best >= POSITIVE).float().mean())
+
+    candidates: list[tuple[str, list[float], list[float]]] = []
+    n_s, n_r = max(len(a.scales), 3), len(a.ratios)
+    fit_scales = sorted({_nice(v) for v in _quantiles(side, n_s)})
+    fit_ratios = sorted({_nice(v) for v in _quantiles(aspect, n_r)})
+    candidates.append(("fitted to object sizes and shapes", fit_scales, fit_ratios))
+    lo, hi = torch.quantile(side, 0.02).item(), torch.quantile(side, 0.98).item()
+    n = max(1, math.ceil(math.log(hi / lo) / math.log(math.sqrt(2))) + 1)
+    ladder = sorted({_nice(lo * math.sqrt(2) ** i) for i in range(n)})
+    candidates.append(("square anchors every sqrt(2) in size", ladder, [1.0]))
+    if poor.any():
+        extra_scale = _nice(float(side[poor].median()))
+        if extra_scale not in a.scales:
+            candidates.append(("one more scale for the worst-covered objects",
+                               sorted([*a.scales, extra_scale]), list(a.ratios)))
+        extra_ratio = _nice(float(aspect[poor].median()))
+        if extra_ratio not in a.ratios:
+            candidates.append(("one more ratio for the worst-covered objects",
+                               list(a.scales), sorted([*a.ratios, extra_ratio])))
+
+    out = []
+    for why, scales, ratios in candidates:
+        got = float((best_anchor_iou(sub, scales, ratios, recipe) >= POSITIVE).float().mean())
+        if got > current:
+            out.append({"scales": scales, "ratios": ratios, "anchors_per_place":
+                        len(scales) * len(ratios), "positive": got, "why": why})
+    return sorted(out, key=lambda s: -s["positive"])

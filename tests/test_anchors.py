@@ -1,0 +1,107 @@
+"""Anchors: the original's 9 base anchors bit for bit, the grid, and the coverage report."""
+
+import json
+
+import pytest
+import torch
+
+from frcnn_cli.config import load_recipe
+from frcnn_cli.model.anchors import AnchorGrid, generate_anchors, to_continuous
+from frcnn_cli.model.coverage import ObjectSet, coverage, suggest_anchors
+
+# py-faster-rcnn lib/rpn/generate_anchors.py, the table it quotes (inclusive, 1-based).
+ORIGINAL = [[-83, -39, 100, 56], [-175, -87, 192, 104], [-359, -183, 376, 200],
+            [-55, -55, 72, 72], [-119, -119, 136, 136], [-247, -247, 264, 264],
+            [-35, -79, 52, 96], [-79, -167, 96, 184], [-167, -343, 184, 360]]
+
+
+def test_nine_base_anchors_match_the_original_table():
+    anchors = generate_anchors(16, [0.5, 1, 2], [8, 16, 32])
+    assert anchors.tolist() == ORIGINAL
+
+
+def test_continuous_anchors_keep_size_and_centre_on_the_first_cell():
+    cont = to_continuous(generate_anchors())
+    assert cont[0].tolist() == [-84, -40, 100, 56]
+    wh = torch.stack([cont[:, 2] - cont[:, 0], cont[:, 3] - cont[:, 1]], dim=1)
+    assert wh.tolist()[:3] == [[184, 96], [368, 192], [736, 384]]
+    centres = (cont[:, :2] + cont[:, 2:]) / 2
+    assert torch.equal(centres, torch.full((9, 2), 8.0))  # centre of pixels 0..15
+    # Ratio h/w is 0.5, 1, 2 up to the original's rounding; areas stay near scale^2 * 256.
+    assert torch.allclose(wh[:, 1] / wh[:, 0], torch.tensor([0.5] * 3 + [1.0] * 3 + [2.0] * 3,
+                                                        dtype=torch.float64), rtol=0.05)
+
+
+def test_grid_shifts_base_anchors_place_by_place():
+    grid = AnchorGrid(stride=16, base_size=16, scales=[8, 16, 32], ratios=[0.5, 1, 2])
+    anchors = grid.grid(3, 4)
+    assert anchors.shape == (3 * 4 * 9, 4)
+    base = grid.base
+    y, x = 2, 1  # place (y, x) holds anchors (y * W + x) * k ... + k - 1
+    i = (y * 4 + x) * 9
+    assert torch.equal(anchors[i:i + 9], base + torch.tensor([16.0, 32, 16, 32]))
+    assert grid.grid(3, 4) is anchors  # cached per size and device
+
+
+def _objects(boxes, labels, size=(64, 64)):
+    boxes = torch.tensor(boxes, dtype=torch.float32)
+    return ObjectSet(boxes, torch.tensor([size] * len(boxes)), torch.tensor(labels),
+                     ["a", "b"])
+
+
+def test_coverage_counts_best_anchor_iou_per_class_and_size():
+    recipe = load_recipe(None, ["anchors.scales=[2]", "anchors.ratios=[1]"])
+    # 32 px anchors on a 64 px image: only the 4 inside anchors count (border rule).
+    objects = _objects([[8, 8, 40, 40],      # exactly an anchor: IoU 1
+                        [16, 16, 48, 48],    # between four anchors: IoU 576 / 1472 = 0.39
+                        [0, 0, 6, 6]],       # tiny corner object: IoU 36 / 1024 < 0.3
+                       [1, 1, 2])
+    report = coverage(objects, [2], [1], recipe)
+    assert report["all"]["objects"] == 3
+    assert report["per_class"]["a"]["positive"] == pytest.approx(0.5)
+    assert report["per_class"]["a"]["best_only"] == pytest.approx(0.5)
+    assert report["per_class"]["b"]["missed"] == pytest.approx(1.0)
+    assert report["per_size"]["small"]["objects"] == 1  # COCO: small is below 32^2 px
+    assert report["per_size"]["medium"]["objects"] == 2
+    assert report["per_class_size"]["b"]["large"]["objects"] == 0
+
+
+def test_suggestions_beat_the_recipe():
+    recipe = load_recipe(None, ["anchors.scales=[8]", "anchors.ratios=[1]"])
+    boxes = [[x, y, x + s, y + s] for s in (20, 40) for x in (30, 60) for y in (30, 60)]
+    objects = _objects(boxes, [1] * len(boxes), size=(160, 160))
+    suggestions = suggest_anchors(objects, recipe)
+    assert suggestions and suggestions[0]["positive"] > 0
+    assert all(s["positive"] > 0 for s in suggestions)
+    assert suggestions == sorted(suggestions, key=lambda s: -s["positive"])
+
+
+def test_cli_prints_table_and_writes_json(cli, tmp_path):
+    out = tmp_path / "a.json"
+    r = cli("anchors", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert "-83" in r.output and "376" in r.output
+    data = json.loads(out.read_text())
+    assert data["base_anchors"] == ORIGINAL
+    assert data["base_anchors_continuous"][0] == [-84, -40, 100, 56]
+
+
+def test_cli_coverage_report(cli, shapes_data, tmp_path):
+    out = tmp_path / "cov.json"
+    r = cli("anchors", "--recipe", "shapes", "--data", shapes_data / "train.json",
+            "--json", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    total = data["coverage"]["all"]
+    assert total["objects"] > 0
+    assert total["positive"] + total["best_only"] + total["missed"] == pytest.approx(1.0)
+    assert "circle" in data["coverage"]["per_class"]
+
+
+def test_cli_options_override_recipe_and_reject_bad_numbers(cli, tmp_path):
+    out = tmp_path / "a.json"
+    r = cli("anchors", "--stride", "8", "--scales", "4", "--ratios", "1", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["base_anchors"] == [[-11.0, -11.0, 20.0, 20.0]]
+    r = cli("anchors", "--scales", "8,x")
+    assert r.exit_code == 2 and "comma-separated" in r.output
