@@ -1,0 +1,200 @@
+"""Backbones: the shared conv layers, and the detector-only layers that sit on the RoIs.
+
+Each builder splits one ImageNet network in two, as the paper does for VGG16:
+
+| backbone | shared convs (stride 16) | early layers kept frozen | detector head on RoIs |
+| --- | --- | --- | --- |
+| vgg16 | conv1_1 .. conv5_3 (512) | conv1, conv2 | fc6, fc7 (from VGG's classifier) |
+| resnet50/101 | stem .. res4 (1024), C4 | stem, res2 | res5 + average pool (2048) |
+| mobilenet_v3_large | blocks 0-12 (112) | blocks 0-3 | blocks 13-16 + average pool (960) |
+| tiny | 7 conv-BN-ReLU layers (128), 0.2 GFLOP at 256 px | none | fc6, fc7 (head_dim) |
+
+ResNet and MobileNet use frozen BatchNorm when they start from ImageNet statistics (batches of
+one or two images cannot estimate them), ordinary BatchNorm when trained from scratch. The
+``tiny`` network is for CPU demos and tests and always trains from scratch.
+
+ImageNet weights come through torchvision's weights API (``model.pretrained``), or from a local
+state dict (``model.backbone_weights``: the file torchvision would download, e.g.
+``vgg16-397923af.pth``), loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
+
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from frcnn_cli.config import ModelConfig
+from frcnn_cli.engine.checkpoint import load_safe
+from frcnn_cli.errors import CheckpointError, FrcnnError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STRIDE = 16
+
+# name -> (torchvision builder, weights enum); the weights every torchvision user knows.
+_TORCHVISION = {
+    "vgg16": ("vgg16", "VGG16_Weights"),
+    "resnet50": ("resnet50", "ResNet50_Weights"),
+    "resnet101": ("resnet101", "ResNet101_Weights"),
+    "mobilenet_v3_large": ("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
+}
+
+
+class Backbone(nn.Module):
+    """Shared conv layers: images [B, 3, H, W] -> features [B, out_channels, H/16, W/16].
+
+    The first ``num_frozen`` modules of ``body`` never train (requires_grad off, norm layers
+    kept in eval mode by the model) and belong to no parameter group.
+    """
+
+    def __init__(self, body: nn.Sequential, out_channels: int, num_frozen: int = 0) -> None:
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+        self.stride = STRIDE
+        self.num_frozen = num_frozen
+        self.pixel_mean, self.pixel_std = IMAGENET_MEAN, IMAGENET_STD
+        for p in self.frozen_layers().parameters():
+            p.requires_grad_(False)
+
+    def frozen_layers(self) -> nn.Sequential:
+        return self.body[:self.num_frozen]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.body[self.num_frozen:].parameters())
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.body(images)
+
+
+class FCHead(nn.Module):
+    """fc6 and fc7 (Fast R-CNN): pooled RoIs [R, C, s, s] -> [R, dim], ReLU and dropout."""
+
+    def __init__(self, in_features: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, dim)
+        self.fc7 = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.dropout(F.relu(self.fc6(x.flatten(1))), self.dropout, self.training)
+        return F.dropout(F.relu(self.fc7(x)), self.dropout, self.training)
+
+
+class PooledConvHead(nn.Module):
+    """res5 (ResNet C4) or MobileNet's last blocks on RoIs, then average pooling: [R, dim]."""
+
+    def __init__(self, layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x).mean(dim=(2, 3))
+
+
+@dataclass
+class BackboneParts:
+    backbone: Backbone      # shared convs (state dict prefix ``backbone.``)
+    box_head: nn.Module     # detector-only layers on RoIs (inside ``roi_heads.``)
+    head_channels: int      # width of the box head's output
+
+
+def build_backbone(cfg: ModelConfig, roi_size: int, load_weights: bool = True) -> BackboneParts:
+    """The backbone named by ``cfg.backbone``; ImageNet weights when the recipe asks and
+    ``load_weights`` (False when a checkpoint will overwrite them anyway)."""
+    if cfg.backbone == "tiny":
+        return _tiny(cfg, roi_size)
+    imagenet = cfg.pretrained or cfg.backbone_weights is not None
+    builder, _ = _TORCHVISION[cfg.backbone]
+    kwargs = {}
+    if cfg.backbone.startswith("resnet"):
+        kwargs["norm_layer"] = FrozenBatchNorm2d if imagenet else nn.BatchNorm2d
+    elif cfg.backbone.startswith("mobilenet"):  # MobileNet's own BatchNorm eps
+        kwargs["norm_layer"] = partial(FrozenBatchNorm2d if imagenet else nn.BatchNorm2d,
+                                       eps=0.001)
+    net = getattr(torchvision.models, builder)(weights=None, **kwargs)
+    state = imagenet_state_dict(cfg) if load_weights and imagenet else None
+    if state is not None:
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            where = cfg.backbone_weights or "the downloaded file"
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            problem = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
+            raise CheckpointError(f"{where} does not hold {cfg.backbone} ImageNet weights "
+                                  f"({problem[:200]})") from None
+    return {"vgg16": _vgg16, "resnet50": _resnet_c4, "resnet101": _resnet_c4,
+            "mobilenet_v3_large": _mobilenet}[cfg.backbone](net, cfg, roi_size, state is not None)
+
+
+def imagenet_state_dict(cfg: ModelConfig) -> dict[str, Tensor]:
+    """ImageNet weights of ``cfg.backbone``: the local file if given, else a download."""
+    if cfg.backbone_weights is not None:
+        state = load_safe(cfg.backbone_weights, "backbone weights file")
+        for key in ("state_dict", "model"):  # common wrappers around a state dict
+            if isinstance(state.get(key), dict):
+                state = state[key]
+        return state
+    builder, enum = _TORCHVISION[cfg.backbone]
+    weights = getattr(torchvision.models, enum).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as e:  # offline, proxy, bad cache: all end the same way for the user
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FrcnnError(
+            f"cannot download the ImageNet weights of {cfg.backbone} ({reason}); on an offline "
+            f"machine fetch {weights.url} elsewhere and pass --backbone-weights FILE "
+            "(recipe key model.backbone_weights), or set model.pretrained=false") from None
+
+
+def _vgg16(net, cfg: ModelConfig, roi_size: int, imagenet: bool) -> BackboneParts:
+    body = net.features[:30]  # conv5_3 + ReLU; the last max pool is dropped (stride 16)
+    frozen = 10 if cfg.freeze_early else 0  # conv1_1 .. pool2
+    head = FCHead(512 * roi_size * roi_size, cfg.head_dim, cfg.dropout)
+    if imagenet and cfg.head_dim == 4096 and roi_size == 7:
+        # fc6/fc7 start from VGG's classifier, as in the paper (7 x 7 x 512 -> 4096 -> 4096).
+        head.fc6.load_state_dict(net.classifier[0].state_dict())
+        head.fc7.load_state_dict(net.classifier[3].state_dict())
+    return BackboneParts(Backbone(body, 512, frozen), head, cfg.head_dim)
+
+
+def _resnet_c4(net, cfg: ModelConfig, roi_size: int, imagenet: bool) -> BackboneParts:
+    body = nn.Sequential(OrderedDict(
+        (name, getattr(net, name))
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")))
+    frozen = 5 if cfg.freeze_early else 0  # stem and res2
+    return BackboneParts(Backbone(body, 1024, frozen), PooledConvHead(net.layer4), 2048)
+
+
+def _mobilenet(net, cfg: ModelConfig, roi_size: int, imagenet: bool) -> BackboneParts:
+    body = net.features[:13]  # up to the last stride-16 block (112 channels)
+    frozen = 4 if cfg.freeze_early else 0  # stem and the stride-2/4 blocks
+    return BackboneParts(Backbone(body, 112, frozen), PooledConvHead(net.features[13:]), 960)
+
+
+# The tiny backbone: (out channels, stride, dilation) of each 3x3 conv-BN-ReLU layer.
+TINY_LAYERS = ((16, 2, 1), (32, 2, 1), (64, 2, 1), (64, 1, 1), (128, 2, 1), (128, 1, 1),
+               (128, 1, 2))
+
+
+def _tiny(cfg: ModelConfig, roi_size: int) -> BackboneParts:
+    """A VGG-shaped stack small enough to train from scratch on a laptop CPU. The last layer
+    is dilated so the receptive field (about 180 px) covers the largest demo objects."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for cout, stride, dilation in TINY_LAYERS:
+        layers += [nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation,
+                             bias=False),
+                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        cin = cout
+    for m in layers:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    head = FCHead(cin * roi_size * roi_size, cfg.head_dim, cfg.dropout)
+    return BackboneParts(Backbone(nn.Sequential(*layers), cin), head, cfg.head_dim)

@@ -1,0 +1,185 @@
+"""Faster R-CNN (Ren et al. 2015): shared convs, RPN and a Fast R-CNN head in one module.
+
+    model = build_model("shapes", num_classes=3)          # recipe name, path or Recipe
+    losses = model(images, targets)                       # training: dict of scalar losses
+    model.eval(); detections = model(images)              # [{boxes, scores, labels}] per image
+
+``images`` is a list of [3, H, W] float tensors in 0..1 of any sizes; ``targets`` a list of
+dicts with ``boxes`` [N, 4] (x1 y1 x2 y2, the image's pixels) and ``labels`` [N] in 1..K.
+Detections come back in each input image's pixels.
+
+For the paper's 4-step training the model also runs as an RPN alone (``rpn_only=True``) or as
+a Fast R-CNN detector on given proposals (``proposals=[...]``), and its parameters form three
+groups, frozen stage by stage: ``shared`` (backbone convs), ``rpn`` and ``detector``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from frcnn_cli.config import Recipe, load_recipe, recipe_from_dict
+from frcnn_cli.engine.checkpoint import load_checkpoint
+from frcnn_cli.errors import CheckpointError, InputError
+from frcnn_cli.model.anchors import AnchorGrid
+from frcnn_cli.model.backbones import build_backbone
+from frcnn_cli.model.roi_heads import RoIHeads
+from frcnn_cli.model.rpn import RegionProposalNetwork
+from frcnn_cli.model.transform import ImageTransform
+
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+GROUPS = ("shared", "rpn", "detector")
+
+
+class FasterRCNN(nn.Module):
+    """The detector. Attributes: ``recipe``, ``classes`` ([{"id", "name"}] in label order),
+    ``num_classes``, and the parts ``transform``, ``backbone``, ``rpn``, ``roi_heads``."""
+
+    def __init__(self, recipe: Recipe, num_classes: int, classes: list[dict] | None = None,
+                 load_weights: bool = True) -> None:
+        super().__init__()
+        if classes is None:
+            classes = [{"id": i, "name": f"class{i}"} for i in range(1, num_classes + 1)]
+        if len(classes) != num_classes:
+            raise InputError(f"{len(classes)} class names given for {num_classes} classes")
+        self.recipe = recipe
+        self.classes = [{"id": c["id"], "name": c["name"]} for c in classes]
+        self.num_classes = num_classes
+        m = recipe.model
+        parts = build_backbone(m, m.roi_size, load_weights=load_weights)
+        self.transform = ImageTransform(recipe.input, parts.backbone.pixel_mean,
+                                        parts.backbone.pixel_std, m.channels_last)
+        self.backbone = parts.backbone
+        anchors = AnchorGrid.from_recipe(recipe)
+        if anchors.stride != self.backbone.stride:
+            raise InputError(f"anchors.stride is {anchors.stride} but the {m.backbone} "
+                             f"backbone has stride {self.backbone.stride}")
+        self.rpn = RegionProposalNetwork(self.backbone.out_channels, anchors, recipe.rpn)
+        self.roi_heads = RoIHeads(parts.box_head, parts.head_channels, num_classes,
+                                  recipe.roi_heads, m.roi_op, m.roi_size, self.backbone.stride)
+        self._trainable = dict.fromkeys(GROUPS, True)
+        if m.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
+                proposals: list[Tensor] | None = None, rpn_only: bool = False):
+        """Training: dict of losses ``loss_rpn_cls``, ``loss_rpn_box`` (unless ``proposals``
+        are given), ``loss_det_cls``, ``loss_det_box`` (unless ``rpn_only``).
+        Eval: one dict per image, ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D] (with
+        ``rpn_only``: the proposals' ``boxes`` and objectness ``scores``)."""
+        if self.training and targets is None:
+            raise InputError("training needs targets (boxes and labels per image)")
+        if rpn_only and proposals is not None:
+            raise InputError("rpn_only and given proposals exclude each other")
+        targets = targets if self.training else None
+        batch, targets, proposals = self.transform(images, targets, proposals)
+        features = self.backbone(batch.tensors)
+
+        losses: dict[str, Tensor] = {}
+        scores: list[Tensor] = []
+        if proposals is None:
+            proposals, scores, losses = self.rpn(
+                features, batch.image_sizes, batch.scales.mean(dim=1),
+                [t["boxes"] for t in targets] if targets is not None else None,
+                propose=not (self.training and rpn_only))
+        if rpn_only:
+            if self.training:
+                return losses
+            return [{"boxes": self.transform.to_input(p, batch, i), "scores": s}
+                    for i, (p, s) in enumerate(zip(proposals, scores, strict=True))]
+
+        detections, det_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**losses, **det_losses}
+        return [{**d, "boxes": self.transform.to_input(d["boxes"], batch, i)}
+                for i, d in enumerate(detections)]
+
+    # ------------------------------------------------------------------ parameter groups
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``shared`` (backbone, minus its always-frozen early layers), ``rpn``, ``detector``
+        (the head on RoIs, incl. fc6/fc7 or res5)."""
+        return {"shared": self.backbone.trainable_parameters(),
+                "rpn": list(self.rpn.parameters()),
+                "detector": list(self.roi_heads.parameters())}
+
+    def set_trainable(self, shared: bool = True, rpn: bool = True,
+                      detector: bool = True) -> FasterRCNN:
+        """Freeze or unfreeze the groups: requires_grad, and a frozen group's BatchNorm stays
+        in eval mode, so neither its weights nor its running statistics change."""
+        self._trainable = {"shared": shared, "rpn": rpn, "detector": detector}
+        for name, params in self.parameter_groups().items():
+            for p in params:
+                p.requires_grad_(self._trainable[name])
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> FasterRCNN:
+        super().train(mode)
+        if mode:
+            frozen = [self.backbone.frozen_layers()]
+            frozen += [{"shared": self.backbone, "rpn": self.rpn,
+                        "detector": self.roi_heads}[g] for g in GROUPS if not self._trainable[g]]
+            for part in frozen:
+                for module in part.modules():
+                    if isinstance(module, _NORMS):
+                        module.eval()
+        return self
+
+
+# ---------------------------------------------------------------------- building and loading
+
+
+def _as_recipe(recipe: Recipe | str | os.PathLike) -> Recipe:
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+
+
+def build_model(recipe: Recipe | str | os.PathLike, num_classes: int,
+                classes: list[dict] | None = None, load_weights: bool = True) -> FasterRCNN:
+    """A new model for ``num_classes`` object classes (background is added internally).
+
+    ``recipe``: a Recipe, a recipe name or a YAML path. ``classes``: [{"id", "name"}] in label
+    order (default: ids 1..K named class1..classK). ``load_weights=False`` skips ImageNet
+    weights (for a model whose weights will be loaded from a checkpoint).
+    """
+    if num_classes < 1:
+        raise InputError(f"num_classes must be at least 1, got {num_classes}")
+    return FasterRCNN(_as_recipe(recipe), num_classes, classes, load_weights=load_weights)
+
+
+def checkpoint_meta(model: FasterRCNN, iteration: int = 0, stage: str | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """The ``meta`` entry of a checkpoint of ``model``: iteration, stage, classes, recipe."""
+    return {"iteration": iteration, "stage": stage, "classes": list(model.classes),
+            "recipe": model.recipe.to_dict(), **extra}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> FasterRCNN:
+    """The model saved in a checkpoint, in eval mode on ``device``."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    if not isinstance(meta.get("recipe"), dict):
+        raise CheckpointError(f"{path} holds weights but no recipe; rebuild the model with "
+                              "build_model(recipe, num_classes) and load them into it")
+    recipe = recipe_from_dict(meta["recipe"], f"recipe in {path}")
+    state = ckpt["model"]
+    classes = meta.get("classes") or None
+    if classes:
+        num_classes = len(classes)
+    elif "roi_heads.cls_score.weight" in state:
+        num_classes = state["roi_heads.cls_score.weight"].shape[0] - 1
+    else:
+        raise CheckpointError(f"{path} has no detector weights (roi_heads.cls_score)")
+    model = FasterRCNN(recipe, num_classes, classes, load_weights=False)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise CheckpointError(f"{path} does not fit its own recipe "
+                              f"({lines[1][:200] if len(lines) > 1 else lines[0][:200]})"
+                              ) from None
+    return model.to(device).eval()
