@@ -1,0 +1,75 @@
+"""torchvision's own ``FasterRCNN`` built to a recipe's settings: the yardstick for speed.
+
+Same shared convs and head on RoIs (built by :mod:`frcnn_cli.model.backbones`), same anchors,
+image scale, proposal counts, NMS thresholds, RoI op and test-time limits; only the detection
+machinery around them (and the memory format: torchvision's default, NCHW) is torchvision's.
+Used by ``benchmarks/speed_vs_torchvision.py`` and ``frcnn benchmark --compare torchvision``.
+The remaining differences are torchvision's design: k sigmoid objectness scores, a 1e-3 px
+minimum proposal size, and the RPN conv as wide as the backbone's output.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
+from torchvision.ops import roi_align, roi_pool
+
+from frcnn_cli.config import Recipe
+from frcnn_cli.model.backbones import build_backbone
+
+
+class SingleMapRoIPool(nn.Module):
+    """torchvision's ``box_roi_pool`` interface over one feature map: RoI max pooling (the
+    paper) or RoIAlign, as the recipe's ``model.roi_op`` says."""
+
+    def __init__(self, op: str, size: int, spatial_scale: float) -> None:
+        super().__init__()
+        self.op, self.size, self.spatial_scale = op, size, spatial_scale
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor],
+                image_shapes: list[tuple[int, int]]) -> Tensor:
+        x = features["0"]
+        if self.op == "pool":
+            return roi_pool(x, proposals, self.size, self.spatial_scale)
+        return roi_align(x, proposals, self.size, self.spatial_scale, sampling_ratio=0,
+                         aligned=True)
+
+
+def build_reference(recipe: Recipe, num_classes: int) -> TorchvisionFasterRCNN:
+    """torchvision ``FasterRCNN`` with the recipe's network and numbers (no ImageNet weights:
+    it is for timing)."""
+    m, a, rpn, heads = recipe.model, recipe.anchors, recipe.rpn, recipe.roi_heads
+    cfg = m.model_copy(update={"pretrained": False, "backbone_weights": None})
+    parts = build_backbone(cfg, m.roi_size, load_weights=False)
+    backbone = parts.backbone
+    anchors = AnchorGenerator(sizes=(tuple(s * a.base_size for s in a.scales),),
+                              aspect_ratios=(tuple(a.ratios),))
+    model = TorchvisionFasterRCNN(
+        backbone, num_classes=None,
+        min_size=recipe.input.min_size, max_size=recipe.input.max_size,
+        image_mean=list(recipe.input.pixel_mean or backbone.pixel_mean),
+        image_std=list(recipe.input.pixel_std or backbone.pixel_std),
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
+        rpn_pre_nms_top_n_train=rpn.pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn.pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=rpn.post_nms_top_n_train,
+        rpn_post_nms_top_n_test=rpn.post_nms_top_n_test,
+        rpn_nms_thresh=rpn.nms_thresh,
+        rpn_fg_iou_thresh=rpn.fg_iou_thresh, rpn_bg_iou_thresh=rpn.bg_iou_thresh,
+        rpn_batch_size_per_image=rpn.batch_size_per_image,
+        rpn_positive_fraction=rpn.positive_fraction,
+        box_roi_pool=SingleMapRoIPool(m.roi_op, m.roi_size, 1.0 / backbone.stride),
+        box_head=parts.box_head,
+        box_predictor=FastRCNNPredictor(parts.head_channels, num_classes + 1),
+        box_score_thresh=heads.score_thresh, box_nms_thresh=heads.nms_thresh,
+        box_detections_per_img=heads.detections_per_img,
+        box_fg_iou_thresh=heads.fg_iou_thresh, box_bg_iou_thresh=heads.bg_iou_thresh_hi,
+        box_batch_size_per_image=heads.batch_size_per_image,
+        box_positive_fraction=heads.positive_fraction,
+        bbox_reg_weights=tuple(1.0 / s for s in heads.box_stds),
+    )
+    model.transform.size_divisible = recipe.input.size_divisible
+    return model
