@@ -1,0 +1,231 @@
+"""Training commands: ``train`` (approximate joint) and the paper's 4-step alternating
+schedule, stage by stage (``train-rpn``, ``propose``, ``train-detector``) or whole
+(``train-alt``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from frcnn_cli.cli import console, options
+from frcnn_cli.errors import InputError
+
+PANEL = "Training"
+
+Train = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--train", help="Training annotations (COCO JSON, e.g. from frcnn data convert).")]
+Val = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--val", help="Validation annotations: VOC07 mAP at the end (and every train.val_every "
+    "iterations), best.pt kept by it.")]
+Out = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--out", "-o", help="Run folder to create (config.yaml, last.pt, model.pt, metrics.jsonl, "
+    "plots/, eval.json).")]
+Iters = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--iters", min=1, help="Override the schedule length (lr drops scale with it).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default: the "  # noqa: UP045
+                                             "recipe's train.seed).")]
+CheckpointEvery = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--checkpoint-every", min=1, help="Iterations between last.pt saves (default: recipe).")]
+Resume = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--resume", help="Continue the run in this folder from its last.pt with its original "
+    "arguments.")]
+Amp = Annotated[bool, typer.Option("--amp", help="Mixed precision (CUDA only).")]
+BackboneWeights = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--backbone-weights", help="Local ImageNet state dict for the backbone (offline machines).",
+    dir_okay=False)]
+Stage = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--stage", min=1, max=2, help="1: from ImageNet weights, shared convs trained; 2: from "
+    "--init, shared convs frozen.")]
+Init = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--init", help="'imagenet' (default for stage 1) or a checkpoint to start from.")]
+
+
+def _args(command: str, recipe: str | None, train: Path | None, val: Path | None,
+          out: Path | None, overrides: list[str] | None, iters: int | None, device: str,
+          seed: int | None, checkpoint_every: int | None, amp: bool,
+          backbone_weights: Path | None, **kw):
+    from frcnn_cli.engine.trainer import RunArgs
+
+    missing = [name for name, v in (("--recipe", recipe), ("--train", train), ("--out", out))
+               if v is None]
+    if missing:
+        raise InputError(f"{command} needs {', '.join(missing)} (or --resume RUN)")
+    sets = list(overrides or [])
+    if backbone_weights is not None:
+        if not backbone_weights.is_file():
+            raise InputError(f"--backbone-weights file not found: {backbone_weights}")
+        sets.append(f"model.backbone_weights={backbone_weights}")
+    return RunArgs(command=command, recipe=recipe, train=str(train), out=str(out),
+                   val=str(val) if val else None, overrides=sets, iters=iters, device=device,
+                   seed=seed, checkpoint_every=checkpoint_every, amp=amp, **kw)
+
+
+def _refuse_with_resume(resume: Path | None, **given) -> None:
+    if resume is None:
+        return
+    extra = [name for name, v in given.items() if v not in (None, False, [])]
+    if extra:
+        raise InputError(f"--resume restores the run's own arguments; drop "
+                         f"{', '.join('--' + e.replace('_', '-') for e in extra)}")
+
+
+def _report(result) -> None:
+    console.info(f"[bold green]done[/]: {result.iterations} iterations -> {result.model_path}")
+    if result.val_map is not None:
+        console.info(f"validation mAP: [bold]{result.val_map:.4f}[/]")
+
+
+def _run(args, resume: Path | None, device: str) -> None:
+    from frcnn_cli.engine.trainer import resume_run, train_run
+
+    if resume is not None:
+        result = resume_run(resume, console.reporter(), device=device)
+    else:
+        result = train_run(args, console.reporter())
+    _report(result)
+
+
+def train(
+    recipe: options.OptionalRecipe = None, train: Train = None, val: Val = None, out: Out = None,
+    iters: Iters = None, overrides: options.Overrides = None, device: options.Device = "auto",
+    seed: Seed = None, checkpoint_every: CheckpointEvery = None, resume: Resume = None,
+    amp: Amp = False, init: Init = None, backbone_weights: BackboneWeights = None,
+) -> None:
+    """Approximate joint training: one backward pass through the RPN and detector losses.
+
+    Example: [bold]frcnn train -r shapes --train d/train.json --val d/val.json -o runs/joint[/]
+    """
+    _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
+                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every,
+                        init=init, backbone_weights=backbone_weights)
+    args = None if resume else _args("train", recipe, train, val, out, overrides, iters, device,
+                                     seed, checkpoint_every, amp, backbone_weights, init=init)
+    _run(args, resume, device)
+
+
+def train_rpn(
+    recipe: options.OptionalRecipe = None, train: Train = None, out: Out = None,
+    stage: Stage = None, init: Init = None, val: Val = None, iters: Iters = None,
+    overrides: options.Overrides = None, device: options.Device = "auto", seed: Seed = None,
+    checkpoint_every: CheckpointEvery = None, resume: Resume = None, amp: Amp = False,
+    backbone_weights: BackboneWeights = None,
+) -> None:
+    """Steps 1 and 3 of the 4-step schedule: train the RPN.
+
+    Stage 1 trains the shared convs and the RPN from ImageNet weights; stage 2 starts from the
+    stage-1 detector (--init) and trains only the RPN's own layers.
+
+    Example: [bold]frcnn train-rpn -r shapes --train d/train.json -o runs/s1rpn --stage 1[/]
+    """
+    _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
+                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every,
+                        init=init, stage=stage, backbone_weights=backbone_weights)
+    args = None
+    if resume is None:
+        if stage is None:
+            raise InputError("train-rpn needs --stage 1 or --stage 2")
+        args = _args("train-rpn", recipe, train, val, out, overrides, iters, device, seed,
+                     checkpoint_every, amp, backbone_weights, stage=stage, init=init)
+    _run(args, resume, device)
+
+
+def train_detector(
+    recipe: options.OptionalRecipe = None, train: Train = None,
+    proposals: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--proposals", help="Proposals for the training set, from frcnn propose.")] = None,
+    out: Out = None, stage: Stage = None, init: Init = None, val: Val = None,
+    iters: Iters = None, overrides: options.Overrides = None, device: options.Device = "auto",
+    seed: Seed = None, checkpoint_every: CheckpointEvery = None, resume: Resume = None,
+    amp: Amp = False, backbone_weights: BackboneWeights = None,
+) -> None:
+    """Steps 2 and 4 of the 4-step schedule: train the Fast R-CNN detector on fixed proposals.
+
+    Stage 1 trains the shared convs and the head from ImageNet weights; stage 2 starts from the
+    stage-2 RPN (--init) and trains only the detector's own layers: the result is the final
+    shared model.
+
+    Example: [bold]frcnn train-detector -r shapes --train d/train.json --proposals p1.pt
+    -o runs/s1det --stage 1[/]
+    """
+    _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
+                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every,
+                        init=init, stage=stage, proposals=proposals,
+                        backbone_weights=backbone_weights)
+    args = None
+    if resume is None:
+        if stage is None:
+            raise InputError("train-detector needs --stage 1 or --stage 2")
+        if proposals is None:
+            raise InputError("train-detector needs --proposals (made by frcnn propose)")
+        args = _args("train-detector", recipe, train, val, out, overrides, iters, device, seed,
+                     checkpoint_every, amp, backbone_weights, stage=stage, init=init,
+                     proposals=str(proposals))
+    _run(args, resume, device)
+
+
+def propose(
+    checkpoint: Annotated[Path, typer.Argument(help="Model whose RPN proposes (model.pt).")],
+    data: Annotated[Path, typer.Option("--data", help="Annotations of the images to propose "
+                                       "for.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Proposals file to write (.pt).",
+                                      dir_okay=False)],
+    device: options.Device = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1,
+) -> None:
+    """Run an RPN over a dataset with the training proposal settings (12000 -> NMS -> 2000).
+
+    Boxes are stored in original image pixels with their scores; the detector stages flip them
+    with their images.
+
+    Example: [bold]frcnn propose runs/s1rpn/model.pt --data d/train.json --out runs/p1.pt[/]
+    """
+    from frcnn_cli.engine.proposals import read_proposals
+    from frcnn_cli.engine.stages import propose as run_propose
+
+    path = run_propose(checkpoint, data, out, device, console.reporter(), batch_size)
+    obj = read_proposals(path)
+    n = len(obj["counts"])
+    mean = float(obj["counts"].float().mean()) if n else 0.0
+    console.info(f"[bold green]done[/]: {n} images, {mean:.0f} proposals per image -> {path}")
+
+
+def train_alt(
+    recipe: options.OptionalRecipe = None, train: Train = None, val: Val = None, out: Out = None,
+    iters: Iters = None, overrides: options.Overrides = None, device: options.Device = "auto",
+    seed: Seed = None, checkpoint_every: CheckpointEvery = None, resume: Resume = None,
+    init: Init = None, backbone_weights: BackboneWeights = None,
+) -> None:
+    """The paper's 4-step alternating training, all steps in order.
+
+    Writes RUN/stage1-rpn, RUN/stage1-detector, RUN/stage2-rpn, RUN/stage2-detector (each a run
+    folder with its model.pt) and RUN/model.pt, the final shared model. Repeating the command
+    (or --resume RUN) skips finished stages and resumes an interrupted one. --iters sets each
+    stage's length.
+
+    Example: [bold]frcnn train-alt -r shapes --train d/train.json --val d/val.json -o runs/alt[/]
+    """
+    from frcnn_cli.engine.stages import resume_alt
+    from frcnn_cli.engine.stages import train_alt as run_alt
+
+    _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
+                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every,
+                        init=init, backbone_weights=backbone_weights)
+    if resume is not None:
+        result = resume_alt(resume, console.reporter(), device=device)
+    else:
+        args = _args("train-alt", recipe, train, val, out, overrides, iters, device, seed,
+                     checkpoint_every, False, backbone_weights, init=init)
+        result = run_alt(args, console.reporter())
+    console.info(f"[bold green]done[/]: final shared model -> {result.model_path}")
+    if result.val_map is not None:
+        console.info(f"validation mAP: [bold]{result.val_map:.4f}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", rich_help_panel=PANEL)(train)
+    app.command("train-rpn", rich_help_panel=PANEL)(train_rpn)
+    app.command("propose", rich_help_panel=PANEL)(propose)
+    app.command("train-detector", rich_help_panel=PANEL)(train_detector)
+    app.command("train-alt", rich_help_panel=PANEL)(train_alt)

@@ -1,0 +1,110 @@
+"""Proposal files: an RPN's boxes for every image of a dataset (steps 2 and 4 of the schedule).
+
+``frcnn propose`` writes, with ``torch.save`` and read back only through the safe loader::
+
+    {"format": "frcnn-proposals", "version": 1,
+     "image_ids": int64 [M],            # dataset image ids, in dataset order
+     "counts":    int64 [M],            # proposals per image
+     "boxes":     float32 [sum(counts), 4],  # x1 y1 x2 y2 in original image pixels
+     "scores":    float32 [sum(counts)],     # objectness, highest first per image
+     "meta": {"checkpoint", "annotations", "pre_nms_top_n", "post_nms_top_n", "nms_thresh",
+              "min_size"}}
+
+Proposals are made on unflipped images; the training loader flips them with their image, as
+the original implementation does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frcnn_cli.engine.checkpoint import PROPOSALS_FORMAT, VERSION, load_safe, save_safe
+from frcnn_cli.errors import CheckpointError, DataError
+from frcnn_cli.progress import SILENT, Reporter
+
+
+@contextlib.contextmanager
+def training_proposal_settings(model) -> Iterator[None]:
+    """Let an eval-mode model propose with the recipe's training numbers (12000 -> 2000)."""
+    rpn = model.rpn
+    saved = (rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test)
+    rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test = (rpn.pre_nms_top_n_train,
+                                                       rpn.post_nms_top_n_train)
+    try:
+        yield
+    finally:
+        rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test = saved
+
+
+@torch.inference_mode()
+def generate_proposals(model, annotations, device: torch.device, reporter: Reporter = SILENT,
+                       rank: int = 0, world_size: int = 1,
+                       batch_size: int = 1) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Run the model's RPN over (this process's share of) a dataset.
+
+    Returns ``{image_id: (boxes [P, 4] in original pixels, scores [P])}``.
+    """
+    from frcnn_cli.data.dataset import build_test_loader
+
+    loader = build_test_loader(annotations, model.recipe, batch_size=batch_size,
+                               rank=rank, world_size=world_size)
+    model.eval()
+    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    total = len(annotations.images) // world_size + (rank < len(annotations.images) % world_size)
+    with training_proposal_settings(model), \
+            reporter.task("proposals", total=total) as task:
+        for images, targets in loader:
+            results = model([im.to(device) for im in images], rpn_only=True)
+            for res, target in zip(results, targets, strict=True):
+                boxes = res["boxes"].float().cpu() / target["scale"]
+                h, w = target["orig_size"]
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+                out[int(target["image_id"])] = (boxes, res["scores"].float().cpu())
+            task.update(advance=len(images))
+    return out
+
+
+def save_proposals(proposals: dict[int, tuple[torch.Tensor, torch.Tensor]], image_ids: list[int],
+                   path: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Write proposals in dataset order (``image_ids``) atomically."""
+    boxes = [proposals[i][0] for i in image_ids]
+    scores = [proposals[i][1] for i in image_ids]
+    return save_safe({
+        "format": PROPOSALS_FORMAT, "version": VERSION,
+        "image_ids": torch.tensor(image_ids, dtype=torch.int64),
+        "counts": torch.tensor([len(b) for b in boxes], dtype=torch.int64),
+        "boxes": torch.cat(boxes).reshape(-1, 4) if boxes else torch.zeros(0, 4),
+        "scores": torch.cat(scores) if scores else torch.zeros(0),
+        "meta": meta,
+    }, path)
+
+
+def read_proposals(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw proposal file, checked for format and consistency."""
+    obj = load_safe(path, "proposals file")
+    if obj.get("format") != PROPOSALS_FORMAT:
+        raise CheckpointError(f"{path} is not a proposals file (made by frcnn propose)")
+    counts, boxes = obj["counts"], obj["boxes"]
+    if int(counts.sum()) != len(boxes) or len(obj["image_ids"]) != len(counts):
+        raise CheckpointError(f"proposals file {path} is inconsistent (counts do not add up)")
+    return obj
+
+
+def load_proposals(path: str | os.PathLike, annotations) -> dict[int, torch.Tensor]:
+    """``{image_id: boxes [P, 4]}`` for every image of ``annotations``."""
+    obj = read_proposals(path)
+    ids = obj["image_ids"].tolist()
+    per_image = dict(zip(ids, torch.split(obj["boxes"], obj["counts"].tolist()), strict=True))
+    missing = [img["id"] for img in annotations.images if img["id"] not in per_image]
+    if missing:
+        raise DataError(f"proposals file {path} has no proposals for {len(missing)} image(s) "
+                        f"of the training set (e.g. image id {missing[0]}); make them with "
+                        "frcnn propose for this dataset")
+    return per_image

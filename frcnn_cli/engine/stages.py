@@ -1,0 +1,172 @@
+"""The paper's 4-step alternating training (Section 3.2), stage by stage.
+
+    1. train-rpn --stage 1        RPN + shared convs from ImageNet weights
+       propose                    its proposals for the training set
+    2. train-detector --stage 1   Fast R-CNN + shared convs from ImageNet weights, on them
+    3. train-rpn --stage 2        from step 2's model, shared convs frozen: RPN layers only
+       propose                    the new RPN's proposals
+    4. train-detector --stage 2   from step 3's model, shared convs and RPN frozen: head only
+
+Step 3 starts its RPN layers afresh, as the original does (the stage-1 Fast R-CNN net carries
+newly initialised RPN layers), and step 4 fine-tunes step 2's head. After step 4 the RPN and
+the detector share one backbone: ``RUN/model.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from frcnn_cli.engine import distributed as dist_mod
+from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from frcnn_cli.engine.proposals import generate_proposals, save_proposals
+from frcnn_cli.engine.trainer import RunArgs, RunResult, resolve_device, train_run
+from frcnn_cli.errors import InputError
+from frcnn_cli.files import prepare_output_file, require_file
+from frcnn_cli.progress import SILENT, Reporter
+
+log = logging.getLogger("frcnn")
+
+STAGES = ("stage1-rpn", "stage1-detector", "stage2-rpn", "stage2-detector")
+
+
+def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
+            device: str = "auto", reporter: Reporter = SILENT, batch_size: int = 1) -> Path:
+    """Run a checkpoint's RPN over a dataset with the training proposal settings; write ``out``.
+
+    Works under torchrun: each process proposes for its share, the main one writes the file.
+    """
+    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.model.faster_rcnn import load_model
+
+    dev = resolve_device(device)
+    dist = dist_mod.init_distributed(dev)
+    if dist.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+    ann = load_annotations(require_file(data, "annotations"))
+    if dist.is_main:
+        prepare_output_file(out, [checkpoint, data], "proposals file")
+    model = load_model(require_file(checkpoint, "checkpoint"), device=dev)
+    mine = generate_proposals(model, ann, dev, reporter if dist.is_main else SILENT,
+                              rank=dist.rank, world_size=dist.world_size,
+                              batch_size=batch_size)
+    parts = dist_mod.gather_to_main(mine, dist)
+    if dist.is_main:
+        merged = {k: v for part in parts for k, v in part.items()}
+        rpn = model.recipe.rpn
+        save_proposals(merged, [img["id"] for img in ann.images], out, {
+            "checkpoint": str(checkpoint), "annotations": str(data),
+            "pre_nms_top_n": rpn.pre_nms_top_n_train, "post_nms_top_n": rpn.post_nms_top_n_train,
+            "nms_thresh": rpn.nms_thresh, "min_size": rpn.min_size})
+    dist_mod.barrier(dist)
+    dist_mod.shutdown(dist)
+    return Path(out)
+
+
+def _finished(run: Path) -> bool:
+    return (run / "model.pt").is_file()
+
+
+def _stage(base: RunArgs, run_root: Path, name: str, **kw) -> RunArgs:
+    part = "rpn" if name.endswith("rpn") else "detector"
+    return replace(base, command=f"train-{part}", stage=int(name[5]), out=str(run_root / name),
+                   val=None, **kw)
+
+
+def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
+    """All four steps into ``RUN/stage*/`` and the final shared model into ``RUN/model.pt``.
+
+    A stage whose ``model.pt`` exists is not rerun; one with only ``last.pt`` is resumed; so
+    repeating the command after an interruption finishes the schedule.
+    """
+    root = Path(args.out)
+    for src in (args.train, args.val):
+        if src and Path(src).resolve() == root.resolve():
+            raise InputError(f"run folder {root} is an input; choose another --out")
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        _write_alt_config(root, args)
+    init = args.init or "imagenet"
+
+    def run(stage_args: RunArgs) -> RunResult:
+        out = Path(stage_args.out)
+        if _finished(out):
+            log.info("%s: finished earlier, kept", out.name)
+            return RunResult(out=out, iterations=-1, model_path=out / "model.pt")
+        resume = (out / "last.pt").is_file()
+        log.info("%s: %s", out.name, "resuming" if resume else "training")
+        if resume:
+            from frcnn_cli.engine.trainer import resume_run
+
+            return resume_run(out, reporter, device=args.device)
+        return train_run(stage_args, reporter)
+
+    def proposals_for(stage_dir: Path) -> Path:
+        path = stage_dir / "proposals.pt"
+        if not path.is_file():
+            log.info("%s: proposing for the training set", stage_dir.name)
+            propose(stage_dir / "model.pt", args.train, path, args.device, reporter)
+        return path
+
+    s1_rpn = run(_stage(args, root, "stage1-rpn", init=init))
+    p1 = proposals_for(s1_rpn.out)
+    s1_det = run(_stage(args, root, "stage1-detector", init=init, proposals=str(p1)))
+    s2_rpn = run(_stage(args, root, "stage2-rpn", init=str(s1_det.model_path)))
+    p2 = proposals_for(s2_rpn.out)
+    s2_det = run(_stage(args, root, "stage2-detector", init=str(s2_rpn.model_path),
+                        proposals=str(p2)))
+
+    val_map = None
+    if is_main:
+        final = load_checkpoint(s2_det.model_path)
+        final["meta"] = {**final["meta"], "stage": "alt"}
+        save_checkpoint(final, root / "model.pt")
+        if args.val:
+            val_map = evaluate_final(root, args, reporter)
+    return RunResult(out=root, iterations=s2_det.iterations, model_path=root / "model.pt",
+                     val_map=val_map)
+
+
+def resume_alt(run_dir: str | os.PathLike, reporter: Reporter = SILENT,
+               device: str | None = None) -> RunResult:
+    """Finish an interrupted ``train-alt`` run with its original arguments."""
+    from frcnn_cli.engine.trainer import read_config
+
+    args, _ = read_config(run_dir)
+    args.out = str(run_dir)
+    if device is not None:
+        args.device = device
+    return train_alt(args, reporter)
+
+
+def evaluate_final(root: Path, args: RunArgs, reporter: Reporter = SILENT) -> float:
+    """VOC07 (the recipe's metric) of ``RUN/model.pt`` on --val, written to ``RUN/eval.json``."""
+    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.evaluation.inference import evaluate_model
+    from frcnn_cli.files import write_json
+    from frcnn_cli.model.faster_rcnn import load_model
+
+    device = resolve_device(args.device)
+    model = load_model(root / "model.pt", device=device)
+    result = evaluate_model(model, load_annotations(args.val), metric=model.recipe.eval.metric,
+                            device=device, reporter=reporter)
+    write_json(root / "eval.json", result.to_dict())
+    return float(result.mAP)
+
+
+def _write_alt_config(root: Path, args: RunArgs) -> None:
+    from dataclasses import asdict
+
+    from frcnn_cli import config as config_mod
+    from frcnn_cli.files import write_text
+
+    recipe = config_mod.load_recipe(args.recipe, args.overrides)
+    text = config_mod.dump_yaml({"args": {**asdict(args), "command": "train-alt"},
+                                 "recipe": recipe.to_dict(),
+                                 "stages": {s: str(root / s) for s in STAGES}})
+    write_text(root / "config.yaml", text)
