@@ -57,7 +57,7 @@ def test_coco_json_has_summary(cli, files, tmp_path):
     assert j["metric"] == "coco" and j["per_class"]["bird"] is None
     for key in ("AP50", "AP75", "APs", "APm", "APl"):
         assert key in j
-    assert "COCO summary" in r.output
+    assert "COCO AP (pycocotools)" in r.output and "AR100" in r.output
 
 
 def test_empty_detections_mean_zero(cli, files, tmp_path):

@@ -155,10 +155,11 @@ def _report(result, data: Path, json_out: Path | None, plot: Path | None) -> Non
     if left_out:
         console.info(f"{left_out} class(es) without objects show n/a and are left out of the "
                      f"mean of {len(scored)}")
-    if result.metric == "coco":
-        names = list(result.summary)
-        console.table("COCO summary (pycocotools)", names,
-                      [[result.summary[n] for n in names]])
+    if result.metric == "coco":  # two rows of six fit an 80-column terminal
+        for kind in ("AP", "AR"):
+            names = [n for n in result.summary if n.startswith(kind)]
+            console.table(f"COCO {kind} (pycocotools)", names,
+                          [[result.summary[n] for n in names]])
     if json_out is not None:
         from frcnn_cli.files import write_json
 
