@@ -110,3 +110,20 @@ def test_proposals_count_bounds_and_min_size():
     rpn.pre_nms_top_n_train, rpn.post_nms_top_n_train = 30, 5
     boxes, _, _ = rpn(feats, sizes, scales)
     assert all(len(b) <= 5 for b in boxes)
+
+
+def test_nms_on_a_prefix_gives_the_full_result():
+    # The proposal layer first runs NMS on the best 4 x post_n candidates; its survivors must
+    # be exactly the full NMS's first post_n.
+    rpn = _rpn()
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 600, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + 10 + torch.rand(2, 600, 2, generator=g) * 60], dim=2)
+    scores = torch.sort(torch.randn(2, 600, generator=g), dim=1, descending=True).values
+    full_boxes, full_scores = rpn._nms(boxes, scores, 25)
+    head_boxes, head_scores = rpn._nms(boxes[:, :100], scores[:, :100], 25)
+    assert [len(b) for b in head_boxes] == [25, 25]
+    for a, b in zip(full_boxes, head_boxes, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(full_scores, head_scores, strict=True):
+        assert torch.equal(a, b)

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 
+import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -73,6 +74,23 @@ class Backbone(nn.Module):
         return self.body(images)
 
 
+def tracing() -> bool:
+    """True while the model is being traced, scripted, compiled or exported."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export())
+
+
+def _linear(x: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer(x)``; in fp32 CPU inference through oneDNN's GEMM, about 25 % faster than the
+    default one for fc6's shapes (300 x 25088 x 4096: 0.30 s against 0.39 s on 2 cores)."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available()
+            and not tracing()):
+        return torch.ops.aten.mkldnn_linear(x.contiguous().to_mkldnn(), layer.weight,
+                                            layer.bias).to_dense()
+    return layer(x)
+
+
 class FCHead(nn.Module):
     """fc6 and fc7 (Fast R-CNN): pooled RoIs [R, C, s, s] -> [R, dim], ReLU and dropout."""
 
@@ -83,8 +101,8 @@ class FCHead(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.dropout(F.relu(self.fc6(x.flatten(1))), self.dropout, self.training)
-        return F.dropout(F.relu(self.fc7(x)), self.dropout, self.training)
+        x = F.dropout(F.relu(_linear(x.flatten(1), self.fc6)), self.dropout, self.training)
+        return F.dropout(F.relu(_linear(x, self.fc7)), self.dropout, self.training)
 
 
 class PooledConvHead(nn.Module):

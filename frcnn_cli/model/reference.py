@@ -1,8 +1,9 @@
 """torchvision's own ``FasterRCNN`` built to a recipe's settings: the yardstick for speed.
 
-Same shared convs and head on RoIs (built by :mod:`frcnn_cli.model.backbones`), same anchors,
-image scale, proposal counts, NMS thresholds, RoI op and test-time limits; only the detection
-machinery around them (and the memory format: torchvision's default, NCHW) is torchvision's.
+Same shared convs (built by :mod:`frcnn_cli.model.backbones`), same head on RoIs (fc6/fc7 as
+torchvision's own ``TwoMLPHead``; ResNet's res5 as ours), same anchors, image scale, proposal
+counts, NMS thresholds, RoI op and test-time limits; the detection machinery around them and
+the memory format (NCHW, torchvision's default) are torchvision's.
 Used by ``benchmarks/speed_vs_torchvision.py`` and ``frcnn benchmark --compare torchvision``.
 The remaining differences are torchvision's design: k sigmoid objectness scores, a 1e-3 px
 minimum proposal size, and the RPN conv as wide as the backbone's output.
@@ -10,22 +11,23 @@ minimum proposal size, and the RPN conv as wide as the backbone's output.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
-from torchvision.ops import roi_align, roi_pool
+from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
 
 from frcnn_cli.config import Recipe
-from frcnn_cli.model.backbones import build_backbone
+from frcnn_cli.model.backbones import FCHead, build_backbone
 
 
-class SingleMapRoIPool(nn.Module):
-    """torchvision's ``box_roi_pool`` interface over one feature map: RoI max pooling (the
-    paper) or RoIAlign, as the recipe's ``model.roi_op`` says."""
+class SingleMapRoIPool(MultiScaleRoIAlign):
+    """torchvision's ``box_roi_pool`` over one feature map: RoI max pooling (the paper) or
+    RoIAlign, as the recipe's ``model.roi_op`` says. (A MultiScaleRoIAlign subclass, the only
+    type FasterRCNN accepts there.)"""
 
     def __init__(self, op: str, size: int, spatial_scale: float) -> None:
-        super().__init__()
+        super().__init__(["0"], size, sampling_ratio=0)
         self.op, self.size, self.spatial_scale = op, size, spatial_scale
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor],
@@ -62,7 +64,8 @@ def build_reference(recipe: Recipe, num_classes: int) -> TorchvisionFasterRCNN:
         rpn_batch_size_per_image=rpn.batch_size_per_image,
         rpn_positive_fraction=rpn.positive_fraction,
         box_roi_pool=SingleMapRoIPool(m.roi_op, m.roi_size, 1.0 / backbone.stride),
-        box_head=parts.box_head,
+        box_head=(TwoMLPHead(parts.box_head.fc6.in_features, parts.head_channels)
+                  if isinstance(parts.box_head, FCHead) else parts.box_head),
         box_predictor=FastRCNNPredictor(parts.head_channels, num_classes + 1),
         box_score_thresh=heads.score_thresh, box_nms_thresh=heads.nms_thresh,
         box_detections_per_img=heads.detections_per_img,

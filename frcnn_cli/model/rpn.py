@@ -21,6 +21,7 @@ from torchvision.ops import box_iou
 
 from frcnn_cli.config import RPNConfig
 from frcnn_cli.model.anchors import AnchorGrid
+from frcnn_cli.model.backbones import tracing
 from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image
 from frcnn_cli.model.matching import Matcher, sample_balanced
 
@@ -164,7 +165,6 @@ class RegionProposalNetwork(nn.Module):
         [P_i, 4] and probabilities [P_i], best first (P_i <= post-NMS top N)."""
         pre_n = self.pre_nms_top_n_train if self.training else self.pre_nms_top_n_test
         post_n = self.post_nms_top_n_train if self.training else self.post_nms_top_n_test
-        num_images = objectness.shape[0]
         boxes = clip_boxes(self.box_coder.decode(deltas, anchors[None]), image_sizes)
         # As the original: drop small boxes first, then take the top N of the rest.
         small = ((boxes[..., 2] - boxes[..., 0] < min_sizes[:, None])
@@ -173,9 +173,24 @@ class RegionProposalNetwork(nn.Module):
         top, order = objectness.topk(min(pre_n, objectness.shape[1]), dim=1)
         boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
 
-        image_idx = torch.arange(num_images, device=boxes.device)[:, None].expand_as(top)
-        ok = torch.isfinite(top).flatten()
-        boxes, top, image_idx = boxes.reshape(-1, 4)[ok], top.flatten()[ok], image_idx.flatten()[ok]
-        keeps = nms_per_image(boxes, top, image_idx, self.nms_thresh, post_n, num_images)
-        probs = torch.sigmoid(top)
+        # Greedy NMS keeps a box iff no better kept box overlaps it, so once the best m
+        # candidates of every image yield post_n survivors, those are the final ones: try a
+        # short prefix first (exact, and much cheaper than NMS over all 6000).
+        m = 4 * post_n
+        if m <= top.shape[1] // 2 and not tracing():
+            result = self._nms(boxes[:, :m], top[:, :m], post_n)
+            if all(len(b) == post_n for b in result[0]):
+                return result
+        return self._nms(boxes, top, post_n)
+
+    def _nms(self, boxes: Tensor, scores: Tensor, post_n: int) -> tuple[list[Tensor], list[Tensor]]:
+        """boxes [B, n, 4], score logits [B, n] (-inf: dropped) -> per image NMS survivors
+        (at most post_n) and their probabilities."""
+        num_images = scores.shape[0]
+        image_idx = torch.arange(num_images, device=boxes.device)[:, None].expand_as(scores)
+        ok = torch.isfinite(scores).flatten()
+        boxes = boxes.reshape(-1, 4)[ok]
+        scores, image_idx = scores.flatten()[ok], image_idx.flatten()[ok]
+        keeps = nms_per_image(boxes, scores, image_idx, self.nms_thresh, post_n, num_images)
+        probs = torch.sigmoid(scores)
         return [boxes[k] for k in keeps], [probs[k] for k in keeps]
