@@ -105,3 +105,12 @@ class AnchorGrid:
         if not tracing:
             self._cache[key] = anchors
         return anchors
+
+
+def inside_image(anchors: Tensor, height, width, border: float) -> Tensor:
+    """[A] bool: anchors reaching at most ``border`` pixels outside a height x width image
+    (the original trains only on these; ``border`` < 0 keeps every anchor)."""
+    if border < 0:
+        return torch.ones(len(anchors), dtype=torch.bool, device=anchors.device)
+    return ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border)
+            & (anchors[:, 2] <= width + border) & (anchors[:, 3] <= height + border))

@@ -23,7 +23,7 @@ from torchvision.ops import box_iou
 
 from frcnn_cli.config import Recipe
 from frcnn_cli.geometry import resize_scale, resized_shape
-from frcnn_cli.model.anchors import AnchorGrid
+from frcnn_cli.model.anchors import AnchorGrid, inside_image
 
 # COCO's size buckets (object area in pixels, here after the recipe's resize).
 BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
@@ -78,10 +78,7 @@ def best_anchor_iou(objects: ObjectSet, scales: list[float], ratios: list[float]
     best = torch.zeros(len(objects.boxes))
     for h, w in torch.unique(objects.image_sizes, dim=0).tolist():
         anchors = grid.grid(math.ceil(h / grid.stride), math.ceil(w / grid.stride))
-        if border >= 0:
-            inside = ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border)
-                      & (anchors[:, 2] <= w + border) & (anchors[:, 3] <= h + border))
-            anchors = anchors[inside]
+        anchors = anchors[inside_image(anchors, h, w, border)]
         if len(anchors) == 0:
             continue
         index = torch.nonzero((objects.image_sizes == torch.tensor([h, w])).all(dim=1))[:, 0]

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 
 from frcnn_cli.config import RPNConfig
-from frcnn_cli.model.anchors import AnchorGrid
+from frcnn_cli.model.anchors import AnchorGrid, inside_image
 from frcnn_cli.model.backbones import tracing
 from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image
 from frcnn_cli.model.matching import Matcher, sample_balanced
@@ -118,13 +118,7 @@ class RegionProposalNetwork(nn.Module):
         Returns sampled positive indices [P], negative indices [M], and the positives'
         regression targets [P, 4].
         """
-        if self.allowed_border >= 0:
-            h, w = image_size[0], image_size[1]
-            b = self.allowed_border
-            inside = ((anchors[:, 0] >= -b) & (anchors[:, 1] >= -b)
-                      & (anchors[:, 2] <= w + b) & (anchors[:, 3] <= h + b))
-        else:
-            inside = None
+        inside = inside_image(anchors, image_size[0], image_size[1], self.allowed_border)
         labels, matched = self.matcher(box_iou(objects, anchors), inside)
         pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
         return pos, neg, self.box_coder.encode(objects[matched[pos]], anchors[pos])
