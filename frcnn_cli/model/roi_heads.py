@@ -123,9 +123,8 @@ class RoIHeads(nn.Module):
                     image_sizes: Tensor) -> list[dict[str, Tensor]]:
         """Detections per image: boxes [D, 4] (network pixels), scores [D], labels [D]."""
         num_images, k = len(proposals), self.num_classes
-        counts = torch.tensor([len(p) for p in proposals], device=class_logits.device)
-        image_idx = torch.repeat_interleave(torch.arange(num_images, device=counts.device),
-                                            counts)
+        image_idx = torch.cat([torch.full((len(p),), i, dtype=torch.int64, device=p.device)
+                               for i, p in enumerate(proposals)])
         scores = F.softmax(class_logits, dim=-1)[:, 1:]  # [R, K], background dropped
         boxes = self.box_coder.decode(deltas[:, 1:], torch.cat(proposals)[:, None])  # [R, K, 4]
         boxes = clip_boxes(boxes, image_sizes[image_idx])
