@@ -111,7 +111,7 @@ def evaluate(
         return
 
     from frcnn_cli import load_model
-    from frcnn_cli.engine.trainer import resolve_device
+    from frcnn_cli.devices import resolve_device
 
     torch_device = resolve_device(device)
     model = load_model(checkpoint, device=torch_device)

@@ -53,7 +53,7 @@ def predict(
     prepare_output_dir(out, inputs, "--out folder")
 
     from frcnn_cli import load_model
-    from frcnn_cli.engine.trainer import resolve_device
+    from frcnn_cli.devices import resolve_device
     from frcnn_cli.evaluation.detections import save_detections
     from frcnn_cli.evaluation.predict import predict_files
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
+from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.engine.proposals import generate_proposals, save_proposals
-from frcnn_cli.engine.trainer import RunArgs, RunResult, resolve_device, train_run
+from frcnn_cli.engine.trainer import RunArgs, RunResult, train_run
 from frcnn_cli.errors import InputError
 from frcnn_cli.files import prepare_output_file, require_file
 from frcnn_cli.progress import SILENT, Reporter

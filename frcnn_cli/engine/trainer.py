@@ -28,6 +28,7 @@ import yaml
 
 from frcnn_cli import config as config_mod
 from frcnn_cli.config import Recipe
+from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.engine.optim import build_optimizer, build_scheduler, scaled_steps
@@ -93,25 +94,6 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------- set-up helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; a CUDA device that is absent is an InputError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise InputError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device '{name}' asked for, but CUDA is not available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"device '{name}' does not exist "
-                             f"({torch.cuda.device_count()} CUDA device(s))")
-    elif device.type != "cpu":
-        raise InputError(f"unsupported device '{name}'; use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def schedule_for(args: RunArgs, recipe: Recipe) -> tuple[int, list[int]]:
