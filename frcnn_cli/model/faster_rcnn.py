@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from frcnn_cli.config import Recipe, load_recipe, recipe_from_dict
 from frcnn_cli.engine.checkpoint import load_checkpoint
-from frcnn_cli.errors import CheckpointError, InputError
+from frcnn_cli.errors import CheckpointError, InputError, RecipeError
 from frcnn_cli.model.anchors import AnchorGrid
 from frcnn_cli.model.backbones import build_backbone
 from frcnn_cli.model.roi_heads import RoIHeads
@@ -55,7 +55,7 @@ class FasterRCNN(nn.Module):
         self.backbone = parts.backbone
         anchors = AnchorGrid.from_recipe(recipe)
         if anchors.stride != self.backbone.stride:
-            raise InputError(f"anchors.stride is {anchors.stride} but the {m.backbone} "
+            raise RecipeError(f"anchors.stride is {anchors.stride} but the {m.backbone} "
                              f"backbone has stride {self.backbone.stride}")
         self.rpn = RegionProposalNetwork(self.backbone.out_channels, anchors, recipe.rpn)
         self.roi_heads = RoIHeads(parts.box_head, parts.head_channels, num_classes,

@@ -93,6 +93,7 @@ class RoIHeads(nn.Module):
 
     def pool(self, features: Tensor, proposals: list[Tensor]) -> Tensor:
         """RoI features [R, C, s, s] of the proposals (all images, in order)."""
+        features = features.float()  # the RoI ops run in fp32 (also under bf16 autocast)
         if self.roi_op == "pool":
             # roi_pool rounds the box to map cells and counts x2, y2 as the last pixel inside,
             # like the original's layer, whose boxes were inclusive: a continuous box ends one
@@ -105,7 +106,7 @@ class RoIHeads(nn.Module):
     def classify(self, features: Tensor, proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Class logits [R, K + 1] and deltas [R, K + 1, 4] for the proposals."""
         x = self.box_head(self.pool(features, proposals))
-        return self.cls_score(x), self.bbox_pred(x).reshape(len(x), -1, 4)
+        return self.cls_score(x).float(), self.bbox_pred(x).float().reshape(len(x), -1, 4)
 
     def loss(self, class_logits: Tensor, deltas: Tensor, labels: Tensor,
              box_targets: Tensor) -> dict[str, Tensor]:

@@ -97,6 +97,7 @@ class RegionProposalNetwork(nn.Module):
                 targets: list[Tensor] | None = None,
                 propose: bool = True) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         logits, deltas = self.head(features)
+        logits, deltas = logits.float(), deltas.float()  # boxes in fp32 under autocast too
         anchors = self.anchors.grid(features.shape[-2], features.shape[-1], features.device)
         losses: dict[str, Tensor] = {}
         if targets is not None:
