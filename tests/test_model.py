@@ -153,3 +153,14 @@ def test_overfit_one_image_detects_the_object(one_thread):
     assert len(dets["boxes"]) >= 1
     assert dets["labels"][0] == 2 and dets["scores"][0] > 0.5
     assert box_iou(dets["boxes"][:1], target[0]["boxes"])[0, 0] > 0.7
+
+
+def test_bf16_autocast_keeps_boxes_in_fp32(one_thread):
+    model = _model().eval()
+    image = torch.rand(3, 128, 160)
+    with torch.inference_mode():
+        full = model([image])[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model([image])[0]
+    assert low["boxes"].dtype == torch.float32 and low["scores"].dtype == torch.float32
+    assert len(low["boxes"]) > 0 and len(full["boxes"]) > 0
