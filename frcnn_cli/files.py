@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from frcnn_cli.errors import InputError
+from frcnn_cli.errors import DataError, InputError
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
@@ -39,8 +39,9 @@ def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
 
 
 def _same(a: Path, b: Path) -> bool:
+    """One file under two names: the same path once resolved, or a hard link."""
     try:
-        return a.resolve() == b.resolve()
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
     except OSError:
         return False
 
@@ -50,15 +51,18 @@ def prepare_output_file(
 ) -> Path:
     """Check that ``path`` can be written and is none of ``inputs``; create its folder.
 
-    Raises InputError when the output would replace an input, lies inside an input folder's
-    place of a file, or its folder cannot be created or written.
+    Raises InputError when the output would replace an input, is a folder, or its folder
+    cannot be created or written. ``inputs`` is only read when ``path`` exists, so a
+    dataset's image files can be passed as a generator at no cost.
     """
     out = Path(path)
-    for src in inputs:
-        if src is not None and _same(out, Path(src)):
-            raise InputError(f"{what} {out} is the same file as the input; choose another path")
-    if out.exists() and out.is_dir():
-        raise InputError(f"{what} {out} is a folder; give a file path")
+    if out.exists():  # only an existing file can be an input: ``inputs`` may be long and lazy
+        for src in inputs:
+            if src is not None and _same(out, Path(src)):
+                raise InputError(f"{what} {out} is the same file as the input; "
+                                 "choose another path")
+        if out.is_dir():
+            raise InputError(f"{what} {out} is a folder; give a file path")
     _writable_dir(out.parent if str(out.parent) else Path("."), what)
     return out
 
@@ -82,24 +86,50 @@ def prepare_output_dir(
 
 def _writable_dir(folder: Path, what: str) -> None:
     name = what if what.endswith("folder") else f"{what} folder"
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{name} {folder} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create {name} {folder}: {e.strerror or e}") from e
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{name} {folder} is not writable")
+    # Permission bits do not tell everything (root, read-only mounts, /proc): try it, so a
+    # command fails here rather than after its slow part.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".frcnn-write-test.", dir=folder)
+    except OSError as e:
+        raise InputError(f"{name} {folder} is not writable ({e.strerror or e})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; DataError naming it when it is binary or unreadable."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{what} {p} is not a UTF-8 text file") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {p}: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on success fsync it and rename it over ``path``.
 
-    On any error the temp file is removed and ``path`` keeps its previous content. A full disk
-    surfaces as InputError naming the file.
+    On any error the temp file is removed and ``path`` keeps its previous content. A full disk,
+    a read-only or unwritable folder surface as InputError naming the file.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    kept = "the previous file is intact" if target.exists() else "nothing was written"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise InputError(f"cannot write {target}: {e.strerror or e}; {kept}") from e
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
@@ -110,9 +140,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InputError(
-                f"no space left on device while writing {target}; the previous file is intact"
-            ) from e
+            raise InputError(f"no space left on device while writing {target}; {kept}") from e
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM,
+                                                  errno.EIO):
+            raise InputError(f"cannot write {target}: {e.strerror or e}; {kept}") from e
         raise
 
 

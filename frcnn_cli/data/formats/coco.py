@@ -19,7 +19,7 @@ from typing import Any
 from frcnn_cli.data.annotations import Annotations, annotations_from_dict
 from frcnn_cli.data.images import image_size
 from frcnn_cli.errors import DataError
-from frcnn_cli.files import require_dir, require_file
+from frcnn_cli.files import read_text, require_dir, require_file
 
 log = logging.getLogger("frcnn")
 
@@ -31,12 +31,10 @@ def read_coco(src: str | os.PathLike, images: str | os.PathLike | None = None
     """Read and normalise a COCO detection JSON (see the module doc)."""
     path = require_file(src, "COCO file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "COCO file"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON: line {e.lineno} column {e.colno}: "
                         f"{e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
     if isinstance(data, dict):
         _renumber(data)
     root = require_dir(images, "image folder") if images is not None else None

@@ -27,7 +27,9 @@ def read_csv(src: str | os.PathLike, classes: Sequence[str] | None = None) -> An
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError:
+        raise DataError(f"CSV file {path} is not a UTF-8 text file") from None
+    except (OSError, csv.Error) as e:
         raise DataError(f"cannot read {path}: {e}") from None
     builder = CocoBuilder(path.parent)
     ids: dict[str, int] = {}

@@ -36,7 +36,7 @@ from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.formats.builder import CocoBuilder, listed_categories, sorted_categories
 from frcnn_cli.data.images import IMAGE_SUFFIXES
 from frcnn_cli.errors import DataError, InputError
-from frcnn_cli.files import require_dir
+from frcnn_cli.files import read_text, require_dir
 
 log = logging.getLogger("frcnn")
 
@@ -98,7 +98,7 @@ def _devkit_files(root: Path, split: str | None) -> list[Path]:
                       if "_" not in p.stem)
         hint = f"; available: {', '.join(have)}" if have else ""
         raise InputError(f"split file not found: {listing}{hint}")
-    stems = [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines()
+    stems = [line.split()[0] for line in read_text(listing, "VOC split file").splitlines()
              if line.strip()]
     files = [ann_dir / f"{s}.xml" for s in stems]
     missing = [f for f in files if not f.is_file()]

@@ -28,6 +28,7 @@ from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.formats.builder import CocoBuilder
 from frcnn_cli.data.images import image_size, is_image_file
 from frcnn_cli.errors import DataError, InputError
+from frcnn_cli.files import read_text
 
 log = logging.getLogger("frcnn")
 
@@ -80,7 +81,7 @@ def _find_spec(folder: Path) -> Path:
 
 def _read_spec(path: Path) -> dict[str, Any]:
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        spec = yaml.safe_load(read_text(path, "YOLO data file"))
     except yaml.YAMLError as e:
         raise DataError(f"{path} is not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(spec, dict):
@@ -90,7 +91,7 @@ def _read_spec(path: Path) -> dict[str, Any]:
 
 def _names(spec_file: Path, spec: dict[str, Any]) -> list[str]:
     if spec_file.suffix not in (".yaml", ".yml"):
-        return [ln.strip() for ln in spec_file.read_text(encoding="utf-8").splitlines()
+        return [ln.strip() for ln in read_text(spec_file, "YOLO class names file").splitlines()
                 if ln.strip()]
     names = spec.get("names")
     if isinstance(names, dict):
@@ -144,7 +145,7 @@ def _images_of(entry: Path) -> list[Path]:
     if entry.is_dir():
         return sorted(p for p in entry.rglob("*") if p.is_file() and is_image_file(p))
     if entry.is_file() and entry.suffix == ".txt":
-        lines = [ln.strip() for ln in entry.read_text(encoding="utf-8").splitlines()]
+        lines = [ln.strip() for ln in read_text(entry, "YOLO image list").splitlines()]
         return [(entry.parent / ln) if not Path(ln).is_absolute() else Path(ln)
                 for ln in lines if ln]
     raise InputError(f"YOLO split not found: {entry}")
@@ -163,7 +164,7 @@ def _label_file(image: Path) -> Path:
 def _read_labels(label: Path, names: list[str], width: int, height: int
                  ) -> list[tuple[str, list[float]]]:
     out = []
-    for n, line in enumerate(label.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text(label, "YOLO label file").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
