@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -28,7 +29,8 @@ def synth(
 ) -> None:
     """Synthesise a detection set of coloured shapes on textured backgrounds.
 
-    Writes OUT/train.json, OUT/val.json and OUT/images/.
+    Writes OUT/train.json, OUT/val.json and OUT/images/; a folder that already
+    holds a dataset is refused.
     Shapes have sides from 8 % to 50 % of the image and overlap, each staying
     at least 60 % visible; some images have no object.
     Boxes are the shapes' full extents. The same seed gives byte-identical JSON.
@@ -118,9 +120,10 @@ def check(
 ) -> None:
     """Report what is wrong with a dataset, by kind, with examples.
 
-    Errors: missing, unreadable or corrupt images, size mismatches, degenerate
-    boxes (zero, negative, NaN), boxes outside the image, unknown categories,
-    duplicate ids, annotations of missing images. Warnings: boxes partly outside,
+    Errors: no image at all, missing, unreadable or corrupt images, size
+    mismatches, degenerate boxes (zero, negative, NaN), boxes outside the
+    image, unknown categories, duplicate ids, annotations of missing
+    images. Warnings: boxes partly outside,
     boxes under a pixel, duplicate boxes. Images without objects are information.
     Exit 0 when there is no error, 2 otherwise. With --fix, a cleaned copy is
     written (sizes from the files, boxes clipped, degenerate, orphaned and
@@ -148,7 +151,8 @@ def check(
             raise typer.Exit(2)
         return
     fixed, changes = fix_dataset(ann, report)
-    path = save_annotations(fixed, fix, inputs=[annotations])
+    # the images --fix drops are inputs too
+    path = save_annotations(fixed, fix, inputs=itertools.chain([annotations], ann.image_files()))
     if changes:
         console.table(f"changes in {path}", ["change", "count"],
                       [[what, n] for what, n in changes.items()])
@@ -187,7 +191,11 @@ def stats(
 
     if json_out is not None:
         prepare_output_file(json_out, inputs=[annotations], what="--json output")
+    folder = prepare_output_dir(plot, inputs=[annotations], what="--plot") \
+        if plot is not None else None
     ann = load_annotations(annotations)
+    if json_out is not None:
+        prepare_output_file(json_out, inputs=ann.image_files(), what="--json output")
     r = config.load_recipe(recipe)
     st = dataset_stats(ann, r)
     console.info(f"{annotations}: {st.num_images} images ({st.images_without_objects} without "
@@ -204,8 +212,7 @@ def stats(
                    for name, q in st.distributions().items()])
     console.table("COCO sizes (original pixels)", ["small (<32²)", "medium (<96²)", "large"],
                   [[st.coco_sizes["small"], st.coco_sizes["medium"], st.coco_sizes["large"]]])
-    if plot is not None:
-        folder = prepare_output_dir(plot, inputs=[annotations], what="--plot")
+    if folder is not None:
         for path in plot_stats(st, folder):
             console.info(f"wrote {path}")
     if json_out is not None:
@@ -241,8 +248,10 @@ def split(
     from frcnn_cli.files import prepare_output_file
 
     for name in ("train.json", "val.json"):
-        prepare_output_file(folder / name, inputs=[annotations])
-    paths = [save_annotations(part, folder / name, inputs=[annotations])
+        prepare_output_file(folder / name, inputs=itertools.chain([annotations],
+                                                                  ann.image_files()))
+    paths = [save_annotations(part, folder / name,
+                              inputs=itertools.chain([annotations], ann.image_files()))
              for part, name in ((train, "train.json"), (val, "val.json"))]
     tc, vc = class_counts(train), class_counts(val)
     console.table(None, ["id", "class", "train objects", "train images", "val objects",

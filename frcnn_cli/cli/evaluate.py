@@ -100,6 +100,10 @@ def evaluate(
     from frcnn_cli.data.annotations import load_annotations
 
     ann = load_annotations(data)
+    # the dataset's images are inputs too: no output may replace one
+    for path, what in ((json_out, "--json file"), (save_detections, "--save-detections file")):
+        if path is not None:
+            prepare_output_file(path, ann.image_files(), what)
     if detections is not None:
         from frcnn_cli.evaluation.detections import load_detections
         from frcnn_cli.evaluation.evaluate import evaluate_detections

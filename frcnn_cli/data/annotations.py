@@ -18,10 +18,11 @@ value problems (boxes outside the image, unknown categories, duplicates) are the
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,11 @@ class Annotations:
     def image_path(self, image: dict[str, Any]) -> Path:
         """Where the image file of a record lies."""
         return self.root / image["file_name"]
+
+    def image_files(self) -> Iterator[Path]:
+        """The image file of every record, lazily (for output checks: no output replaces
+        one)."""
+        return (self.image_path(im) for im in self.images)
 
     # ----------------------------------------------------------------- derived sets
 
@@ -239,9 +245,11 @@ def save_annotations(ann: Annotations, path: str | os.PathLike,
                      inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Write ``ann`` to ``path`` atomically, ``file_name`` made relative to ``path``'s folder.
 
-    ``inputs`` are files the output must not replace (the dataset's own file is always one).
+    ``inputs`` are files the output must not replace; the dataset's own file and its image
+    files always are.
     """
-    guard = [*inputs, *([ann.path] if ann.path is not None else [])]
+    guard = itertools.chain(inputs, [ann.path] if ann.path is not None else [],
+                            ann.image_files())
     out = prepare_output_file(path, inputs=guard, what="annotation file")
     data = ann.to_dict(folder=out.parent)
     indent = 2 if len(ann.images) <= _INDENT_LIMIT else None

@@ -4,9 +4,10 @@
 inspects every record; it returns a :class:`CheckReport` of :class:`Issue` s, each of one
 kind and severity:
 
-- errors: missing, unreadable or corrupt images, sizes that differ from the file, boxes with
-  zero, negative or non-finite sides, boxes wholly outside their image, unknown categories,
-  duplicate image, annotation or category ids, annotations of images that do not exist;
+- errors: no image at all, missing, unreadable or corrupt images, sizes that differ from the
+  file, boxes with zero, negative or non-finite sides, boxes wholly outside their image,
+  unknown categories, duplicate image, annotation or category ids, annotations of images that
+  do not exist;
 - warnings: boxes partly outside their image, boxes under a pixel, duplicate boxes (same
   class, IoU >= 0.95), images listed twice, images without a stated size;
 - information: images without objects, categories without objects.
@@ -37,6 +38,7 @@ ERROR, WARNING, INFO = "error", "warning", "info"
 
 # kind -> (severity, what --fix does about it)
 KINDS: dict[str, tuple[str, str]] = {
+    "empty dataset": (ERROR, "nothing to fix: add images"),
     "missing image": (ERROR, "image dropped"),
     "unreadable image": (ERROR, "image dropped"),
     "size mismatch": (ERROR, "size set from the file, boxes clipped"),
@@ -59,7 +61,7 @@ KINDS: dict[str, tuple[str, str]] = {
 DUPLICATE_IOU = 0.95
 MIN_SIDE = 1.0  # pixels: a box narrower or lower is not an object to learn
 _SLACK = 1e-3  # pixels a box may poke out of its image (float rounding)
-_PLURAL = {"degenerate box": "degenerate boxes", "box outside image": "boxes outside their image",
+PLURAL = {"degenerate box": "degenerate boxes", "box outside image": "boxes outside their image",
            "tiny box": "boxes under a pixel"}
 
 
@@ -110,6 +112,9 @@ def check_dataset(ann: Annotations, decode: bool = True, reporter: Reporter = SI
                   workers: int | None = None) -> CheckReport:
     """Inspect every image file and record of ``ann``; see the module doc for the kinds."""
     report = CheckReport(len(ann.images), len(ann.annotations))
+    if not ann.images:
+        report.add("empty dataset", f"{ann.path or 'the dataset'} lists no image: there is "
+                   "nothing to train or evaluate on")
     report.measured = _measure(ann, decode, reporter, workers, report)
     _check_ids(ann, report)
     _check_images(ann, report)
@@ -314,7 +319,7 @@ def fix_dataset(ann: Annotations, report: CheckReport) -> tuple[Annotations, dic
         problem = box_problem(a["bbox"], extent[a["image_id"]])
         kind = problem[0] if problem else None
         if kind in ("degenerate box", "box outside image", "tiny box"):
-            changes[f"{_PLURAL[kind]} dropped"] += 1
+            changes[f"{PLURAL[kind]} dropped"] += 1
             continue
         if kind == "box partly outside image":
             a["bbox"] = clip_box(a["bbox"], *extent[a["image_id"]])

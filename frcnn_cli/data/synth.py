@@ -63,6 +63,7 @@ def synthesize(out: str | os.PathLike, train: int = 200, val: int = 50, size: in
     if train < 0 or val < 0:
         raise InputError("--train and --val must not be negative")
     cfg = SynthConfig(size=size, num_classes=num_classes)
+    _refuse_existing_dataset(Path(out))
     folder = prepare_output_dir(out, what="output")
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     written = {}
@@ -84,6 +85,20 @@ def synthesize(out: str | os.PathLike, train: int = 200, val: int = 50, size: in
             ann = _assemble(records, cfg, folder)
             written[split] = save_annotations(ann, folder / f"{split}.json")
     return written
+
+
+def _refuse_existing_dataset(folder: Path) -> None:
+    """Synth writes fixed names (train.json, images/train/000001.jpg): in a folder that already
+    holds a dataset they would replace the user's files."""
+    taken = [folder / f"{split}.json" for split in ("train", "val")]
+    taken = [p for p in taken if p.exists()]
+    for split in ("train", "val"):
+        images = folder / "images" / split
+        if images.is_dir() and any(images.iterdir()):
+            taken.append(images)
+    if taken:
+        raise InputError(f"{folder} already holds a dataset ({taken[0]}); data synth never "
+                         "replaces files: choose a new or empty folder")
 
 
 def _assemble(records: list[dict[str, Any]], cfg: SynthConfig, folder: Path) -> Annotations:
