@@ -8,7 +8,8 @@ fc6/fc7 4096, 21 classes), the same 600/1000 resize, 6000 -> 300 proposals at NM
 class NMS 0.3 (torchvision's via :func:`frcnn_cli.model.reference.build_reference`). They run
 one image, fp32, in one process, interleaved (ours then theirs, then the other way round) so
 both see the same machine load; the script prints each model's median latency and the ratio
-ours / torchvision. Weights are random (timing does not depend on them), and both run under
+ours / torchvision (of the medians, and the median of each round's ratio, which is steadier
+on a shared machine). Weights are random (timing does not depend on them), and both run under
 ``torch.inference_mode``.
 
 With ``--bf16`` frcnn also runs under CPU bfloat16 autocast (fp16 on CUDA); the script prints
@@ -99,7 +100,10 @@ def main() -> None:
     print()
     for name, t in med.items():
         print(f"{name:>16}: median {t * 1000:7.0f} ms   (min {min(times[name]) * 1000:.0f})")
-    print(f"{'ratio':>16}: frcnn / torchvision = {med['frcnn'] / med['torchvision']:.3f}")
+    rounds = statistics.median(a / b for a, b in zip(times["frcnn"], times["torchvision"],
+                                                     strict=True))
+    print(f"{'ratio':>16}: frcnn / torchvision = {med['frcnn'] / med['torchvision']:.3f} "
+          f"(median of the per-round ratios: {rounds:.3f})")
     if args.bf16:
         name = f"frcnn {str(low).split('.')[-1]}"
         print(f"{'ratio':>16}: {name} / torchvision = {med[name] / med['torchvision']:.3f}")
