@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from frcnn_cli.model.box_coder import tracing
+
 
 def _whctrs(anchors: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Width, height and centre of inclusive boxes [N, 4]."""
@@ -93,16 +95,16 @@ class AnchorGrid:
         return len(self.base)
 
     def grid(self, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
-        key = (int(height), int(width), str(device))
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if not tracing and key in self._cache:
+        cache = not tracing()  # traced sizes are symbolic: no cache, no int()
+        key = (int(height), int(width), str(device)) if cache else None
+        if cache and key in self._cache:
             return self._cache[key]
         xs = torch.arange(width, device=device, dtype=torch.float32) * self.stride
         ys = torch.arange(height, device=device, dtype=torch.float32) * self.stride
         sy, sx = torch.meshgrid(ys, xs, indexing="ij")
         shifts = torch.stack([sx, sy, sx, sy], dim=-1).reshape(-1, 1, 4)
         anchors = (shifts + self.base.to(device)[None]).reshape(-1, 4)
-        if not tracing:
+        if cache:
             self._cache[key] = anchors
         return anchors
 

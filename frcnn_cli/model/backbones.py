@@ -33,6 +33,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from frcnn_cli.config import ModelConfig
 from frcnn_cli.engine.checkpoint import load_safe
 from frcnn_cli.errors import CheckpointError, FrcnnError
+from frcnn_cli.model.box_coder import tracing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,12 +73,6 @@ class Backbone(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.body(images)
-
-
-def tracing() -> bool:
-    """True while the model is being traced, scripted, compiled or exported."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export())
 
 
 def _linear(x: Tensor, layer: nn.Linear) -> Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, nms
 
 # Largest dw/dh decoded: a box at most 1000/16 times its reference (as detectron and torchvision).
 DEFAULT_CLAMP = math.log(1000.0 / 16)
@@ -76,6 +76,13 @@ def clip_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
                         boxes[..., 2].clamp(zero, w), boxes[..., 3].clamp(zero, h)], dim=-1)
 
 
+def tracing() -> bool:
+    """True while the model is being traced, scripted, compiled or exported: code then takes
+    its plain tensor path, without caches, shortcuts or data-dependent branches."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+
+
 def nms_per_image(boxes: Tensor, scores: Tensor, image_idx: Tensor, iou_thresh: float,
                   top_n: int, num_images: int, labels: Tensor | None = None,
                   num_labels: int = 1) -> list[Tensor]:
@@ -86,7 +93,13 @@ def nms_per_image(boxes: Tensor, scores: Tensor, image_idx: Tensor, iou_thresh: 
     best score first.
     """
     groups = image_idx if labels is None else image_idx * num_labels + labels
-    keep = batched_nms(boxes, scores, groups, iou_thresh)  # best first, across images
+    if tracing():
+        # torchvision's coordinate trick without its data-dependent branches: shift each
+        # group's boxes past the others' so that one plain NMS never compares two groups.
+        span = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max() + 1
+        keep = nms(boxes + (groups.to(boxes.dtype) * span)[:, None], scores, iou_thresh)
+    else:
+        keep = batched_nms(boxes, scores, groups, iou_thresh)  # best first, across images
     if num_images == 1:
         return [keep[:top_n]]
     # Group the survivors by image (stable: each image's stay best first), rank within image.

@@ -106,7 +106,8 @@ class RoIHeads(nn.Module):
     def classify(self, features: Tensor, proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Class logits [R, K + 1] and deltas [R, K + 1, 4] for the proposals."""
         x = self.box_head(self.pool(features, proposals))
-        return self.cls_score(x).float(), self.bbox_pred(x).float().reshape(len(x), -1, 4)
+        deltas = self.bbox_pred(x).float().reshape(-1, self.num_classes + 1, 4)
+        return self.cls_score(x).float(), deltas
 
     def loss(self, class_logits: Tensor, deltas: Tensor, labels: Tensor,
              box_targets: Tensor) -> dict[str, Tensor]:
@@ -124,12 +125,12 @@ class RoIHeads(nn.Module):
                     image_sizes: Tensor) -> list[dict[str, Tensor]]:
         """Detections per image: boxes [D, 4] (network pixels), scores [D], labels [D]."""
         num_images, k = len(proposals), self.num_classes
-        image_idx = torch.cat([torch.full((len(p),), i, dtype=torch.int64, device=p.device)
+        image_idx = torch.cat([torch.full_like(p[:, 0], i, dtype=torch.int64)
                                for i, p in enumerate(proposals)])
         scores = F.softmax(class_logits, dim=-1)[:, 1:]  # [R, K], background dropped
         boxes = self.box_coder.decode(deltas[:, 1:], torch.cat(proposals)[:, None])  # [R, K, 4]
         boxes = clip_boxes(boxes, image_sizes[image_idx])
-        labels = torch.arange(1, k + 1, device=boxes.device).expand(len(boxes), k)
+        labels = torch.arange(1, k + 1, device=boxes.device).expand(boxes.shape[0], k)
         image_idx = image_idx[:, None].expand(-1, k)
 
         boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)

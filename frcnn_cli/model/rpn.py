@@ -21,8 +21,7 @@ from torchvision.ops import box_iou
 
 from frcnn_cli.config import RPNConfig
 from frcnn_cli.model.anchors import AnchorGrid, inside_image
-from frcnn_cli.model.backbones import tracing
-from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image
+from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image, tracing
 from frcnn_cli.model.matching import Matcher, sample_balanced
 
 
@@ -165,14 +164,14 @@ class RegionProposalNetwork(nn.Module):
         small = ((boxes[..., 2] - boxes[..., 0] < min_sizes[:, None])
                  | (boxes[..., 3] - boxes[..., 1] < min_sizes[:, None]))
         objectness = objectness.masked_fill(small, float("-inf"))
-        top, order = objectness.topk(min(pre_n, objectness.shape[1]), dim=1)
+        top, order = objectness.topk(torch.sym_min(pre_n, objectness.shape[1]), dim=1)
         boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
 
         # Greedy NMS keeps a box iff no better kept box overlaps it, so once the best m
         # candidates of every image yield post_n survivors, those are the final ones: try a
         # short prefix first (exact, and much cheaper than NMS over all 6000).
         m = 4 * post_n
-        if m <= top.shape[1] // 2 and not tracing():
+        if not tracing() and m <= top.shape[1] // 2:
             result = self._nms(boxes[:, :m], top[:, :m], post_n)
             if all(len(b) == post_n for b in result[0]):
                 return result

@@ -9,7 +9,6 @@ colour) at the bottom and right to a common size divisible by ``input.size_divis
 
 from __future__ import annotations
 
-import math
 import random
 from typing import NamedTuple
 
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 
 from frcnn_cli.config import InputConfig
 from frcnn_cli.geometry import is_resized, resized_shape
-from frcnn_cli.model.box_coder import clip_boxes
+from frcnn_cli.model.box_coder import clip_boxes, tracing
 
 
 class ImageBatch(NamedTuple):
@@ -47,6 +46,11 @@ class ImageTransform(nn.Module):
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         """Size an input image is brought to: unchanged if already at an allowed scale (the
         test scale; in training, any of ``input.train_scales``), else resized."""
+        if tracing():  # the same rule, with symbolic sizes (export with dynamic H, W)
+            scale = torch.sym_min(self.min_size / torch.sym_min(height, width),
+                                  self.max_size / torch.sym_max(height, width))
+            return (torch.sym_max(1, round(height * scale)),
+                    torch.sym_max(1, round(width * scale)))
         scales = self.train_scales if self.training and self.train_scales else [self.min_size]
         if any(is_resized(height, width, s, self.max_size) for s in scales):
             return height, width
@@ -61,14 +65,14 @@ class ImageTransform(nn.Module):
         for image in images:
             h, w = image.shape[-2:]
             nh, nw = self.target_size(h, w)
-            if (nh, nw) != (h, w):
+            if tracing() or (nh, nw) != (h, w):  # resizing to the same size changes nothing
                 image = F.interpolate(image[None], size=(nh, nw), mode="bilinear",
                                       align_corners=False)[0]
             resized.append((image - self.mean) / self.std)
             sizes.append((h, w, nh, nw))
         d = self.size_divisible
-        pad_h = int(math.ceil(max(s[2] for s in sizes) / d) * d)
-        pad_w = int(math.ceil(max(s[3] for s in sizes) / d) * d)
+        pad_h = -(-max(s[2] for s in sizes) // d) * d  # rounded up to a multiple of d
+        pad_w = -(-max(s[3] for s in sizes) // d) * d
         tensors = torch.stack([F.pad(im, (0, pad_w - im.shape[-1], 0, pad_h - im.shape[-2]))
                                for im in resized])
         if self.channels_last:
