@@ -2,10 +2,11 @@
 
 Each image has a textured, noisy background and 0 to ``max_objects`` shapes of up to six
 classes (circle, square, triangle, cross, diamond, star), with sides from 8 % to 50 % of the
-image, random colours that stand out from the background, overlapping one another. Later
-shapes are drawn over earlier ones, but a placement is refused if it would hide more than
-40 % of a shape already there, so every object stays recognisable. A box is the shape's full
-extent in pixels, occluded parts included, exactly as rasterised.
+image, random colours that stand out from the background and from each other, overlapping one
+another. Later shapes are drawn over earlier ones, but a placement is refused if it would hide
+more than 30 % of a shape already there or if two boxes would overlap at IoU above 0.3 (the
+test-time NMS threshold), so every object stays recognisable and findable. A box is the
+shape's full extent in pixels, occluded parts included, exactly as rasterised.
 
 Generation is deterministic: image ``i`` of a split draws from its own random stream seeded by
 ``(seed, split, i)``, so the same seed gives byte-identical JSON (and pixels) on any machine
@@ -40,8 +41,10 @@ class SynthConfig:
     max_side: float = 0.5
     max_objects: int = 5
     empty_fraction: float = 0.08
-    min_visible: float = 0.6
+    min_visible: float = 0.7
+    max_box_iou: float = 0.3  # no two boxes overlap more: the paper's test NMS (0.3) keeps both
     min_contrast: float = 110.0  # RGB distance between a shape and the background's mean
+    min_shape_contrast: float = 80.0  # RGB distance between two shapes' colours
     jpeg_quality: int = 92
 
 
@@ -143,12 +146,14 @@ def draw_image(cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, 
     full_area: list[int] = []
     objects: list[dict] = []
     n = 0 if rng.random() < cfg.empty_fraction else int(rng.integers(1, cfg.max_objects + 1))
+    colors: list[np.ndarray] = []
     for _ in range(n):
         cls = int(rng.integers(cfg.num_classes))
-        color = _contrasting_color(base, cfg.min_contrast, rng)
+        color = _contrasting_color(base, colors, cfg, rng)
         for _attempt in range(15):
             mask, box = _shape_mask(SHAPES[cls], cfg, rng)
-            if _keeps_others_visible(owner, mask, full_area, cfg.min_visible):
+            if (_keeps_others_visible(owner, mask, full_area, cfg.min_visible)
+                    and _max_iou(box, [o["bbox"] for o in objects]) <= cfg.max_box_iou):
                 break
         else:
             continue
@@ -156,6 +161,7 @@ def draw_image(cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, 
         owner[mask] = k
         image[mask] = color
         full_area.append(int(mask.sum()))
+        colors.append(color)
         objects.append({"category_id": cls + 1, "bbox": box})
     noise = rng.normal(0.0, rng.uniform(3.0, 8.0), image.shape)
     image = np.clip(image + noise, 0, 255).astype(np.uint8)
@@ -186,12 +192,17 @@ def _background(s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     return base.astype(np.float32) + texture, base
 
 
-def _contrasting_color(base: np.ndarray, min_dist: float,
+def _contrasting_color(base: np.ndarray, others: list[np.ndarray], cfg: SynthConfig,
                        rng: np.random.Generator) -> np.ndarray:
-    for _ in range(50):
+    """A colour far from the background's mean and, where possible, from the other shapes'
+    (so two overlapping shapes never melt into one blob)."""
+    for attempt in range(100):
         c = rng.uniform(0, 255, 3)
-        if np.linalg.norm(c - base) >= min_dist:
-            return c.astype(np.float32)
+        if np.linalg.norm(c - base) < cfg.min_contrast:
+            continue
+        if attempt < 50 and any(np.linalg.norm(c - o) < cfg.min_shape_contrast for o in others):
+            continue
+        return c.astype(np.float32)
     # the base is mid-grey-ish: take the far corner of the colour cube
     return np.where(base > 127, 0.0, 255.0).astype(np.float32)
 
@@ -247,6 +258,18 @@ def _polygons(shape: str, x0: int, y0: int, x1: int, y1: int) -> list[np.ndarray
     px = x0 + (px - px.min()) / (px.max() - px.min()) * (x1 - x0)
     py = y0 + (py - py.min()) / (py.max() - py.min()) * (y1 - y0)
     return [np.stack([px, py], axis=1)]
+
+
+def _max_iou(box: list[float], others: list[list[float]]) -> float:
+    """Largest IoU of ``box`` with ``others`` (all ``[x, y, w, h]``); 0 without others."""
+    best = 0.0
+    x, y, w, h = box
+    for ox, oy, ow, oh in others:
+        iw = max(0.0, min(x + w, ox + ow) - max(x, ox))
+        ih = max(0.0, min(y + h, oy + oh) - max(y, oy))
+        inter = iw * ih
+        best = max(best, inter / (w * h + ow * oh - inter))
+    return best
 
 
 def _keeps_others_visible(owner: np.ndarray, mask: np.ndarray, full_area: list[int],
