@@ -1,0 +1,60 @@
+"""Export: deployable files of a detector, checked against the PyTorch model.
+
+- :mod:`~frcnn_cli.export.capture`: the whole detector for one image of any size as one
+  ``torch.export`` graph, which both file formats are written from;
+- :mod:`~frcnn_cli.export.onnx` and :mod:`~frcnn_cli.export.torchscript`: the files;
+- :mod:`~frcnn_cli.export.verify`: does a file detect what the PyTorch model detects.
+
+::
+
+    data = export_bytes(model, "onnx")                 # model: eval mode, on the CPU
+    run = load_exported("onnx", data)
+    boxes, scores, labels = run(image)                 # image: [3, H, W] float in 0..1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch loads with the functions, so importing the package stays cheap
+    from torch import Tensor, nn
+
+FORMATS = ("onnx", "torchscript")
+
+
+def export_bytes(model: nn.Module, fmt: str, opset: int | None = None, **extra: Any) -> bytes:
+    """The exported file of ``model`` in ``fmt`` (onnx, torchscript); ``extra`` goes into
+    its metadata."""
+    if fmt == "onnx":
+        from frcnn_cli.export.onnx import onnx_bytes
+
+        return onnx_bytes(model, opset, **extra)
+    from frcnn_cli.export.torchscript import torchscript_bytes
+
+    return torchscript_bytes(model, **extra)
+
+
+def load_exported(fmt: str, data: bytes) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """``run(image [3, H, W]) -> (boxes, scores, labels)`` with onnxruntime or torch.jit."""
+    import torch
+
+    if fmt == "onnx":
+        from frcnn_cli.export.onnx import onnx_session
+
+        session, _ = onnx_session(data)
+
+        def run_onnx(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            outputs = session.run(None, {"image": image.detach().cpu().float().numpy()})
+            return tuple(torch.from_numpy(v) for v in outputs)
+
+        return run_onnx
+    from frcnn_cli.export.torchscript import load_torchscript
+
+    module, _ = load_torchscript(data)
+
+    def run_torchscript(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.inference_mode():
+            return module(image)
+
+    return run_torchscript

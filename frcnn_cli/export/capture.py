@@ -1,0 +1,88 @@
+"""The detector as one graph: what ``frcnn export`` serialises, whatever the format.
+
+:class:`SingleImageDetector` is the model's own eval forward for one image, with plain tensor
+outputs: an image ``[3, H, W]`` float in 0..1 -> ``boxes [D, 4]`` (x1 y1 x2 y2 in the image's
+pixels), ``scores [D]``, ``labels [D]`` int64 in 1..K. :func:`capture` records it with
+``torch.export`` with symbolic H and W, so resize, normalisation, padding, the anchor grid and
+every count follow the input's size, and the number of proposals and detections is a
+data-dependent size (zero included). ONNX (:mod:`frcnn_cli.export.onnx`) and TorchScript
+(:mod:`frcnn_cli.export.torchscript`) are both written from this one capture.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from frcnn_cli import __version__
+from frcnn_cli.errors import FrcnnError, InputError
+
+OUTPUT_NAMES = ("boxes", "scores", "labels")
+
+# torch.export treats sizes 0 and 1 as special cases, so symbolic sides start at 2.
+MIN_SIDE, MAX_SIDE = 2, 16384
+
+
+class ExportError(FrcnnError):
+    """An export that cannot be written or does not reproduce the model: a defect of the
+    exporter or the runtime, not of the user's input, hence exit code 1 (not 2)."""
+
+    exit_code = 1
+
+
+class SingleImageDetector(nn.Module):
+    """``forward(image [3, H, W]) -> (boxes [D, 4], scores [D], labels [D])`` of ``model``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        detections = self.model([image])[0]
+        return detections["boxes"], detections["scores"], detections["labels"]
+
+
+def example_image(height: int = 300, width: int = 400) -> Tensor:
+    """The input the capture is traced with. Only its rank and dtype matter (sizes are
+    symbolic); it is neither square nor at the recipe's scale, so no size is special."""
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
+
+
+def capture(model: nn.Module) -> torch.export.ExportedProgram:
+    """``torch.export`` of :class:`SingleImageDetector` on the CPU, H and W symbolic.
+
+    The model keeps its size arithmetic symbolic while traced (see ``tracing()`` in
+    :mod:`frcnn_cli.model.box_coder`), so the capture holds for every size from 2 to 16384
+    pixels a side. Raises InputError for a model in training mode.
+    """
+    if model.training:
+        raise InputError("export needs a model in eval mode (model.eval())")
+    detector = SingleImageDetector(model).eval()
+    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
+    # Outside inference mode, which torch.export refuses; with autograd on, as the model's
+    # fp32 CPU fast paths (oneDNN linear) are for eager inference only.
+    with torch.inference_mode(False), warnings.catch_warnings():
+        # torchvision's fake NMS still calls a deprecated torch API; nothing for users to do.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torchvision")
+        return torch.export.export(detector, (example_image(),),
+                                   dynamic_shapes={"image": {1: height, 2: width}},
+                                   strict=False)
+
+
+def metadata(model: nn.Module, **extra: Any) -> dict[str, str]:
+    """What a deployed file should carry besides weights: class names and dataset ids (label
+    i is ``classes[i - 1]``), the recipe, the input and output conventions."""
+    return {
+        "frcnn_version": __version__,
+        "recipe": model.recipe.name or "",
+        "classes": json.dumps(list(model.classes)),
+        "input": "image: float32 [3, H, W], RGB in 0..1, any H and W",
+        "outputs": "boxes: float32 [D, 4] x1 y1 x2 y2 in input pixels; scores: float32 [D]; "
+                   "labels: int64 [D] in 1..K, class = classes[label - 1]",
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()},
+    }
