@@ -19,7 +19,8 @@ from frcnn_cli.cli import console
 from frcnn_cli.errors import FrcnnError
 
 # Each module registers its commands on ``app`` with ``register(app)``.
-COMMAND_MODULES = ["recipe", "data", "anchors", "evaluate", "predict", "train", "export"]
+COMMAND_MODULES = ["recipe", "data", "anchors", "evaluate", "predict", "train", "export",
+                   "benchmark"]
 
 
 class FrcnnGroup(TyperGroup):

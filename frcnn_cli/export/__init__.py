@@ -1,9 +1,11 @@
-"""Export: deployable files of a detector, checked against the PyTorch model.
+"""Export and speed: deployable files of a detector, and its timings.
 
 - :mod:`~frcnn_cli.export.capture`: the whole detector for one image of any size as one
   ``torch.export`` graph, which both file formats are written from;
 - :mod:`~frcnn_cli.export.onnx` and :mod:`~frcnn_cli.export.torchscript`: the files;
-- :mod:`~frcnn_cli.export.verify`: does a file detect what the PyTorch model detects.
+- :mod:`~frcnn_cli.export.verify`: does a file detect what the PyTorch model detects;
+- :mod:`~frcnn_cli.export.benchmark`: per-stage latency, FLOPs and memory, and the same for
+  torchvision's ``FasterRCNN`` built to the recipe.
 
 ::
 

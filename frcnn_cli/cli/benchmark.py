@@ -1,0 +1,178 @@
+"""``frcnn benchmark``: inference latency per stage, FLOPs and memory, against torchvision."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from frcnn_cli.cli import console, options
+from frcnn_cli.errors import InputError
+
+PANEL = "Export and speed"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Compare(str, Enum):
+    torchvision = "torchvision"
+
+
+def benchmark(
+    checkpoint: Annotated[Optional[Path], typer.Argument(  # noqa: UP045 (Typer needs Optional)
+        help="Model checkpoint (RUN/model.pt); or give --recipe.", dir_okay=False,
+        show_default=False)] = None,
+    recipe: options.OptionalRecipe = None,
+    overrides: options.Overrides = None,
+    classes: Annotated[int, typer.Option(
+        "--classes", min=1, help="With --recipe: object classes (VOC: 20).")] = 20,
+    device: Annotated[str, typer.Option(
+        "--device", "-d", help="cpu, cuda or cuda:N.")] = "cpu",
+    precision: Annotated[Precision, typer.Option(
+        "--precision", help="fp32, or autocast to bf16 / fp16.")] = Precision.fp32,
+    image_size: Annotated[str, typer.Option(
+        "--image-size", metavar="HxW", help="Size of the test image before the model's "
+        "resize.")] = "375x500",
+    image: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--image", help="Time on this picture instead of a synthetic one.", dir_okay=False)]
+        = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 2,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per model.")] = 10,
+    compare: Annotated[Optional[Compare], typer.Option(  # noqa: UP045
+        "--compare", help="Also time torchvision's FasterRCNN built to the same recipe, "
+        "interleaved in this process, and print ours / torchvision.")] = None,
+    json_out: options.JsonOut = None,
+) -> None:
+    """Time inference stage by stage: preprocess, backbone, RPN and proposals,
+    RoI pooling and head, postprocess; total, images/s, GFLOPs, achieved
+    GFLOP/s and peak memory. One image, batch 1, medians over --runs.
+
+    With --recipe no checkpoint is needed: random weights (no download).
+
+    Example: [bold]frcnn benchmark --recipe voc07-vgg16-joint --compare torchvision[/]
+
+    Example: [bold]frcnn benchmark runs/a/model.pt -d cuda --precision fp16 --json t.json[/]
+    """
+    if (checkpoint is None) == (recipe is None):
+        raise InputError("give a checkpoint or --recipe NAME (exactly one of them)")
+    if overrides and recipe is None:
+        raise InputError("--set changes a --recipe; a checkpoint keeps its own recipe")
+    size = _parse_size(image_size)
+    if json_out is not None:
+        from frcnn_cli.files import prepare_output_file
+
+        prepare_output_file(json_out, [p for p in (checkpoint, image) if p], "--json file")
+
+    import torch
+
+    from frcnn_cli.devices import resolve_device
+    from frcnn_cli.export.benchmark import benchmark as run_benchmark
+
+    torch_device = resolve_device(device)
+    if precision is Precision.fp16 and torch_device.type == "cpu":
+        console.info("[yellow]note:[/] fp16 on the CPU is emulated and slow; bf16 is the "
+                      "CPU's reduced precision")
+    model, source = _model(checkpoint, recipe, overrides, classes)
+    models = {"frcnn": model}
+    if compare is not None:
+        from frcnn_cli.model.reference import build_reference
+
+        torch.manual_seed(0)
+        models["torchvision"] = build_reference(model.recipe, model.num_classes)
+    picture = _image(image, size)
+    console.info(f"{source}: {model.recipe.model.backbone}, {model.num_classes} classes; "
+                 f"image {picture.shape[1]}x{picture.shape[2]}, "
+                 f"{torch_device}, {precision.value}, {torch.get_num_threads()} threads")
+    result = run_benchmark(models, picture, torch_device, precision.value, warmup, runs,
+                           console.reporter())
+    _report(result)
+    if json_out is not None:
+        from frcnn_cli.files import write_json
+
+        write_json(json_out, {"source": source, **result.to_dict()})
+        console.info(f"wrote {json_out}")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--image-size takes HxW, e.g. 375x500, got '{text}'") from None
+    if h < 2 or w < 2:
+        raise InputError(f"--image-size sides must be at least 2 pixels, got '{text}'")
+    return h, w
+
+
+def _model(checkpoint: Path | None, recipe: str | None, overrides: list[str] | None,
+           classes: int):
+    import torch
+
+    from frcnn_cli import build_model, load_model
+
+    if checkpoint is not None:
+        from frcnn_cli.files import require_file
+
+        require_file(checkpoint, "checkpoint")
+        return load_model(checkpoint), str(checkpoint)
+    from frcnn_cli.config import load_recipe
+
+    loaded = load_recipe(recipe, ["model.pretrained=false", *(overrides or [])])
+    torch.manual_seed(0)
+    return build_model(loaded, classes).eval(), f"recipe {loaded.name} (random weights)"
+
+
+def _image(path: Path | None, size: tuple[int, int]):
+    import numpy as np
+    import torch
+
+    if path is not None:
+        from frcnn_cli.data.images import read_image
+
+        pixels = read_image(path)
+    else:
+        from frcnn_cli.data.synth import SynthConfig, draw_image
+
+        h, w = size
+        pixels, _ = draw_image(SynthConfig(size=max(h, w), empty_fraction=0.0),
+                               np.random.default_rng(0))
+        pixels = pixels[:h, :w]
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float() / 255.0
+
+
+def _report(result) -> None:
+    from frcnn_cli.export.benchmark import STAGE_TITLES, STAGES
+
+    ours = result.models[0]
+    compare = len(result.models) > 1
+    columns = ["stage", "frcnn (ms)"] + (["torchvision (ms)", "ratio"] if compare else [])
+    rows = []
+    for stage in (*STAGES, None):
+        row = [STAGE_TITLES[stage] if stage else "total", ours.median(stage) * 1000]
+        if compare:
+            row += [result.models[1].median(stage) * 1000, result.ratio(stage)]
+        rows.append(row)
+    console.table(f"median of {result.runs} runs after {result.warmup} warm-up "
+                  f"({result.device}, {result.precision})", columns, rows)
+    rows = []
+    for m in result.models:
+        d = m.to_dict()
+        rows.append([m.name, d["images_per_s"], d["gflops"], d["gflops_per_s"],
+                     d["peak_memory_mib"], m.detections])
+    console.table(None, ["model", "images/s", "GFLOPs", "GFLOP/s", "peak memory (MiB)",
+                         "detections"], rows)
+    console.info(f"GFLOPs by part ({ours.name}): " + ", ".join(
+        f"{k} {v / 1e9:.1f}" for k, v in ours.part_flops.items()) + f"; memory: "
+                 f"{result.memory_kind}")
+    if compare:
+        console.info(f"ratio frcnn / torchvision (median total time): "
+                     f"[bold]{result.ratio():.3f}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("benchmark", rich_help_panel=PANEL)(benchmark)

@@ -1,0 +1,252 @@
+"""Inference speed of a detector, stage by stage, and of torchvision's built to the same recipe.
+
+One image, batch 1, under ``torch.inference_mode`` (and autocast for bf16/fp16). The stages
+are split by hooks at module boundaries of an ordinary forward, so nothing is re-implemented
+and torchvision's ``FasterRCNN`` is split the same way:
+
+| stage | from | to |
+| --- | --- | --- |
+| preprocess | forward starts | the transform returns (resize, normalise, pad) |
+| backbone | | the shared convs return |
+| rpn | | the RPN returns (head, decoding, NMS: the proposals) |
+| roi_head | | the class and box layers return (RoI pooling, fc6/fc7 or res5) |
+| postprocess | | forward returns (softmax, decoding, class NMS, boxes to input pixels) |
+
+On CUDA every boundary synchronises the device, so each stage is charged its own kernels.
+Models are timed interleaved (ours then theirs, then the other way round) so both see the
+same machine load; medians are reported.
+
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one forward (convolutions and matrix
+products, multiply-add = 2 FLOPs; RoI pooling, NMS and element-wise work are not counted), per
+part (backbone, rpn, roi_heads). Memory: on CUDA, the peak of ``torch.cuda.max_memory_allocated``
+during one forward above what was allocated before it (weights excluded); on the CPU, the
+peak growth of the process's resident set size during the model's first forward, sampled
+every millisecond from ``/proc/self/statm`` (allocator caches make later forwards reuse
+memory, so it is measured cold; 0 where /proc is missing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+STAGES = ("preprocess", "backbone", "rpn", "roi_head", "postprocess")
+STAGE_TITLES = {"preprocess": "preprocess (resize, normalise)", "backbone": "backbone",
+                "rpn": "RPN and proposals", "roi_head": "RoI pooling and head",
+                "postprocess": "postprocess (class NMS)"}
+PARTS = ("backbone", "rpn", "roi_heads")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ModelSpeed:
+    """Timings of one model: seconds per run for each stage and in total."""
+
+    name: str
+    stages: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    totals: list[float] = field(default_factory=list)
+    flops: float = 0.0                       # one forward
+    part_flops: dict[str, float] = field(default_factory=dict)
+    peak_memory: int = 0                     # bytes, see the module doc
+    detections: int = 0
+
+    def median(self, stage: str | None = None) -> float:
+        return statistics.median(self.totals if stage is None else self.stages[stage])
+
+    def to_dict(self) -> dict[str, Any]:
+        total = self.median()
+        return {
+            "name": self.name,
+            "median_ms": {**{s: self.median(s) * 1000 for s in STAGES}, "total": total * 1000},
+            "runs_ms": {**{s: [t * 1000 for t in v] for s, v in self.stages.items()},
+                        "total": [t * 1000 for t in self.totals]},
+            "images_per_s": 1.0 / total,
+            "gflops": self.flops / 1e9,
+            "part_gflops": {k: v / 1e9 for k, v in self.part_flops.items()},
+            "gflops_per_s": self.flops / 1e9 / total,
+            "peak_memory_mib": self.peak_memory / 2**20,
+            "detections": self.detections,
+        }
+
+
+@dataclass
+class BenchmarkResult:
+    device: str
+    precision: str
+    image_size: tuple[int, int]
+    threads: int
+    warmup: int
+    runs: int
+    models: list[ModelSpeed]
+    memory_kind: str
+
+    def ratio(self, stage: str | None = None) -> float | None:
+        """ours / torchvision (median time), None without --compare."""
+        if len(self.models) < 2:
+            return None
+        return self.models[0].median(stage) / self.models[1].median(stage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device, "precision": self.precision,
+            "image_size": list(self.image_size), "threads": self.threads,
+            "warmup": self.warmup, "runs": self.runs, "memory": self.memory_kind,
+            "torch": torch.__version__,
+            "models": [m.to_dict() for m in self.models],
+            "ratio": None if len(self.models) < 2 else {
+                **{s: self.ratio(s) for s in STAGES}, "total": self.ratio()},
+        }
+
+
+class StageClock:
+    """Timestamps one forward of a detector at its stage boundaries (see module doc)."""
+
+    def __init__(self, model: nn.Module, sync: Callable[[], None]) -> None:
+        heads = model.roi_heads
+        head_end = heads.box_predictor if hasattr(heads, "box_predictor") else heads.bbox_pred
+        self.sync, self.marks = sync, {}
+        self.handles = [model.register_forward_pre_hook(self._mark("start")),
+                        model.transform.register_forward_hook(self._mark("preprocess")),
+                        model.backbone.register_forward_hook(self._mark("backbone")),
+                        model.rpn.register_forward_hook(self._mark("rpn")),
+                        head_end.register_forward_hook(self._mark("roi_head")),
+                        model.register_forward_hook(self._mark("postprocess"))]
+
+    def _mark(self, name: str):
+        def hook(*_: Any) -> None:
+            self.sync()
+            self.marks[name] = time.perf_counter()
+        return hook
+
+    def stages(self) -> dict[str, float]:
+        """Seconds per stage of the last forward."""
+        order = ("start", *STAGES)
+        return {s: self.marks[s] - self.marks[p] for p, s in zip(order, order[1:], strict=False)}
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def count_flops(model: nn.Module, image: Tensor, autocast: Any) -> tuple[float, dict[str, float]]:
+    """FLOPs of one forward, in total and per part (backbone, rpn, roi_heads)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def mkldnn_linear(x_shape, w_shape, *_, **__) -> int:  # our fp32 CPU path for fc6/fc7
+        return 2 * x_shape[0] * w_shape[0] * w_shape[1]
+
+    counter = FlopCounterMode(display=False,
+                              custom_mapping={torch.ops.aten.mkldnn_linear: mkldnn_linear})
+    with torch.inference_mode(), autocast(), counter:
+        model([image])
+    counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    return float(counter.get_total_flops()), {p: float(counts.get(f"{root}.{p}", 0))
+                                              for p in PARTS}
+
+
+def _rss() -> int:
+    """Resident set size in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@contextlib.contextmanager
+def _rss_peak() -> Iterator[list[int]]:
+    """Yields a one-element list that holds, on exit, the peak RSS growth during the block."""
+    result, stop, base = [0], threading.Event(), _rss()
+    peak = [base]
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result[0] = max(peak[0], _rss()) - base
+
+
+def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
+              precision: str = "fp32", warmup: int = 2, runs: int = 10,
+              reporter=None) -> BenchmarkResult:
+    """Time each model (eval mode, on ``device``) on ``image`` [3, H, W] in 0..1; the first
+    model is "ours" for the ratio. Models run interleaved, warm-up runs first."""
+    from frcnn_cli.progress import SILENT
+
+    reporter = reporter or SILENT
+    cuda = device.type == "cuda"
+    dtype = PRECISIONS[precision]
+
+    def autocast():
+        return (torch.autocast(device.type, dtype=dtype) if dtype is not None
+                else contextlib.nullcontext())
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    image = image.to(device)
+    speeds = [ModelSpeed(name) for name in models]
+    nets = [m.eval().to(device) for m in models.values()]
+    with torch.inference_mode():
+        for net, speed in zip(nets, speeds, strict=True):  # memory first: the CPU's is cold
+            speed.peak_memory = _peak_memory(net, image, device, autocast, sync)
+    for net, speed in zip(nets, speeds, strict=True):
+        speed.flops, speed.part_flops = count_flops(net, image, autocast)
+    clocks = [StageClock(net, sync) for net in nets]
+    try:
+        with torch.inference_mode(), reporter.task("benchmark", total=warmup + runs) as task:
+            for i in range(warmup + runs):
+                order = range(len(nets)) if i % 2 == 0 else reversed(range(len(nets)))
+                for k in order:
+                    sync()
+                    start = time.perf_counter()
+                    with autocast():
+                        out = nets[k]([image])
+                    sync()
+                    total = time.perf_counter() - start
+                    if i >= warmup:
+                        speeds[k].totals.append(total)
+                        for stage, t in clocks[k].stages().items():
+                            speeds[k].stages[stage].append(t)
+                        speeds[k].detections = len(out[0]["boxes"])
+                task.update(advance=1)
+    finally:
+        for clock in clocks:
+            clock.remove()
+    memory_kind = ("CUDA max_memory_allocated above the weights, one forward" if cuda else
+                   "growth of the process RSS during the first forward (sampled every ms)")
+    return BenchmarkResult(str(device), precision, (image.shape[1], image.shape[2]),
+                           torch.get_num_threads(), warmup, runs, speeds, memory_kind)
+
+
+def _peak_memory(net: nn.Module, image: Tensor, device: torch.device, autocast, sync) -> int:
+    if device.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with autocast():
+            net([image])
+        sync()
+        return torch.cuda.max_memory_allocated(device) - before
+    with _rss_peak() as peak, autocast():
+        net([image])
+    return peak[0]
