@@ -11,8 +11,10 @@ data-dependent size (zero included). ONNX (:mod:`frcnn_cli.export.onnx`) and Tor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -52,6 +54,15 @@ def example_image(height: int = 300, width: int = 400) -> Tensor:
     return torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
 
 
+@contextlib.contextmanager
+def quiet_torchvision() -> Iterator[None]:
+    """torchvision's fake NMS (what tracing runs instead of the kernel) calls a deprecated torch
+    API and warns on every trace; nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torchvision")
+        yield
+
+
 def capture(model: nn.Module) -> torch.export.ExportedProgram:
     """``torch.export`` of :class:`SingleImageDetector` on the CPU, H and W symbolic.
 
@@ -66,9 +77,7 @@ def capture(model: nn.Module) -> torch.export.ExportedProgram:
     width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
     # Outside inference mode, which torch.export refuses; with autograd on, as the model's
     # fp32 CPU fast paths (oneDNN linear) are for eager inference only.
-    with torch.inference_mode(False), warnings.catch_warnings():
-        # torchvision's fake NMS still calls a deprecated torch API; nothing for users to do.
-        warnings.filterwarnings("ignore", category=FutureWarning, module="torchvision")
+    with torch.inference_mode(False), quiet_torchvision():
         return torch.export.export(detector, (example_image(),),
                                    dynamic_shapes={"image": {1: height, 2: width}},
                                    strict=False)

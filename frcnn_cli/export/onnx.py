@@ -35,6 +35,7 @@ from frcnn_cli.export.capture import (
     capture,
     example_image,
     metadata,
+    quiet_torchvision,
 )
 
 DEFAULT_OPSET = 18
@@ -75,10 +76,11 @@ def _translations() -> dict[Any, Any]:
 def onnx_bytes(model: nn.Module, opset: int | None = None, **extra: Any) -> bytes:
     """The ONNX file of ``model`` (eval mode, CPU) as bytes, metadata included."""
     program = capture(model)
-    onnx_program = torch.onnx.export(
-        program, (example_image(),), dynamo=True, input_names=["image"],
-        output_names=list(OUTPUT_NAMES), opset_version=opset or DEFAULT_OPSET,
-        custom_translation_table=_translations(), optimize=True, verbose=False)
+    with quiet_torchvision():  # the conversion traces the graph again
+        onnx_program = torch.onnx.export(
+            program, (example_image(),), dynamo=True, input_names=["image"],
+            output_names=list(OUTPUT_NAMES), opset_version=opset or DEFAULT_OPSET,
+            custom_translation_table=_translations(), optimize=True, verbose=False)
     proto = onnx_program.model_proto
     for key, value in metadata(model, **extra).items():
         entry = proto.metadata_props.add()

@@ -10,7 +10,9 @@ and operators that take sizes receive them through their Python bindings, which 
 follows. Symbolic float arithmetic runs in float64, as Python's does, so the resize rounds
 exactly as in PyTorch.
 
-The file holds ``frcnn.json`` (class names and ids, recipe, conventions) as an extra file::
+The module runs on the CPU: the trace records the devices its tensors are made on (the ONNX
+file has no such tie; onnxruntime's CUDA provider runs it on a GPU). The file holds
+``frcnn.json`` (class names and ids, recipe, conventions) as an extra file::
 
     extra = {"frcnn.json": ""}
     module = torch.jit.load("model.torchscript.pt", _extra_files=extra)
