@@ -35,7 +35,7 @@ import torch
 
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations
-from frcnn_cli.data.images import read_image
+from frcnn_cli.data.images import opencv, read_image
 from frcnn_cli.data.transforms import (
     build_augmentation,
     clip_boxes,
@@ -265,10 +265,8 @@ def _init_worker(worker_id: int, seed: int, rank: int) -> None:
     library randomness outside the per-sample seeds."""
     import random
 
-    import cv2
-
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    opencv()
     worker_seed = int(np.random.SeedSequence([seed, rank, worker_id]).generate_state(1)[0])
     random.seed(worker_seed)
     np.random.seed(worker_seed)

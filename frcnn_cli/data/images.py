@@ -28,6 +28,20 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError,
                   Image.DecompressionBombError)
 
 
+def opencv():
+    """The ``cv2`` module, single-threaded in this process.
+
+    OpenCV's own thread pool does not survive ``fork``: a DataLoader worker (or a process
+    pool) forked after the parent resized an image with it hangs for ever in its first cv2
+    call. Our parallelism is processes and threads of our own, so cv2 gets none.
+    """
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+    return cv2
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     """True when the name ends like a picture the decoder reads."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from frcnn_cli.data.annotations import Annotations, save_annotations
+from frcnn_cli.data.images import opencv
 from frcnn_cli.errors import InputError
 from frcnn_cli.files import prepare_output_dir
 from frcnn_cli.progress import SILENT, Reporter
@@ -121,7 +122,7 @@ def _assemble(records: list[dict[str, Any]], cfg: SynthConfig, folder: Path) -> 
 
 
 def _write_image(job: tuple[SynthConfig, int, str, int, Path]) -> dict[str, Any]:
-    import cv2
+    cv2 = opencv()
 
     cfg, seed, split, index, img_dir = job
     rng = np.random.default_rng([seed, _SPLIT_CODES.get(split, 3), index])
@@ -170,7 +171,7 @@ def draw_image(cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 def _background(s: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A float ``[S, S, 3]`` textured background and its mean colour."""
-    import cv2
+    cv2 = opencv()
 
     base = rng.uniform(30, 225, 3)
     kind = rng.integers(3)
@@ -211,7 +212,7 @@ def _shape_mask(shape: str, cfg: SynthConfig,
                 rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
     """A boolean ``[S, S]`` mask of one shape placed at random, and its tight box
     ``[x, y, w, h]``."""
-    import cv2
+    cv2 = opencv()
 
     s = cfg.size
     side = float(np.exp(rng.uniform(np.log(cfg.min_side), np.log(cfg.max_side)))) * s

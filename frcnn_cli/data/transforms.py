@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from frcnn_cli.config import AugmentConfig
+from frcnn_cli.data.images import opencv
 from frcnn_cli.errors import RecipeError
 from frcnn_cli.geometry import resize_scale, resized_shape
 
@@ -62,8 +63,7 @@ def resize(image: np.ndarray, min_size: int, max_size: int
     Returns the image, the float32 ``[4]`` factors that map x1y1x2y2 boxes into it (the exact
     per-axis ratios of the rounded output size) and the rule's scale factor.
     """
-    import cv2
-
+    cv2 = opencv()
     h, w = image.shape[:2]
     scale = resize_scale(h, w, min_size, max_size)
     new_h, new_w = resized_shape(h, w, min_size, max_size)
@@ -84,6 +84,7 @@ class Augmentation:
     """
 
     def __init__(self, extra: list[dict[str, Any]]) -> None:
+        opencv()  # before albumentations, which runs cv2 in this process with workers=0
         import albumentations as A
 
         transforms = [_make_transform(A, i, spec) for i, spec in enumerate(extra)]
