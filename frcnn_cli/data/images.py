@@ -61,10 +61,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             warnings.simplefilter("ignore")
             with Image.open(p) as im:
                 im.load()
-                im = ImageOps.exif_transpose(im)
+                ImageOps.exif_transpose(im, in_place=True)  # no copy of a large photo
                 return to_rgb(im)
     except _DECODE_ERRORS as e:
-        raise DataError(f"cannot decode image {p}: {_reason(e)}") from None
+        raise DataError(f"cannot decode image {p}: {_reason(e, p)}") from None
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
@@ -83,7 +83,7 @@ def to_rgb(im: Image.Image) -> np.ndarray:
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if im.mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8).copy()
+    return np.array(im, dtype=np.uint8)  # a writable copy
 
 
 def image_size(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]:
@@ -106,13 +106,14 @@ def image_size(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]
                     im.load()
     except _DECODE_ERRORS as e:
         what = "decode image" if decode else "read image header"
-        raise DataError(f"cannot {what} {p}: {_reason(e)}") from None
+        raise DataError(f"cannot {what} {p}: {_reason(e, p)}") from None
     if orientation in _SWAPS_SIDES:
         width, height = height, width
     return int(width), int(height)
 
 
-def _reason(e: BaseException) -> str:
+def _reason(e: BaseException, path: Path) -> str:
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     # Pillow names the path itself; keep the message short and name the file once.
+    text = text.replace(f" '{path}'", "").replace(f" {str(path)!r}", "")
     return text.replace("cannot identify image file", "not an image file").split(" '/")[0]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from frcnn_cli.data.images import IMAGE_SUFFIXES, is_image_file, read_image
+from frcnn_cli.data.transforms import resize
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.draw import draw_detections
 from frcnn_cli.evaluation.inference import to_coco_results
@@ -149,12 +150,14 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
                 report.skipped.append((job.source, str(e)))
                 task.update(advance=1)
                 continue
-            image = torch.from_numpy(pixels).permute(2, 0, 1).to(device).float().div_(255)
-            out = {k: v.detach().float().cpu().numpy() for k, v in model([image])[0].items()}
             h, w = pixels.shape[:2]
+            small = _model_input(model, pixels)
+            scale_xy = (small.shape[1] / w, small.shape[0] / h)
+            image = torch.from_numpy(small).permute(2, 0, 1).to(device).float().div_(255)
+            out = {k: v.detach().float().cpu().numpy() for k, v in model([image])[0].items()}
             labels = out["labels"].astype(np.int64)
             results = to_coco_results(out["boxes"], out["scores"], labels, job.image_id,
-                                      model.classes, size_wh=(w, h))
+                                      model.classes, scale_xy=scale_xy, size_wh=(w, h))
             # the threshold applies to the scores as written, so the file and the drawing
             # agree with a filter a user runs on the file
             keep = np.array([r["score"] >= score_thresh for r in results], dtype=bool)
@@ -164,12 +167,23 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
                 r["file_name"] = str(job.source)
                 r["category_name"] = model.classes[int(label) - 1]["name"]
             report.detections.extend(results)
+            boxes = boxes / np.tile(scale_xy, 2)
             drawing = draw_detections(pixels, np.clip(boxes, 0, [w, h, w, h]), labels, scores,
                                       model.classes)
             save_image(drawing, job.output)
             report.written.append(job.output)
             task.update(advance=1, detections=len(report.detections))
     return report
+
+
+def _model_input(model, pixels: np.ndarray) -> np.ndarray:
+    """The pixels resized by the model's recipe as 8-bit values, as the test loader does: eval
+    and predict see the same input, and a 48-megapixel photo never becomes a 576 MB float
+    tensor. A model without a recipe gets the file's pixels."""
+    recipe = getattr(model, "recipe", None)
+    if recipe is None:
+        return pixels
+    return resize(pixels, recipe.input.min_size, recipe.input.max_size)[0]
 
 
 def save_image(image, path: Path) -> Path:
