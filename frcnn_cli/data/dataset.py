@@ -18,7 +18,8 @@ same whichever worker makes it and whenever a resumed run asks for it again.
 
 Training drops objects marked difficult or iscrowd unless the recipe's ``data.use_difficult``
 or ``data.use_crowd`` says otherwise; test mode keeps every object, flagged. Boxes are
-clipped to the image and those under a pixel wide or high are dropped. An image that cannot
+clipped to the image and those under a pixel wide or high are dropped (training warns once
+with the count of such boxes: degenerate, tiny or outside their image). An image that cannot
 be decoded stops a test run with a DataError naming it; in training it is skipped with a
 warning and the next image takes its place.
 """
@@ -44,7 +45,7 @@ from frcnn_cli.data.transforms import (
     resize,
     valid_boxes,
 )
-from frcnn_cli.errors import DataError, InputError
+from frcnn_cli.errors import DataError, FrcnnError, InputError
 
 log = logging.getLogger("frcnn")
 
@@ -67,6 +68,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.proposals = proposals
         self.augmentation = build_augmentation(recipe.augment) if train else None
         self._objects = [self._read_objects(im) for im in self.images]
+        if train:
+            self._warn_unusable_boxes()
         if proposals is not None:
             missing = [im["id"] for im in self.images if im["id"] not in proposals]
             if missing:
@@ -101,6 +104,25 @@ class DetectionDataset(torch.utils.data.Dataset):
                 "labels": np.asarray(labels, np.int64),
                 "difficult": np.asarray(difficult, bool),
                 "iscrowd": np.asarray(crowd, bool)}
+
+    def _warn_unusable_boxes(self) -> None:
+        """Say once how many boxes training will ignore: not finite, without area, or outside
+        the image (as the JSON states its size); a broken set must not train silently."""
+        from frcnn_cli.data.check import PLURAL, box_problem
+
+        counts: dict[str, int] = {}
+        for im in self.images:
+            extent = (float(im["width"]), float(im["height"])) \
+                if im.get("width") and im.get("height") else None
+            for a in self.annotations.objects(im["id"]):
+                problem = box_problem(a["bbox"], extent)
+                if problem is not None and problem[0] != "box partly outside image":
+                    counts[problem[0]] = counts.get(problem[0], 0) + 1
+        if counts:
+            kinds = ", ".join(f"{n} {PLURAL[kind] if n > 1 else kind}"
+                              for kind, n in counts.items())
+            log.warning("%s: training ignores %s; 'frcnn data check' lists them and --fix "
+                        "drops them", self.annotations.path or "dataset", kinds)
 
     def __getitem__(self, request: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
         index, seed = request if isinstance(request, tuple) else (request, None)
@@ -196,6 +218,38 @@ class DetectionDataset(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- loaders
 
 
+class _Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose user errors read the same from a worker process as from the main one.
+
+    torch re-raises a worker's exception as its type built from "Caught DataError in
+    DataLoader worker process 0. Original Traceback ...": the CLI would show that traceback
+    to a user whose only fault is a broken image. The worker's own one-line message is put
+    back; other exceptions (bugs) keep torch's report.
+    """
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except FrcnnError as e:
+                raise type(e)(worker_message(e)) from None
+            yield batch
+
+
+def worker_message(error: BaseException) -> str:
+    """The message an exception had in the DataLoader worker that raised it (see _Loader)."""
+    text = str(error)
+    if not text.startswith("Caught "):
+        return text
+    name = f"{type(error).__module__}.{type(error).__qualname__}: "
+    lines = [line for line in text.splitlines() if line.strip()]
+    found = [line[len(name):] for line in lines if line.startswith(name)]
+    return found[-1] if found else lines[-1]
+
+
 def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]
             ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """``[(image, target), ...]`` -> ``(images, targets)`` as lists (sizes differ)."""
@@ -221,7 +275,7 @@ def build_train_loader(annotations: Annotations, recipe: Recipe, images_per_batc
     sampler = TrainingSampler(len(dataset), images_per_batch, seed, group_ids=groups,
                               start_iter=start_iter, rank=rank, world_size=world_size)
     workers = recipe.data.num_workers
-    return torch.utils.data.DataLoader(
+    return _Loader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
         worker_init_fn=functools.partial(_init_worker, seed=seed, rank=rank),
         pin_memory=torch.cuda.is_available(), persistent_workers=False,
@@ -244,7 +298,7 @@ def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int 
     indices = list(range(rank, len(dataset), world_size))
     workers = recipe.data.num_workers if num_workers is None else num_workers
     batches = torch.utils.data.BatchSampler(indices, batch_size, drop_last=False)
-    return torch.utils.data.DataLoader(
+    return _Loader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
         worker_init_fn=functools.partial(_init_worker, seed=0, rank=rank),
         pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers else None,
