@@ -111,6 +111,10 @@ def _writes_over_inputs(data: Path, ckpt: Path, dets: Path) -> dict[str, tuple]:
         "predict --out the image folder": ("predict", ckpt, data / "images" / "val", "--out",
                                            data / "images" / "val"),
         "export --out CKPT": ("export", ckpt, "--format", "onnx", "--out", ckpt),
+        "export --out --check-image": ("export", ckpt, "--format", "torchscript",
+                                       "--check-image", data / "images" / "val" / "000001.jpg",
+                                       "--out", data / "images" / "val" / "000001.jpg"),
+        "benchmark --json CKPT": ("benchmark", ckpt, "--json", ckpt),
     }
 
 
@@ -119,7 +123,7 @@ def test_no_command_writes_over_its_input(cli, data, checkpoint, detections, tmp
     ckpt = _copy_checkpoint(checkpoint, tmp_path)
     before = digest(data, ckpt, detections)
     for name, args in _writes_over_inputs(data, ckpt, detections).items():
-        if args[0] == "export" and not _command_exists("export"):
+        if not _command_exists(args[0]):
             continue
         r = cli(*args)
         line = assert_user_error(r)
@@ -235,13 +239,15 @@ def _writes_into(folder: Path, data: Path, ckpt: Path) -> dict[str, tuple]:
         "predict --out": ("predict", ckpt, data / "images" / "val", "--out", folder / "pred",
                           "--device", "cpu"),
         "export --out": ("export", ckpt, "--format", "onnx", "--out", folder / "m.onnx"),
+        "benchmark --json": ("benchmark", ckpt, "--runs", 1, "--json", folder / "b.json"),
     }
 
 
 def _command_exists(name: str) -> bool:
+    """A top-level command or group of this checkout (export and benchmark came later)."""
     from frcnn_cli.cli.app import app
 
-    return any(c.name == name for c in app.registered_commands)
+    return any(c.name == name for c in [*app.registered_commands, *app.registered_groups])
 
 
 @pytest.mark.parametrize("place", ["unwritable folder", "under a regular file"])
@@ -254,7 +260,7 @@ def test_unwritable_output_is_one_line_before_any_work(cli, data, checkpoint, tm
         folder = tmp_path / "a-file"
     before = digest(data, checkpoint)
     for name, args in _writes_into(folder, data, checkpoint).items():
-        if args[0] == "export" and not _command_exists("export"):
+        if not _command_exists(args[0]):
             continue
         r = cli(*args)
         line = assert_user_error(r)
