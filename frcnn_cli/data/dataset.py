@@ -235,8 +235,13 @@ class _Loader(torch.utils.data.DataLoader):
             except StopIteration:
                 return
             except FrcnnError as e:
-                raise type(e)(worker_message(e)) from None
-            yield batch
+                error = type(e)(worker_message(e))
+            else:
+                yield batch
+                continue
+            # raised outside the except block: no traceback keeps the workers alive
+            del batches
+            raise error
 
 
 def worker_message(error: BaseException) -> str:
