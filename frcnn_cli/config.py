@@ -48,6 +48,12 @@ class ModelConfig(Section):
         4096, ge=1, description="Width of the fc6/fc7 detection head (VGG16: 4096). ResNet C4 "
         "uses res5 instead and ignores it.")
     dropout: float = Field(0.5, ge=0, lt=1, description="Dropout after fc6 and fc7 in training.")
+    svd_fc6: int | None = Field(
+        None, ge=1, description="Rank K of fc6 as a truncated SVD (Fast R-CNN Section 3.1): two "
+        "thinner layers, in -> K -> head_dim; set by 'frcnn export --svd'. null: one full layer.")
+    svd_fc7: int | None = Field(
+        None, ge=1, description="Rank K of fc7 as a truncated SVD, like svd_fc6 (the paper: 1024 "
+        "for fc6 and 256 for fc7 of VGG16).")
     channels_last: bool = Field(
         True, description="Run convolutions in channels-last memory format (faster on CPU and "
         "tensor cores; results unchanged).")
