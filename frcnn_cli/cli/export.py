@@ -1,4 +1,6 @@
-"""``frcnn export``: ONNX and TorchScript files of a checkpoint, checked against PyTorch."""
+"""``frcnn export``: ONNX and TorchScript files of a checkpoint, checked against PyTorch; with
+``--svd``, of its head compressed by truncated SVD (also as a checkpoint), with the speed-up and
+mAP change measured."""
 
 from __future__ import annotations
 
@@ -17,14 +19,15 @@ PANEL = "Export and speed"
 class Format(str, Enum):
     onnx = "onnx"
     torchscript = "torchscript"
+    checkpoint = "checkpoint"
 
 
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Model checkpoint (RUN/model.pt).",
                                                dir_okay=False, show_default=False)],
     fmt: Annotated[Format, typer.Option(
-        "--format", "-f", help="onnx (onnxruntime) or torchscript (torch.jit.load).",
-        show_default=False)],
+        "--format", "-f", help="onnx (onnxruntime), torchscript (torch.jit.load), or checkpoint "
+        "(a .pt that eval, predict and benchmark load; needs --svd).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write.", dir_okay=False,
                                       show_default=False)],
     opset: Annotated[Optional[int], typer.Option(  # noqa: UP045 (Typer needs Optional)
@@ -37,6 +40,20 @@ def export(
         "--check/--no-check", help="Run the written file on two images of different sizes and "
         "compare with the PyTorch model (same detections, boxes within 0.01 px, scores within "
         "0.001); nothing is written if they disagree.")] = True,
+    svd: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--svd", min=1, metavar="K", help="Truncated SVD of the head (Fast R-CNN Section 3.1): "
+        "fc6 and fc7 each become two thinner layers of rank K; prints the head's speed-up. "
+        "VGG16 and tiny heads only.", show_default=False)] = None,
+    svd_fc7: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--svd-fc7", min=0, metavar="K", help="fc7's own rank with --svd (the paper: --svd 1024 "
+        "--svd-fc7 256 for VGG16); 0 keeps fc7 whole.", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--data", help="With --svd: evaluate both models on this dataset (COCO JSON; the "
+        "recipe's eval.metric) and print the mAP change.", dir_okay=False,
+        show_default=False)] = None,
+    device: Annotated[str, typer.Option(
+        "--device", "-d", help="With --svd: where to time the head and run --data (cpu, cuda, "
+        "cuda:N); the export itself runs on the CPU.")] = "cpu",
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript, for images of any size.
 
@@ -51,7 +68,17 @@ def export(
     command exits with 1 (a defect, not a usage error). Everything runs on
     the CPU.
 
+    With --svd K, fc6 and fc7 are first replaced by truncated SVDs of rank K
+    (fewer multiply-adds per RoI); the command times both heads on the
+    recipe's test RoI count, prints the speed-up and parameter counts, with
+    --data also both models' mAP, then exports the compressed model. Its
+    --format checkpoint loads wherever a checkpoint does (the ranks are in its
+    recipe: model.svd_fc6, model.svd_fc7).
+
     Example: [bold]frcnn export runs/a/model.pt --format onnx --out model.onnx[/]
+
+    Example: [bold]frcnn export runs/a/model.pt --svd 1024 --svd-fc7 256 --data val.json
+    --format checkpoint --out runs/a/model-svd.pt[/]
     """
     from frcnn_cli.files import prepare_output_file, require_file
 
@@ -60,21 +87,55 @@ def export(
         raise InputError("--opset is for --format onnx")
     if check_images and not check:
         raise InputError("--check-image and --no-check exclude each other")
+    if fmt is Format.checkpoint and check_images:
+        raise InputError("--check-image compares an ONNX or TorchScript file; a checkpoint is "
+                         "the PyTorch model itself")
+    if svd is None:
+        for flag, value in (("--svd-fc7", svd_fc7), ("--data", data)):
+            if value is not None:
+                raise InputError(f"{flag} goes with --svd K")
+        if fmt is Format.checkpoint:
+            raise InputError("--format checkpoint writes a compressed checkpoint: give --svd K")
     for image in check_images or []:
         require_file(image, "--check-image")
-    prepare_output_file(out, [checkpoint, *(check_images or [])], "--out file")
+    if data is not None:
+        require_file(data, "dataset")
+    inputs = [checkpoint, *(check_images or []), *([data] if data else [])]
+    prepare_output_file(out, inputs, "--out file")
 
     from frcnn_cli import load_model
 
     model = load_model(checkpoint)
     console.info(f"{checkpoint}: recipe {model.recipe.name}, {model.recipe.model.backbone}, "
                  f"{model.num_classes} classes")
+    if svd is not None:
+        from frcnn_cli.devices import resolve_device
+        from frcnn_cli.export.svd import check_ranks
+
+        fc7 = svd if svd_fc7 is None else svd_fc7
+        check_ranks(model, svd, fc7)  # before any slow work
+        torch_device = resolve_device(device)
+        ann = None
+        if data is not None:
+            from frcnn_cli.data.annotations import load_annotations
+            from frcnn_cli.evaluation.inference import check_classes
+
+            ann = load_annotations(data)
+            check_classes(model.classes, ann)
+            prepare_output_file(out, ann.image_files(), "--out file")
+        model = _compress(model, svd, fc7, ann, torch_device)
+    if fmt is Format.checkpoint:
+        _save_checkpoint(model, checkpoint, out)
+        return
 
     from frcnn_cli.export import export_bytes, load_exported
 
     name = {"onnx": f"ONNX (opset {opset or 18})", "torchscript": "TorchScript"}[fmt.value]
     console.info(f"exporting to {name} ...")
-    blob = export_bytes(model, fmt.value, opset, checkpoint=checkpoint.name)
+    extra = {"checkpoint": checkpoint.name}
+    if svd is not None:  # the file says its head is an approximation
+        extra["svd"] = {"fc6": model.recipe.model.svd_fc6, "fc7": model.recipe.model.svd_fc7}
+    blob = export_bytes(model, fmt.value, opset, **extra)
     if check:
         _check(model, load_exported(fmt.value, blob), check_images, f"the {name} file")
     from frcnn_cli.files import atomic_open
@@ -105,6 +166,57 @@ def _check(model, run, check_images: list[Path] | None, what: str) -> None:
     if not any(r.detections for r in results):
         console.info("[yellow]note:[/] the model detects nothing in these images, so only the "
                      "empty case was compared; pass --check-image with pictures of its classes")
+
+
+def _compress(model, fc6: int, fc7: int, ann, device):
+    """The model with fc6/fc7 truncated; prints what changed: parameters, head time, mAP."""
+    from frcnn_cli.export import svd
+
+    console.info(f"truncated SVD of fc6 (rank {fc6})"
+                 + (f" and fc7 (rank {fc7})" if fc7 else "") + " ...")
+    small, layers = svd.compress(model, fc6, fc7)
+    console.table("Truncated SVD (Fast R-CNN Section 3.1)",
+                  ["layer", "weight", "rank", "parameters", "after", "relative error"],
+                  [[x.name, f"{x.out_features} x {x.in_features}", x.rank,
+                    f"{x.parameters / 1e6:.2f} M", f"{x.parameters_svd / 1e6:.2f} M",
+                    f"{x.relative_error:.3f}"] for x in layers])
+    model.to(device)
+    small.to(device)
+    timing = svd.time_heads({"full": model, "svd": small}, device=device)
+    rows = [[name, f"{svd.head_parameters(m) / 1e6:.2f} M", f"{timing.median(key) * 1000:.2f}",
+             f"{timing.speedup(key, 'full'):.2f}x"]
+            for name, key, m in (("original", "full", model), ("SVD", "svd", small))]
+    columns = ["model", "head parameters", "head ms", "speed-up"]
+    if ann is not None:
+        from frcnn_cli.evaluation.inference import evaluate_model
+
+        metric = model.recipe.eval.metric
+        maps = [evaluate_model(m, ann, metric, device, console.reporter()).mAP
+                for m in (model, small)]
+        for row, value in zip(rows, maps, strict=True):
+            row.append(f"{value:.4f}" if value is not None else "n/a")
+        columns.append(f"{metric} mAP")
+    console.table(f"fc6+fc7 on {timing.rois} RoIs ({timing.device}, median of "
+                  f"{len(timing.runs['full'])} interleaved runs)", columns, rows)
+    if ann is not None:
+        change = (maps[1] - maps[0]) if None not in maps else None
+        console.info(f"mAP change: {change:+.4f} on {ann.path} ({len(ann.images)} images)"
+                     if change is not None else "mAP change: n/a (no objects to score)")
+    return small.cpu().eval()
+
+
+def _save_checkpoint(model, source: Path, out: Path) -> None:
+    from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+    from frcnn_cli.model.faster_rcnn import checkpoint_meta
+
+    old = load_checkpoint(source)["meta"]
+    meta = checkpoint_meta(model, int(old.get("iteration") or 0), old.get("stage"),
+                           svd_of=source.name)
+    save_checkpoint({"model": model.state_dict(), "meta": meta}, out)
+    size = out.stat().st_size
+    m = model.recipe.model
+    console.info(f"[bold green]wrote[/] {out} ({size / 2**20:.1f} MiB; its recipe has "
+                 f"model.svd_fc6={m.svd_fc6}, model.svd_fc7={m.svd_fc7})")
 
 
 def register(app: typer.Typer) -> None:

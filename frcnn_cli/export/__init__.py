@@ -4,6 +4,8 @@
   ``torch.export`` graph, which both file formats are written from;
 - :mod:`~frcnn_cli.export.onnx` and :mod:`~frcnn_cli.export.torchscript`: the files;
 - :mod:`~frcnn_cli.export.verify`: does a file detect what the PyTorch model detects;
+- :mod:`~frcnn_cli.export.svd`: fc6/fc7 compressed by truncated SVD (Fast R-CNN Section 3.1),
+  and the head's speed before and after;
 - :mod:`~frcnn_cli.export.benchmark`: per-stage latency, FLOPs and memory, and the same for
   torchvision's ``FasterRCNN`` built to the recipe.
 
