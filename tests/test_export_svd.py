@@ -196,11 +196,16 @@ def test_onnx_export_with_svd_passes_its_check(checkpoint, tmp_path, cli):
     from frcnn_cli.export.onnx import onnx_session
 
     out = tmp_path / "m.onnx"
-    r = cli("export", checkpoint, "--svd", 16, "--format", "onnx", "--out", out)
+    r = cli("export", checkpoint, "--svd", 16, "--svd-fc7", 128, "--format", "onnx",
+            "--out", out)
     assert r.exit_code == 0, r.output
     assert "against PyTorch" in r.output and "NO" not in r.output
+    # 128 x (256 + 256) weights are as many as 256 x 256: said, not refused
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "fc7 at rank 128 has as many weights as the full layer or more" in text
+    assert "only below rank 128" in text and "fc6 at rank" not in text
     _, meta = onnx_session(out.read_bytes())
-    assert json.loads(meta["svd"]) == {"fc6": 16, "fc7": 16}
+    assert json.loads(meta["svd"]) == {"fc6": 16, "fc7": 128}
 
 
 @pytest.fixture(scope="module")

@@ -180,6 +180,11 @@ def _compress(model, fc6: int, fc7: int, ann, device):
                   [[x.name, f"{x.out_features} x {x.in_features}", x.rank,
                     f"{x.parameters / 1e6:.2f} M", f"{x.parameters_svd / 1e6:.2f} M",
                     f"{x.relative_error:.3f}"] for x in layers])
+    for x in layers:
+        if x.rank >= x.break_even:
+            console.info(f"[yellow]note:[/] {x.name} at rank {x.rank} has as many weights as "
+                         f"the full layer or more; it saves work only below rank "
+                         f"{x.break_even}")
     model.to(device)
     small.to(device)
     timing = svd.time_heads({"full": model, "svd": small}, device=device)

@@ -50,6 +50,11 @@ class LayerSVD:
         """Weights and biases after (two layers)."""
         return self.rank * (self.in_features + self.out_features) + self.out_features
 
+    @property
+    def break_even(self) -> int:
+        """The lowest rank that saves nothing: K (in + out) >= in x out."""
+        return -(-self.in_features * self.out_features // (self.in_features + self.out_features))
+
 
 def fc_head(model: nn.Module) -> FCHead:
     """The model's fc6/fc7 head; InputError for a convolutional head (ResNet C4, MobileNet)."""
