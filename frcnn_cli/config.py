@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -357,9 +358,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def _validation_message(err: ValidationError, source: str) -> str:
+def _validation_message(err: ValidationError, source: str,
+                        overridden: Iterable[str] = ()) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
+    if loc in overridden:  # the value came from the command line, not from the file
+        source = f"--set {loc}"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown recipe key '{loc}'{_did_you_mean(loc)}"
     value = first.get("input")
@@ -368,12 +372,14 @@ def _validation_message(err: ValidationError, source: str) -> str:
     return f"{source}: bad value for{where}: {first['msg']}{shown}"
 
 
-def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
-    """Validate a raw dict into a Recipe; errors name the key and the value."""
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe",
+                     overridden: Iterable[str] = ()) -> Recipe:
+    """Validate a raw dict into a Recipe; errors name the key and the value, and blame
+    ``--set`` for the keys in ``overridden``."""
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(_validation_message(e, source)) from None
+        raise RecipeError(_validation_message(e, source, set(overridden))) from None
 
 
 def load_recipe(name_or_path: str | os.PathLike | None = None,
@@ -386,9 +392,11 @@ def load_recipe(name_or_path: str | os.PathLike | None = None,
         path = find_recipe(name_or_path)
         raw = _load_raw(path)
         raw.setdefault("name", path.stem)
-        source = f"recipe {path.name}"
+        given = str(name_or_path)
+        source = f"recipe {path if given.endswith(('.yaml', '.yml')) else path.name}"
     raw = apply_overrides(raw, list(overrides or []))
-    return recipe_from_dict(raw, source)
+    overridden = [o.split("=", 1)[0].strip() for o in overrides or []]
+    return recipe_from_dict(raw, source, overridden)
 
 
 def dump_yaml(obj: Any) -> str:

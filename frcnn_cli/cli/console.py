@@ -8,6 +8,7 @@ results.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -55,6 +56,13 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> None:
 def info(message: str) -> None:
     """A message for the user (suppressed by --quiet)."""
     if not state.quiet:
+        console.print(message)
+
+
+def result(message: str) -> None:
+    """A command's outcome (where it wrote, the figure it measured): printed even with --quiet,
+    once under torchrun (by the main process)."""
+    if os.environ.get("RANK", "0") == "0":
         console.print(message)
 
 

@@ -65,8 +65,10 @@ def load_safe(path: str | os.PathLike, what: str = "checkpoint",
         raise CheckpointError(f"{what} {p} is not safe to load: {reason}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
             IndexError, AttributeError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{what} {p} is truncated or not a PyTorch file ({first})") \
+        first = str(e).splitlines()[0] if str(e) else ""
+        # a bare code such as "(101)" or the zip reader's paragraph tells a user nothing
+        detail = f" ({first})" if any(c.isalpha() for c in first) and len(first) < 80 else ""
+        raise CheckpointError(f"{what} {p} is truncated or not a PyTorch file{detail}") \
             from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} {p} holds a {type(obj).__name__}, not a dict")
