@@ -258,6 +258,8 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
 
     seed_everything(seed)  # the same initial weights in every process
     model = _build_initial_model(args, recipe, train_ann.classes)
+    if dist.is_main and not args.kind.endswith("detector"):
+        _warn_if_anchors_cross_border(recipe)
     seed_everything(seed + dist.rank)  # different RPN/RoI samples in each process
     shared, rpn, detector = TRAINABLE[args.kind]
     model.set_trainable(shared=shared, rpn=rpn, detector=detector)
@@ -439,6 +441,22 @@ def _build_initial_model(args: RunArgs, recipe: Recipe, classes: list[dict]):
         raise CheckpointError(f"{args.init} does not fit recipe '{recipe.name}' "
                               f"(missing weight '{missing[0]}')")
     return model
+
+
+def _warn_if_anchors_cross_border(recipe: Recipe) -> None:
+    """Say so when no anchor fits inside an input.min_size square: the RPN, trained only on
+    anchors inside the image, would then learn nothing (its losses stay exactly 0)."""
+    from frcnn_cli.model.anchors import AnchorGrid, inside_image
+
+    grid = AnchorGrid.from_recipe(recipe)
+    side = recipe.input.min_size
+    places = -(-side // grid.stride)
+    anchors = grid.grid(places, places)
+    if not inside_image(anchors, side, side, recipe.rpn.allowed_border).any():
+        smallest = float((anchors[:, 2:] - anchors[:, :2]).min())
+        log.warning("every anchor (the smallest %.0f px) crosses the border of a %d px image, "
+                    "so the RPN has nothing to train on; use smaller anchors.scales or a larger "
+                    "input.min_size, or set rpn.allowed_border=-1", smallest, side)
 
 
 def _meta(model, recipe: Recipe, args: RunArgs, iteration: int, best_map: float) -> dict:
