@@ -1,4 +1,4 @@
-"""``frcnn data``: make, convert, check, describe and split datasets (COCO JSON)."""
+"""``frcnn data``: make, convert, check, describe, split and merge datasets (COCO JSON)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import typer
 
 from frcnn_cli.cli import console, options
 
-data_app = typer.Typer(help="Make, convert, check, describe and split datasets (COCO JSON).",
+data_app = typer.Typer(help="Make, convert, check, describe, split and merge datasets "
+                       "(COCO JSON).",
                        no_args_is_help=True)
 
 
@@ -262,6 +263,53 @@ def split(
     missing = [c["name"] for c in ann.classes if tc[c["id"]][1] == 0 or vc[c["id"]][1] == 0]
     if missing:
         console.info(f"[yellow]on one side only[/] (too few images): {', '.join(missing)}")
+
+
+@data_app.command("merge")
+def merge(
+    inputs: Annotated[list[Path], typer.Argument(help="Two or more COCO JSON files.",
+                                                 dir_okay=False, metavar="ANN.json...",
+                                                 show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output COCO JSON file.",
+                                      dir_okay=False)],
+) -> None:
+    """Merge datasets into one, e.g. VOC 2007 + 2012 trainval to train on 07+12.
+
+    Classes are matched by name (case-sensitive): the first file's categories
+    keep their order and ids, names only later files have get the next ids.
+    Image and annotation ids are renumbered 1..N; every other field (difficult,
+    truncated, iscrowd, area, sizes) is kept. File names are rewritten relative
+    to OUT's folder; absolute ones stay absolute. An image file listed in two
+    inputs is an error naming both.
+
+    Example: [bold]frcnn data merge data/voc07.json data/voc12.json --out data/voc0712.json[/]
+    """
+    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.data.merge import merge_annotations, partial_classes, save_merged
+    from frcnn_cli.errors import InputError
+    from frcnn_cli.files import prepare_output_file
+
+    if len(inputs) < 2:
+        raise InputError(f"give two or more annotation files to merge, got {len(inputs)}")
+    out = prepare_output_file(out, inputs=inputs, what="--out")  # before the slow part
+    datasets = [load_annotations(p) for p in inputs]
+    merged = merge_annotations(datasets, out.parent)
+    path = save_merged(merged, out, inputs=itertools.chain(
+        inputs, *(ann.image_files() for ann in datasets)))
+    console.table(None, ["input", "images", "objects", "classes"],
+                  [*([str(p), len(a.images), len(a.annotations), len(a.categories)]
+                     for p, a in zip(inputs, datasets, strict=True)),
+                   ["total", len(merged.images), len(merged.annotations),
+                    len(merged.categories)]])
+    partial = partial_classes(datasets)
+    if partial:
+        from rich.markup import escape
+
+        console.info("[yellow]note:[/] classes in only some inputs (unlabelled, so "
+                     "background, in the others): "
+                     + escape("; ".join(f"{name} ({', '.join(files)})"
+                                        for name, files in partial.items())))
+    console.info(f"wrote {path}; look for broken images and boxes with: frcnn data check {path}")
 
 
 def _render_report(report, examples: int, only_errors: bool = False) -> None:
