@@ -38,7 +38,7 @@ class SynthConfig:
 
     size: int = 256
     num_classes: int = 3
-    min_side: float = 0.08
+    min_side: float = 0.11
     max_side: float = 0.5
     max_objects: int = 5
     empty_fraction: float = 0.08
