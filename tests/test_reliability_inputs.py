@@ -491,8 +491,6 @@ def test_wrong_kind_of_file_is_named(cli, messy, checkpoint, tmp_path):
     assert digest(messy.parent, checkpoint) == before
 
 
-@pytest.mark.xfail(strict=True, reason="engine/checkpoint.py load_safe calls every "
-                   "UnpicklingError a 'pickle payload', also for a JSON or PNG file")
 def test_a_json_or_png_given_as_checkpoint_is_not_called_a_payload(cli, messy):
     for wrong in (messy, messy.parent / "images" / "0.png"):
         r = cli("eval", wrong, "--data", messy, "--device", "cpu")

@@ -169,8 +169,6 @@ def test_no_output_replaces_an_image_of_the_dataset(cli, data, checkpoint, tmp_p
         assert digest(data) == before, name
 
 
-@pytest.mark.xfail(strict=True, reason="engine/stages.py propose checks --out only against "
-                   "CKPT and --data, not the dataset's images")
 def test_propose_does_not_replace_an_image_of_the_dataset(cli, data, checkpoint):
     val = data / "val.json"
     image = data / json.loads(val.read_text())["images"][0]["file_name"]

@@ -302,8 +302,6 @@ def test_export_and_benchmark_refuse_a_payload_checkpoint(cli, command, good_che
     assert digest(evil_checkpoint) == before
 
 
-@pytest.mark.xfail(strict=True, reason="torch's 'Detected pickle protocol 4' UserWarning "
-                   "reaches stderr beside the error line (engine/checkpoint.py load_safe)")
 def test_refusal_is_the_only_line_on_stderr(good_checkpoint, tmp_path, marker, data):
     """A pickle stream of protocol 4 or 5 (Python's default) makes torch print a warning with a
     site-packages path; the user should see only the one error line."""
@@ -323,8 +321,6 @@ def test_refusal_is_the_only_line_on_stderr(good_checkpoint, tmp_path, marker, d
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="engine/trainer.py read_config puts PyYAML's multi-line "
-                   "message into the error: four lines instead of one")
 def test_run_config_error_is_one_line(cli, finished_run, tmp_path):
     run = _copy_run(finished_run, tmp_path / "run")
     (run / "config.yaml").write_text((run / "config.yaml").read_text() + "extra: [1, 2\n")

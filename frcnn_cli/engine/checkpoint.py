@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,17 @@ def save_safe(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive; the legacy format and bare pickles start with the
+    pickle protocol opcode 0x80. A JSON, YAML or image file is neither."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # let torch.load report the reading error
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
 def load_safe(path: str | os.PathLike, what: str = "checkpoint",
               map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError."""
@@ -56,8 +68,15 @@ def load_safe(path: str | os.PathLike, what: str = "checkpoint",
         raise CheckpointError(f"{what} not found: {p}")
     if p.is_dir():
         raise CheckpointError(f"{what} {p} is a folder; give the .pt file inside it")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{what} {p} is empty (truncated or not a PyTorch file)")
+    if not _looks_like_torch_file(p):
+        raise CheckpointError(f"{what} {p} is not a PyTorch file (neither a zip archive nor a "
+                              "pickle stream)")
     try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols: one line only
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).splitlines()[0] if str(e) else "bad pickle stream"
         if "weights_only" in str(e) or "Unsupported global" in str(e):

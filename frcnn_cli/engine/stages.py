@@ -14,6 +14,7 @@ the detector share one backbone: ``RUN/model.pt``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import replace
@@ -50,7 +51,8 @@ def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
         dev = torch.device("cuda", dist.local_rank)
     ann = load_annotations(require_file(data, "annotations"))
     if dist.is_main:
-        prepare_output_file(out, [checkpoint, data], "proposals file")
+        prepare_output_file(out, itertools.chain([checkpoint, data], ann.image_files()),
+                            "proposals file")
     model = load_model(require_file(checkpoint, "checkpoint"), device=dev)
     mine = generate_proposals(model, ann, dev, reporter if dist.is_main else SILENT,
                               rank=dist.rank, world_size=dist.world_size,

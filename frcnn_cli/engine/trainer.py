@@ -195,7 +195,8 @@ def read_config(run_dir: str | Path) -> tuple[RunArgs, dict[str, Any]]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return RunArgs(**data["args"]), data["recipe"]
     except (yaml.YAMLError, KeyError, TypeError) as e:
-        raise InputError(f"{path} is not a valid run configuration ({e})") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path} is not a valid run configuration ({first})") from None
 
 
 def resume_run(run_dir: str | Path, reporter: Reporter = SILENT,
