@@ -5,7 +5,6 @@ no input changes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import subprocess
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reliability import assert_user_error, digest
 
 FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
         "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
@@ -24,31 +24,6 @@ FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
 
 BOX = [20.0, 12.0, 24.0, 20.0]  # x, y, w, h of the bright square in every test picture
 W, H = 64, 48
-
-
-def digest(*paths: Path) -> dict[str, str]:
-    """sha256 of every file under ``paths`` (files or folders)."""
-    out = {}
-    for p in paths:
-        for f in sorted([p] if p.is_file() else p.rglob("*")):
-            if f.is_file():
-                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
-def assert_user_error(r, *fragments: str) -> str:
-    """Exit 2, no traceback, and the last line is the one ``error:`` line holding
-    ``fragments``; returns that line."""
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output, r.output
-    lines = r.output.strip().splitlines()
-    assert lines and lines[-1].startswith("error:"), r.output
-    assert sum(line.startswith("error:") for line in lines) == 1, r.output
-    for fragment in fragments:
-        assert fragment in lines[-1], r.output
-    return lines[-1]
-
-
 def flat(text: str) -> str:
     """Output without whitespace or box borders: the log handler and usage boxes wrap lines."""
     return "".join(text.split()).replace("│", "")

@@ -4,7 +4,6 @@ error before any slow work, with every input left byte for byte as it was."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -12,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from reliability import assert_user_error, digest
 
 # the plain progress lines of slow work: "detect 2/4  3.1/s", "reading images 1/6", ...
 PROGRESS = re.compile(r"^(detect|proposals|train|predict|synthesising|reading images) \d",
@@ -19,31 +19,6 @@ PROGRESS = re.compile(r"^(detect|proposals|train|predict|synthesising|reading im
 FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
         "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
         "solver.warmup_iters=0", "--device", "cpu"]
-
-
-def digest(*paths: Path) -> dict[str, str]:
-    """sha256 of every file under ``paths`` (files or folders)."""
-    out = {}
-    for p in paths:
-        for f in sorted([p] if p.is_file() else p.rglob("*")):
-            if f.is_file():
-                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
-
-def assert_user_error(r, *fragments: str) -> str:
-    """Exit 2, no traceback, and the last line is the one ``error:`` line holding
-    ``fragments``; returns that line."""
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output, r.output
-    lines = r.output.strip().splitlines()
-    assert lines and lines[-1].startswith("error:"), r.output
-    assert sum(line.startswith("error:") for line in lines) == 1, r.output
-    for fragment in fragments:
-        assert fragment in lines[-1], r.output
-    return lines[-1]
-
-
 @pytest.fixture
 def data(tmp_path):
     """A fresh 64 px shapes set per test (tests try to damage it): train.json (4 images),

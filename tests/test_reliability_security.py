@@ -9,7 +9,6 @@ command refused the file, not that the payload was a dud.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pickle
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability import digest
 
 FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
         "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
@@ -32,17 +32,6 @@ class Payload:
 
     def __reduce__(self):
         return (exec, (f"open({self.marker!r}, 'w').close()",))
-
-
-def digest(*paths: Path) -> dict[str, str]:
-    """sha256 of every file under ``paths`` (files or folders)."""
-    out = {}
-    for p in paths:
-        for f in sorted([p] if p.is_file() else p.rglob("*")):
-            if f.is_file():
-                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
-
 
 def assert_refused(r, marker: Path, *fragments: str, command: str = "") -> None:
     """Exit 2 with one ``error:`` line holding ``fragments`` and nothing after it, no
