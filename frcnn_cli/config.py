@@ -167,6 +167,13 @@ class SolverConfig(Section):
                                          "null: no clipping.")
 
 
+def scaled_steps(steps: list[int], schedule_iters: int, iters: int) -> list[int]:
+    """Scale lr drops to a shortened or lengthened schedule, keeping their relative places."""
+    if iters == schedule_iters:
+        return list(steps)
+    return [max(1, round(s * iters / schedule_iters)) for s in steps if s < schedule_iters]
+
+
 class AltConfig(Section):
     """The paper's 4-step alternating schedule (Section 3.2)."""
 
@@ -179,6 +186,26 @@ class AltConfig(Section):
                                       "iteration (the original: 1).")
     detector_images_per_batch: int = Field(2, ge=1, description="Steps 2 and 4: images per "
                                            "iteration (the original: 2).")
+    stage2_rpn_iters: int | None = Field(None, ge=1, description="Step 3 alone, a fine-tune "
+                                         "of the RPN's own layers (null: rpn_iters).")
+    stage2_rpn_steps: list[int] | None = Field(None, description="Step 3's lr drops (null: "
+                                               "rpn_steps scaled to its length).")
+    stage2_detector_iters: int | None = Field(None, ge=1, description="Step 4 alone, a "
+                                              "fine-tune of the detector's own layers (null: "
+                                              "detector_iters).")
+    stage2_detector_steps: list[int] | None = Field(None, description="Step 4's lr drops "
+                                                    "(null: detector_steps scaled to its "
+                                                    "length).")
+
+    def schedule(self, kind: str) -> tuple[int, list[int]]:
+        """Iterations and lr drops of one stage (``stage1-rpn`` ... ``stage2-detector``)."""
+        part = "rpn" if kind.endswith("rpn") else "detector"
+        total, steps = getattr(self, f"{part}_iters"), getattr(self, f"{part}_steps")
+        if kind.startswith("stage2"):
+            iters = getattr(self, f"stage2_{part}_iters") or total
+            own = getattr(self, f"stage2_{part}_steps")
+            return iters, list(own) if own is not None else scaled_steps(steps, total, iters)
+        return total, list(steps)
 
 
 class TrainConfig(Section):

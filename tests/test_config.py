@@ -30,6 +30,19 @@ def test_base_recipe_is_merged():
     assert alt.alt.rpn_iters == 80000
 
 
+def test_stage2_schedule_defaults_to_stage1_and_can_be_shorter():
+    r = config.load_recipe("shapes", ["alt.rpn_iters=600", "alt.rpn_steps=[480]",
+                                      "alt.detector_iters=1000", "alt.detector_steps=[800]"])
+    assert r.alt.schedule("stage1-rpn") == r.alt.schedule("stage2-rpn") == (600, [480])
+    assert r.alt.schedule("stage1-detector") == r.alt.schedule("stage2-detector") == (1000, [800])
+    r = config.load_recipe("shapes", ["alt.detector_iters=1000", "alt.detector_steps=[800]",
+                                      "alt.stage2_detector_iters=250",
+                                      "alt.stage2_rpn_iters=300", "alt.stage2_rpn_steps=[]"])
+    assert r.alt.schedule("stage1-detector") == (1000, [800])
+    assert r.alt.schedule("stage2-detector") == (250, [200])  # the drop at the same place
+    assert r.alt.schedule("stage2-rpn") == (300, [])
+
+
 def test_override_sets_typed_values():
     r = config.load_recipe("shapes", ["solver.lr=0.5", "anchors.scales=[1, 2]",
                                       "model.backbone_weights=/tmp/w.pt"])

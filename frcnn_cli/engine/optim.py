@@ -51,10 +51,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, solver: SolverConfig,
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, WarmupMultiStep(steps, solver.gamma, solver.warmup_iters,
                                    solver.warmup_factor))
-
-
-def scaled_steps(steps: list[int], schedule_iters: int, iters: int) -> list[int]:
-    """Scale lr drops to a shortened or lengthened schedule, keeping their relative places."""
-    if iters == schedule_iters:
-        return list(steps)
-    return [max(1, round(s * iters / schedule_iters)) for s in steps if s < schedule_iters]

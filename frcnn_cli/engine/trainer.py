@@ -27,11 +27,11 @@ import torch
 import yaml
 
 from frcnn_cli import config as config_mod
-from frcnn_cli.config import Recipe
+from frcnn_cli.config import Recipe, scaled_steps
 from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
-from frcnn_cli.engine.optim import build_optimizer, build_scheduler, scaled_steps
+from frcnn_cli.engine.optim import build_optimizer, build_scheduler
 from frcnn_cli.errors import CheckpointError, FrcnnError, InputError, TrainingError
 from frcnn_cli.files import prepare_output_dir, require_file, write_text
 from frcnn_cli.progress import SILENT, Reporter
@@ -100,10 +100,8 @@ def schedule_for(args: RunArgs, recipe: Recipe) -> tuple[int, list[int]]:
     """Iterations and lr drops of this run: the recipe's, or scaled to ``--iters``."""
     if args.kind == "joint":
         total, steps = recipe.solver.max_iters, recipe.solver.steps
-    elif args.kind.endswith("rpn"):
-        total, steps = recipe.alt.rpn_iters, recipe.alt.rpn_steps
     else:
-        total, steps = recipe.alt.detector_iters, recipe.alt.detector_steps
+        total, steps = recipe.alt.schedule(args.kind)
     if args.iters is None:
         return total, list(steps)
     return args.iters, scaled_steps(steps, total, args.iters)
@@ -303,9 +301,10 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
 
     ddp_model = model
     if dist.enabled:
+        # Every trainable group takes part in every step of its kind of run (frozen groups have
+        # no gradients), so DDP need not search the graph for unused parameters.
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save_last(iteration: int) -> None:
         if dist.is_main:
