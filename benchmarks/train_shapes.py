@@ -1,6 +1,6 @@
 """Train the `shapes` recipe with `frcnn train` and `frcnn train-alt`; time both and evaluate.
 
-    .venv/bin/python benchmarks/train_shapes.py --out /tmp/shapes-bench [--only train|alt]
+    .venv/bin/python benchmarks/train_shapes.py --out DIR [--only joint|alt] [--set KEY=VALUE ...]
 
 Synthesises the demo's data (600 train / 100 val images at 256 px, seed 0) unless OUT/data
 already holds it, then runs each training command as a user would, from the shell, into
@@ -35,6 +35,8 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(SCHEDULES), help="Run one schedule only.")
     parser.add_argument("--recipe", default="shapes")
     parser.add_argument("--seed", type=int, default=0, help="Training seed.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="Recipe override passed to both commands.")
     args = parser.parse_args()
 
     data = args.out / "data"
@@ -50,8 +52,9 @@ def main() -> int:
             print(f"{run} exists; remove it to measure again", file=sys.stderr)
             return 2
         start = time.perf_counter()
+        sets = [arg for kv in args.overrides for arg in ("--set", kv)]
         frcnn(command, "--recipe", args.recipe, "--train", str(data / "train.json"),
-              "--out", str(run), "--seed", str(args.seed))
+              "--out", str(run), "--seed", str(args.seed), *sets)
         minutes = (time.perf_counter() - start) / 60
         frcnn("eval", str(run / "model.pt"), "--data", str(data / "val.json"),
               "--metric", "voc07", "--json", str(run / "eval.json"))
