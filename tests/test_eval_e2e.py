@@ -203,3 +203,19 @@ def test_proposal_recall(model_path, shapes_data):
     assert result["num_objects"] == sum(
         1 for a in load_annotations(shapes_data / "val.json").annotations
         if not a.get("difficult") and not a.get("iscrowd"))
+
+
+def test_a_class_the_model_never_learned_is_named(caplog):
+    from frcnn_cli.data.annotations import Annotations
+    from frcnn_cli.evaluation.inference import check_classes
+
+    model_classes = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]
+    ann = Annotations(
+        images=[{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}],
+        annotations=[{"id": 1, "image_id": 1, "category_id": c, "bbox": [0, 0, 9, 9]}
+                     for c in (1, 3)],
+        categories=model_classes + [{"id": 3, "name": "hexagon"}, {"id": 4, "name": "star"}])
+    with caplog.at_level("WARNING", logger="frcnn"):
+        check_classes(model_classes, ann)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the model was not trained on 'hexagon', which the dataset has: it scores AP 0"]
