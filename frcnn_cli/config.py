@@ -199,13 +199,17 @@ class AltConfig(Section):
 
     def schedule(self, kind: str) -> tuple[int, list[int]]:
         """Iterations and lr drops of one stage (``stage1-rpn`` ... ``stage2-detector``)."""
-        part = "rpn" if kind.endswith("rpn") else "detector"
-        total, steps = getattr(self, f"{part}_iters"), getattr(self, f"{part}_steps")
-        if kind.startswith("stage2"):
-            iters = getattr(self, f"stage2_{part}_iters") or total
-            own = getattr(self, f"stage2_{part}_steps")
-            return iters, list(own) if own is not None else scaled_steps(steps, total, iters)
-        return total, list(steps)
+        if kind.endswith("rpn"):
+            total, steps = self.rpn_iters, self.rpn_steps
+            own_iters, own_steps = self.stage2_rpn_iters, self.stage2_rpn_steps
+        else:
+            total, steps = self.detector_iters, self.detector_steps
+            own_iters, own_steps = self.stage2_detector_iters, self.stage2_detector_steps
+        if not kind.startswith("stage2"):
+            return total, list(steps)
+        iters = own_iters or total
+        return iters, list(own_steps) if own_steps is not None else scaled_steps(steps, total,
+                                                                                 iters)
 
 
 class TrainConfig(Section):

@@ -72,7 +72,7 @@ def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> None
                     c["name"], names[c["id"]])
     known = {c["id"] for c in model_classes}
     present = {a["category_id"] for a in ann.annotations}
-    unknown = [c["name"] for c in ann.classes if c["id"] not in known and c["id"] in present]
+    unknown = [name for i, name in names.items() if i not in known and i in present]
     if unknown:
         log.warning("the model was not trained on %s, which the dataset has: %s AP 0",
                     ", ".join(f"'{n}'" for n in unknown), "they score" if len(unknown) > 1
