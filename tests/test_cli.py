@@ -63,3 +63,13 @@ def test_console_script_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "frcnn_cli", "--version"], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == f"frcnn {__version__}"
+
+
+def test_closed_pipe_stops_quietly():
+    # `frcnn recipe show shapes | head -1`: the reader is gone before the command writes.
+    proc = subprocess.Popen([sys.executable, "-m", "frcnn_cli", "recipe", "show", "shapes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert err == ""

@@ -8,6 +8,8 @@ with a hint to rerun with ``--debug``, exit 1. ``--debug`` shows the full traceb
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import traceback
 from typing import Annotated, Any
 
@@ -39,6 +41,11 @@ class FrcnnGroup(TyperGroup):
         except KeyboardInterrupt:
             console.error("interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # The reader went away (`frcnn ... | head`): stop quietly, as a Unix filter does,
+            # and point stdout at /dev/null so the final flush at exit cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except Exception as e:  # a bug, not bad input
             if console.state.debug:
                 console.err_console.print(traceback.format_exc(), markup=False)
