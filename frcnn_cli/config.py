@@ -208,8 +208,9 @@ class AltConfig(Section):
         if not kind.startswith("stage2"):
             return total, list(steps)
         iters = own_iters or total
-        return iters, list(own_steps) if own_steps is not None else scaled_steps(steps, total,
-                                                                                 iters)
+        if own_steps is None:
+            own_steps = scaled_steps(steps, total, iters)
+        return iters, list(own_steps)
 
 
 class TrainConfig(Section):
