@@ -97,6 +97,94 @@ def test_resume_gives_identical_weights(cli, shapes_data, tmp_path, monkeypatch)
     assert _losses(tmp_path / "whole") == _losses(tmp_path / "split")
 
 
+def _interrupt_in_detector_head(monkeypatch, at_call: int, presses: int = 1) -> None:
+    """Ctrl-C (a real SIGINT) while iteration ``at_call`` runs its detector head: after the
+    RPN sampled anchors and proposals from the random generators, before the weights update."""
+    import signal
+
+    from frcnn_cli.model import faster_rcnn
+
+    forward = faster_rcnn.FasterRCNN.forward
+    calls = {"n": 0}
+
+    def interrupted(self, *a, **k):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                head = self.roi_heads.forward
+
+                def press(*ha, **hk):
+                    self.roi_heads.forward = head
+                    for _ in range(presses):
+                        os.kill(os.getpid(), signal.SIGINT)
+                    return head(*ha, **hk)
+
+                self.roi_heads.forward = press
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(faster_rcnn.FasterRCNN, "forward", interrupted)
+
+
+def test_ctrl_c_inside_an_iteration_finishes_it_and_resumes_exactly(cli, shapes_data, tmp_path,
+                                                                    monkeypatch):
+    """A Ctrl-C that lands mid-iteration stops the run after that iteration, with the random
+    state of that boundary and the unlogged losses saved, so the resumed run is the same run."""
+    args = ["--recipe", "shapes", "--train", shapes_data / "train.json", "--iters", "8",
+            *FAST, "--set", "train.log_every=3"]
+    r = cli("train", *args, "--out", tmp_path / "whole")
+    assert r.exit_code == 0, r.output
+
+    _interrupt_in_detector_head(monkeypatch, at_call=5)
+    r = cli("train", *args, "--out", tmp_path / "split")
+    assert r.exit_code == 130, r.output
+    assert "interrupted at iteration 5" in r.output
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["meta"]["iteration"] == 5
+    monkeypatch.undo()
+
+    r = cli("train", "--resume", tmp_path / "split")
+    assert r.exit_code == 0, r.output
+    whole, split = _state(tmp_path / "whole" / "model.pt"), _state(tmp_path / "split" / "model.pt")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    # logged at 3, 6 and 8: the line at 6 averages iterations 4-6 across the interruption
+    assert _losses(tmp_path / "whole") == _losses(tmp_path / "split")
+    assert len(_losses(tmp_path / "split")) == 3
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_good_checkpoint(cli, shapes_data,
+                                                                          tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _interrupt_in_detector_head(monkeypatch, at_call=5, presses=2)
+    r = cli("train", "--recipe", "shapes", "--train", shapes_data / "train.json", "--iters", "8",
+            *FAST, "--checkpoint-every", "3", "--out", run)
+    assert r.exit_code == 130, r.output
+    assert "stopped during iteration 5" in r.output and "(iteration 3)" in r.output
+    assert load_checkpoint(run / "last.pt")["meta"]["iteration"] == 3
+    assert f"frcnn train --resume {run}" in " ".join(r.output.split())
+
+
+COMMON = ["--recipe", "--train", "--out", "--iters", "--set", "--device", "--seed",
+          "--checkpoint-every", "--resume", "--amp"]
+TRAINING = {"train": [], "train-rpn": ["--stage", "1"], "train-alt": [],
+            "train-detector": ["--stage", "1", "--proposals", "p.pt"]}
+
+
+@pytest.mark.parametrize("command", sorted(TRAINING))
+def test_every_training_command_takes_the_common_options(cli, shapes_data, tmp_path, command):
+    help_text = cli(command, "--help").output
+    assert all(option in help_text for option in COMMON), help_text
+    # --amp is mixed precision on a GPU: refused on the CPU before anything is written
+    extra = [str(tmp_path / a) if a == "p.pt" else a for a in TRAINING[command]]
+    if command == "train-detector":
+        (tmp_path / "p.pt").touch()
+    r = cli(command, "--recipe", "shapes", "--train", shapes_data / "train.json", *extra,
+            "--out", tmp_path / "run", "--device", "cpu", "--amp")
+    assert r.exit_code == 2, r.output
+    assert "--amp needs a CUDA device" in r.output
+    assert not (tmp_path / "run").exists()
+    r = cli(command, "--resume", tmp_path / "run", "--amp")
+    assert r.exit_code == 2 and "drop --amp" in r.output
+
+
 def test_train_alt_freezes_what_the_paper_freezes(cli, shapes_data, tmp_path):
     from frcnn_cli import config
     from frcnn_cli.data.annotations import load_annotations

@@ -98,7 +98,7 @@ def train(
     Example: [bold]frcnn train -r shapes --train d/train.json --val d/val.json -o runs/joint[/]
     """
     _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
-                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every,
+                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
                         init=init, backbone_weights=backbone_weights)
     args = None if resume else _args("train", recipe, train, val, out, overrides, iters, device,
                                      seed, checkpoint_every, amp, backbone_weights, init=init)
@@ -120,7 +120,7 @@ def train_rpn(
     Example: [bold]frcnn train-rpn -r shapes --train d/train.json -o runs/s1rpn --stage 1[/]
     """
     _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
-                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every,
+                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
                         init=init, stage=stage, backbone_weights=backbone_weights)
     args = None
     if resume is None:
@@ -150,7 +150,7 @@ def train_detector(
     -o runs/s1det --stage 1[/]
     """
     _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
-                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every,
+                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
                         init=init, stage=stage, proposals=proposals,
                         backbone_weights=backbone_weights)
     args = None
@@ -195,7 +195,7 @@ def train_alt(
     recipe: options.OptionalRecipe = None, train: Train = None, val: Val = None, out: Out = None,
     iters: Iters = None, overrides: options.Overrides = None, device: options.Device = "auto",
     seed: Seed = None, checkpoint_every: CheckpointEvery = None, resume: Resume = None,
-    init: Init = None, backbone_weights: BackboneWeights = None,
+    amp: Amp = False, init: Init = None, backbone_weights: BackboneWeights = None,
 ) -> None:
     """The paper's 4-step alternating training, all steps in order.
 
@@ -210,13 +210,13 @@ def train_alt(
     from frcnn_cli.engine.stages import train_alt as run_alt
 
     _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
-                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every,
+                        overrides=overrides, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
                         init=init, backbone_weights=backbone_weights)
     if resume is not None:
         result = resume_alt(resume, console.reporter(), device=device)
     else:
         args = _args("train-alt", recipe, train, val, out, overrides, iters, device, seed,
-                     checkpoint_every, False, backbone_weights, init=init)
+                     checkpoint_every, amp, backbone_weights, init=init)
         result = run_alt(args, console.reporter())
     console.result(f"[bold green]done[/]: final shared model -> {result.model_path}")
     if result.val_map is not None:

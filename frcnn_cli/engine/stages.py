@@ -26,7 +26,7 @@ from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.engine.proposals import generate_proposals, save_proposals
-from frcnn_cli.engine.trainer import RunArgs, RunResult, train_run
+from frcnn_cli.engine.trainer import RunArgs, RunResult, train_run, training_device
 from frcnn_cli.errors import InputError
 from frcnn_cli.files import prepare_output_file, require_file
 from frcnn_cli.progress import SILENT, Reporter
@@ -87,6 +87,7 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
     repeating the command after an interruption finishes the schedule.
     """
     root = Path(args.out)
+    training_device(args)  # a bad --device or --amp stops here, before RUN/ is made
     for src in (args.train, args.val):
         if src and Path(src).resolve() == root.resolve():
             raise InputError(f"run folder {root} is an input; choose another --out")

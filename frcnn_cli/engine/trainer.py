@@ -17,6 +17,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +55,45 @@ class Interrupted(FrcnnError):
     """Ctrl-C: the run saved its state and can be resumed."""
 
     exit_code = 130
+
+
+class HoldInterrupts:
+    """Holds Ctrl-C (SIGINT) back while an iteration updates the weights.
+
+    A run stopped half-way through ``optimizer.step()``, or after the iteration's RPN and RoI
+    sampling drew from the random generators, would save a state that no iteration boundary
+    had, and its resume would not continue the run exactly. Between ``begin()`` and ``end()``
+    a first Ctrl-C is noted and raised as ``KeyboardInterrupt`` by ``end()``; a second one
+    raises at once (``forced``: the state in memory is then half-way and must not be saved).
+    Outside (loading the next batch, validating) Ctrl-C stops at once, which is safe: nothing
+    there changes the weights or draws from the trainer's generators.
+    """
+
+    def __init__(self) -> None:
+        self.pending = self.forced = self._installed = False
+        self._previous = None
+
+    def _hold(self, signum, frame) -> None:
+        if self.pending:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def begin(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._hold)
+            self._installed = True
+
+    def end(self) -> None:
+        self.release()
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def release(self) -> None:
+        """Puts the previous Ctrl-C handler back."""
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
 
 
 @dataclass
@@ -208,14 +249,20 @@ def resume_run(run_dir: str | Path, reporter: Reporter = SILENT,
     return train_run(args, reporter, resume=True, recipe=recipe)
 
 
+def training_device(args: RunArgs) -> torch.device:
+    """The run's ``--device``, refusing ``--amp`` anywhere but on a GPU."""
+    device = resolve_device(args.device)
+    if args.amp and device.type != "cuda":
+        raise InputError("--amp needs a CUDA device (mixed precision training runs on GPUs)")
+    return device
+
+
 def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
               recipe: Recipe | None = None) -> RunResult:
     """Train one run as ``args`` says; see the module docstring for what it writes."""
     from frcnn_cli.data.annotations import load_annotations
 
-    device = resolve_device(args.device)
-    if args.amp and device.type != "cuda":
-        raise InputError("--amp needs a CUDA device (mixed precision training runs on GPUs)")
+    device = training_device(args)
     dist = dist_mod.init_distributed(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -306,6 +353,11 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    iteration = start_iter
+    window: dict[str, list[float]] = state.get("log_window", {}) if state else {}
+    rng_at_boundary = rng_state()  # the generators as iteration `iteration` left them
+    hold = HoldInterrupts()
+
     def save_last(iteration: int) -> None:
         if dist.is_main:
             save_checkpoint({
@@ -314,11 +366,10 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
-                "rng": rng_state(),
+                "rng": rng_at_boundary,
+                "log_window": window,  # losses since the last logged step
             }, last_path)
 
-    iteration = start_iter
-    window: dict[str, list[float]] = {}
     last_losses: dict[str, float] = {}
     tic = time.perf_counter()
     model.train()
@@ -327,6 +378,7 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
     try:
         while iteration < max_iters:
             images, targets = next(batches)
+            hold.begin()  # from here to hold.end(), Ctrl-C stops the run after this iteration
             images = [im.to(device, non_blocking=True) for im in images]
             props = None
             if proposals is not None:
@@ -354,6 +406,7 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
             scaler.update()
             scheduler.step()
             iteration += 1
+            rng_at_boundary = rng_state()
 
             for k, v in losses.items():
                 window.setdefault(k, []).append(float(v.detach()))
@@ -374,6 +427,7 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
 
             if iteration % checkpoint_every == 0 and iteration < max_iters:
                 save_last(iteration)
+            hold.end()
             if (val_ann is not None and recipe.train.val_every
                     and iteration % recipe.train.val_every == 0 and iteration < max_iters):
                 best_map = _validate(model, val_ann, recipe, device, dist, metrics, iteration,
@@ -381,13 +435,18 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
                 model.train()
     except KeyboardInterrupt:
         task.close()
-        save_last(iteration)
         dist_mod.shutdown(dist)
         cmd = f"frcnn {args.command} --resume {out}" if args.command != "train" \
             else f"frcnn train --resume {out}"
+        if hold.forced:  # stopped inside an iteration: its state is half-way, keep the file's
+            resume = f" Resume with: {cmd}" if last_path.exists() else ""
+            raise Interrupted(f"stopped during iteration {iteration + 1}; "
+                              f"{_last_good(last_path)}{resume}") from None
+        save_last(iteration)
         raise Interrupted(f"interrupted at iteration {iteration}; state saved to {last_path}. "
                           f"Resume with: {cmd}") from None
     finally:
+        hold.release()
         task.close()
 
     save_last(iteration)
