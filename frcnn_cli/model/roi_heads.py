@@ -135,7 +135,7 @@ class RoIHeads(nn.Module):
 
         boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
         labels, image_idx = labels.reshape(-1), image_idx.reshape(-1)
-        ok = scores >= self.score_thresh
+        ok = torch.nonzero(scores >= self.score_thresh).squeeze(1)  # one device sync, not four
         boxes, scores, labels, image_idx = boxes[ok], scores[ok], labels[ok], image_idx[ok]
         keeps = nms_per_image(boxes, scores, image_idx, self.nms_thresh,
                               self.detections_per_img, num_images, labels, k + 1)

@@ -182,7 +182,7 @@ class RegionProposalNetwork(nn.Module):
         (at most post_n) and their probabilities."""
         num_images = scores.shape[0]
         image_idx = torch.arange(num_images, device=boxes.device)[:, None].expand_as(scores)
-        ok = torch.isfinite(scores).flatten()
+        ok = torch.nonzero(torch.isfinite(scores).flatten()).squeeze(1)  # one device sync
         boxes = boxes.reshape(-1, 4)[ok]
         scores, image_idx = scores.flatten()[ok], image_idx.flatten()[ok]
         keeps = nms_per_image(boxes, scores, image_idx, self.nms_thresh, post_n, num_images)
