@@ -355,8 +355,7 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
 
     iteration = start_iter
     window: dict[str, list[float]] = state.get("log_window", {}) if state else {}
-    rng_at_boundary = rng_state()  # the generators as iteration `iteration` left them
-    hold = HoldInterrupts()
+    hold = HoldInterrupts()  # so that a stop, and the state saved, fall between iterations
 
     def save_last(iteration: int) -> None:
         if dist.is_main:
@@ -366,7 +365,7 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
-                "rng": rng_at_boundary,
+                "rng": rng_state(),
                 "log_window": window,  # losses since the last logged step
             }, last_path)
 
@@ -406,7 +405,6 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
             scaler.update()
             scheduler.step()
             iteration += 1
-            rng_at_boundary = rng_state()
 
             for k, v in losses.items():
                 window.setdefault(k, []).append(float(v.detach()))
@@ -436,8 +434,7 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
     except KeyboardInterrupt:
         task.close()
         dist_mod.shutdown(dist)
-        cmd = f"frcnn {args.command} --resume {out}" if args.command != "train" \
-            else f"frcnn train --resume {out}"
+        cmd = f"frcnn {args.command} --resume {out}"
         if hold.forced:  # stopped inside an iteration: its state is half-way, keep the file's
             resume = f" Resume with: {cmd}" if last_path.exists() else ""
             raise Interrupted(f"stopped during iteration {iteration + 1}; "
