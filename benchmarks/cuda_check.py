@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from frcnn_cli.engine.checkpoint import load_checkpoint
+
 ROWS: list[dict] = []
 DEADLINE = float("inf")  # time.time() after which no command starts (--budget)
 
@@ -163,8 +165,7 @@ def main() -> int:
                "shapes", "--train", str(data / "train.json"), "--out", str(dest),
                "--iters", "30", "--device", device, *amp]
         run("torchrun", cmd, log, 180)
-        done = torch.load(dest / "model.pt", map_location="cpu", weights_only=False)
-        return {"iteration": done["meta"]["iteration"]}
+        return {"iteration": load_checkpoint(dest / "model.pt")["meta"]["iteration"]}
 
     def check_resume():
         return _resume(out, data, device, amp, workers, log)
@@ -224,13 +225,11 @@ def _resume(out: Path, data: Path, device: str, amp: list[str], workers: list[st
         f.write(f"\n### resume-split (interrupted)\n{output}")
     if proc.returncode != 130:
         raise RuntimeError(f"interrupted run exited {proc.returncode}, not 130")
-    stopped = torch.load(split / "last.pt", map_location="cpu", weights_only=False)
-    stopped_at = stopped["meta"]["iteration"]
+    stopped_at = load_checkpoint(split / "last.pt")["meta"]["iteration"]
     run("resume-continue", frcnn_cmd("train", "--resume", split), log, 180)
 
     def weights(tag: str) -> dict:
-        return torch.load(out / f"resume-{tag}" / "model.pt", map_location="cpu",
-                          weights_only=False)["model"]
+        return load_checkpoint(out / f"resume-{tag}" / "model.pt")["model"]
 
     def max_diff(a: dict, b: dict) -> float:
         return max((a[k].double() - b[k].double()).abs().max().item() for k in a
