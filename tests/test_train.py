@@ -250,6 +250,11 @@ def test_propose_writes_proposals_in_image_pixels(cli, shapes_data, tmp_path):
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 128).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
     assert set(load_proposals(out, ann)) == {im["id"] for im in ann.images}
+    # the file and the output say how many of the objects the proposals cover
+    cover = obj["meta"]["coverage"]
+    assert cover["objects"] == len(ann.annotations)
+    assert 0 <= cover["iou_0.7"] <= cover["iou_0.5"] <= 1
+    assert f"cover {100 * cover['iou_0.5']:.1f} % of the {cover['objects']} objects" in r.output
     # proposals of another dataset are refused with a clear message
     r = cli("train-detector", "--recipe", "shapes", "--train", shapes_data / "train.json",
             "--proposals", out, "--out", tmp_path / "det", "--stage", "1", "--iters", "2", *FAST)

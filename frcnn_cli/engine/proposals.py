@@ -8,7 +8,12 @@
      "boxes":     float32 [sum(counts), 4],  # x1 y1 x2 y2 in original image pixels
      "scores":    float32 [sum(counts)],     # objectness, highest first per image
      "meta": {"checkpoint", "annotations", "pre_nms_top_n", "post_nms_top_n", "nms_thresh",
-              "min_size"}}
+              "min_size", "coverage"}}
+
+``meta["coverage"]`` is ``{"iou_0.5", "iou_0.7", "objects"}``: the share of the dataset's objects
+the proposals cover at each IoU (one-to-one, as ``frcnn eval --proposals``), or None when no
+object counts. Step 2 learns from these boxes; an object they miss reaches it only as its
+ground-truth box.
 
 Proposals are made on unflipped images; the training loader flips them with their image, as
 the original implementation does.

@@ -60,14 +60,31 @@ def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
     parts = dist_mod.gather_to_main(mine, dist)
     if dist.is_main:
         merged = {k: v for part in parts for k, v in part.items()}
+        ids = [img["id"] for img in ann.images]
         rpn = model.recipe.rpn
-        save_proposals(merged, [img["id"] for img in ann.images], out, {
+        save_proposals(merged, ids, out, {
             "checkpoint": str(checkpoint), "annotations": str(data),
             "pre_nms_top_n": rpn.pre_nms_top_n_train, "post_nms_top_n": rpn.post_nms_top_n_train,
-            "nms_thresh": rpn.nms_thresh, "min_size": rpn.min_size})
+            "nms_thresh": rpn.nms_thresh, "min_size": rpn.min_size,
+            "coverage": proposal_coverage([merged[i][0] for i in ids], ann)})
     dist_mod.barrier(dist)
     dist_mod.shutdown(dist)
     return Path(out)
+
+
+def proposal_coverage(boxes: list[torch.Tensor], ann) -> dict[str, float | int] | None:
+    """The proposals file's ``meta["coverage"]`` (see engine/proposals.py), logged."""
+    from frcnn_cli.evaluation.inference import counted_objects
+    from frcnn_cli.evaluation.recall import proposal_recall
+
+    top = max((len(b) for b in boxes), default=0)
+    result = proposal_recall([b.numpy() for b in boxes], counted_objects(ann), [max(top, 1)])
+    if not result.num_objects:
+        return None
+    covered = {f"iou_{t}": round(result.recall_at(max(top, 1), t), 4) for t in (0.5, 0.7)}
+    log.info("the proposals cover %.1f %% of the %d objects at IoU 0.5, %.1f %% at IoU 0.7",
+             100 * covered["iou_0.5"], result.num_objects, 100 * covered["iou_0.7"])
+    return {**covered, "objects": result.num_objects}
 
 
 def _finished(run: Path) -> bool:

@@ -157,6 +157,18 @@ def proposal_count(model, top_n: int) -> Iterator[dict[str, int]]:
         rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test = saved
 
 
+def counted_objects(ann: Annotations) -> list[np.ndarray]:
+    """Each image's objects that count for recall (not difficult, not crowd), ``(G, 4)`` x1 y1
+    x2 y2 in original pixels, in dataset order."""
+    objects = []
+    for im in ann.images:
+        kept = [a["bbox"] for a in ann.objects(im["id"])
+                if not a.get("difficult", 0) and not a.get("iscrowd", 0)]
+        xywh = np.asarray(kept, dtype=np.float64).reshape(-1, 4)
+        objects.append(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
+    return objects
+
+
 @torch.inference_mode()
 def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
                        device: str | torch.device = "cpu", reporter: Reporter = SILENT,
@@ -179,12 +191,6 @@ def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
             boxes = out["boxes"].reshape(-1, 4) / np.tile(scale_xy, 2)
             order = np.argsort(-out["scores"].reshape(-1), kind="stable")
             proposals[index[image_id]] = np.clip(boxes[order], 0, np.tile(size_wh, 2))
-    objects = []
-    for im in ann.images:
-        kept = [a["bbox"] for a in ann.objects(im["id"])
-                if not a.get("difficult", 0) and not a.get("iscrowd", 0)]
-        xywh = np.asarray(kept, dtype=np.float64).reshape(-1, 4)
-        objects.append(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
-    result = proposal_recall(proposals, objects, top_n)
+    result = proposal_recall(proposals, counted_objects(ann), top_n)
     result.extra = {"rpn": {**settings, "nms_thresh": float(model.rpn.nms_thresh)}}
     return result
