@@ -77,11 +77,11 @@ def proposal_coverage(boxes: list[torch.Tensor], ann) -> dict[str, float | int] 
     from frcnn_cli.evaluation.inference import counted_objects
     from frcnn_cli.evaluation.recall import proposal_recall
 
-    top = max((len(b) for b in boxes), default=0)
-    result = proposal_recall([b.numpy() for b in boxes], counted_objects(ann), [max(top, 1)])
+    top = max([1, *map(len, boxes)])  # every proposal of every image
+    result = proposal_recall([b.numpy() for b in boxes], counted_objects(ann), [top])
     if not result.num_objects:
         return None
-    covered = {f"iou_{t}": round(result.recall_at(max(top, 1), t), 4) for t in (0.5, 0.7)}
+    covered = {f"iou_{t}": round(result.recall_at(top, t), 4) for t in (0.5, 0.7)}
     log.info("the proposals cover %.1f %% of the %d objects at IoU 0.5, %.1f %% at IoU 0.7",
              100 * covered["iou_0.5"], result.num_objects, 100 * covered["iou_0.7"])
     return {**covered, "objects": result.num_objects}
