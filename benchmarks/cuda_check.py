@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from frcnn_cli.engine.checkpoint import load_checkpoint
+from frcnn_cli.checkpoint import load_checkpoint
 
 ROWS: list[dict] = []
 DEADLINE = float("inf")  # time.time() after which no command starts (--budget)

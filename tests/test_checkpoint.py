@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from frcnn_cli.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.errors import CheckpointError, FrcnnError
 
 

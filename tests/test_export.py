@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from frcnn_cli import build_model
+from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
 from frcnn_cli.config import load_recipe
 from frcnn_cli.data.synth import SynthConfig, draw_image
-from frcnn_cli.engine.checkpoint import save_checkpoint
 from frcnn_cli.export import export_bytes, load_exported
 from frcnn_cli.export.verify import BOX_TOLERANCE, Agreement, check_export, check_images, compare
-from frcnn_cli.model.faster_rcnn import checkpoint_meta
 
 SIZE = 128
 CLASSES = [{"id": 4, "name": "circle"}, {"id": 7, "name": "square"}, {"id": 9, "name": "tri"}]

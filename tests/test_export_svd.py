@@ -11,16 +11,15 @@ import torch
 from torch import nn
 
 from frcnn_cli import build_model, load_model
+from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
 from frcnn_cli.config import load_recipe
 from frcnn_cli.data.annotations import load_annotations
 from frcnn_cli.data.images import read_image
-from frcnn_cli.engine.checkpoint import save_checkpoint
 from frcnn_cli.errors import InputError, RecipeError
 from frcnn_cli.evaluation.inference import evaluate_model
 from frcnn_cli.export import svd
 from frcnn_cli.export.verify import compare
 from frcnn_cli.model.backbones import LowRankLinear, truncated_svd
-from frcnn_cli.model.faster_rcnn import checkpoint_meta
 
 SIZE = 128
 OVERRIDES = [f"input.min_size={SIZE}", f"input.max_size={SIZE}"]

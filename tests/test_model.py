@@ -5,10 +5,9 @@ import torch
 from torchvision.ops import box_iou
 
 import frcnn_cli
+from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
 from frcnn_cli.config import load_recipe
-from frcnn_cli.engine.checkpoint import save_checkpoint
 from frcnn_cli.errors import CheckpointError, InputError
-from frcnn_cli.model.faster_rcnn import checkpoint_meta
 
 SMALL = ["input.min_size=128", "input.max_size=160", "model.head_dim=64"]
 

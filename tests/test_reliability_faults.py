@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from frcnn_cli.engine.checkpoint import load_checkpoint
+from frcnn_cli.checkpoint import load_checkpoint
 
 FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
         "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",

@@ -91,8 +91,8 @@ def make_checkpoint(path: Path, workers: int = 0) -> Path:
     """An untrained, complete shapes model at 64 px (its detections are arbitrary but fixed:
     enough to compare two inputs) whose recipe reads images with ``workers`` processes."""
     from frcnn_cli import config
-    from frcnn_cli.engine.checkpoint import save_checkpoint
-    from frcnn_cli.model.faster_rcnn import build_model, checkpoint_meta
+    from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
+    from frcnn_cli.model.faster_rcnn import build_model
 
     recipe = config.load_recipe("shapes", ["input.min_size=64", "input.max_size=64",
                                            f"data.num_workers={workers}"])

@@ -34,8 +34,8 @@ def data(tmp_path):
 def checkpoint(tmp_path_factory):
     """An untrained, complete model checkpoint for the three shapes classes."""
     from frcnn_cli import config
-    from frcnn_cli.engine.checkpoint import save_checkpoint
-    from frcnn_cli.model.faster_rcnn import build_model, checkpoint_meta
+    from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
+    from frcnn_cli.model.faster_rcnn import build_model
 
     recipe = config.load_recipe("shapes", ["input.min_size=64", "input.max_size=64"])
     classes = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},

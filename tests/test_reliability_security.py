@@ -61,9 +61,9 @@ def data(tmp_path_factory):
 def good_checkpoint(data, tmp_path_factory):
     """An untrained but complete model checkpoint for the shapes classes."""
     from frcnn_cli import config
+    from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
     from frcnn_cli.data.annotations import load_annotations
-    from frcnn_cli.engine.checkpoint import save_checkpoint
-    from frcnn_cli.model.faster_rcnn import build_model, checkpoint_meta
+    from frcnn_cli.model.faster_rcnn import build_model
 
     recipe = config.load_recipe("shapes", ["input.min_size=64", "input.max_size=64"])
     classes = load_annotations(data / "train.json").classes
@@ -90,7 +90,7 @@ def _potent(path: Path, marker: Path) -> Path:
 def make_evil_checkpoint(good: Path, path: Path, marker: Path, kind: str = "zip") -> Path:
     """A real checkpoint with a payload in its meta, in torch's zip format, its legacy format
     or as a bare pickle stream."""
-    from frcnn_cli.engine.checkpoint import load_checkpoint
+    from frcnn_cli.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(good)
     ckpt["meta"]["note"] = Payload(marker)
@@ -225,7 +225,7 @@ def _copy_run(run: Path, dest: Path) -> Path:
 
 
 def test_resume_refuses_a_payload_in_last_pt(cli, finished_run, tmp_path, marker):
-    from frcnn_cli.engine.checkpoint import load_checkpoint
+    from frcnn_cli.checkpoint import load_checkpoint
 
     run = _copy_run(finished_run, tmp_path / "run")
     state = load_checkpoint(run / "last.pt")
@@ -294,7 +294,7 @@ def test_export_and_benchmark_refuse_a_payload_checkpoint(cli, command, good_che
 def test_refusal_is_the_only_line_on_stderr(good_checkpoint, tmp_path, marker, data):
     """A pickle stream of protocol 4 or 5 (Python's default) makes torch print a warning with a
     site-packages path; the user should see only the one error line."""
-    from frcnn_cli.engine.checkpoint import load_checkpoint
+    from frcnn_cli.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(good_checkpoint)
     ckpt["meta"]["note"] = Payload(marker)

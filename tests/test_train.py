@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from frcnn_cli.engine.checkpoint import load_checkpoint
+from frcnn_cli.checkpoint import load_checkpoint
 
 # 128 px images, 2 per batch, a metrics line every iteration: seconds per run on a CPU.
 FAST = ["--set", "input.min_size=128", "--set", "input.max_size=128",

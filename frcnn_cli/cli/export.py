@@ -211,8 +211,7 @@ def _compress(model, fc6: int, fc7: int, ann, device):
 
 
 def _save_checkpoint(model, source: Path, out: Path) -> None:
-    from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
-    from frcnn_cli.model.faster_rcnn import checkpoint_meta
+    from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
 
     old = load_checkpoint(source)["meta"]
     meta = checkpoint_meta(model, int(old.get("iteration") or 0), old.get("stage"),

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from frcnn_cli.engine.checkpoint import PROPOSALS_FORMAT, VERSION, load_safe, save_safe
+from frcnn_cli.checkpoint import PROPOSALS_FORMAT, VERSION, load_safe, save_safe
 from frcnn_cli.errors import CheckpointError, DataError
 from frcnn_cli.progress import SILENT, Reporter
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from frcnn_cli.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
-from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.engine.proposals import generate_proposals, save_proposals
 from frcnn_cli.engine.trainer import RunArgs, RunResult, train_run, training_device
 from frcnn_cli.errors import InputError

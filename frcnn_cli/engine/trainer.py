@@ -29,10 +29,10 @@ import torch
 import yaml
 
 from frcnn_cli import config as config_mod
+from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
 from frcnn_cli.config import Recipe, scaled_steps
 from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
-from frcnn_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.engine.optim import build_optimizer, build_scheduler
 from frcnn_cli.errors import CheckpointError, FrcnnError, InputError, TrainingError
 from frcnn_cli.files import prepare_output_dir, require_file, write_text
@@ -516,8 +516,8 @@ def _warn_if_anchors_cross_border(recipe: Recipe) -> None:
 
 
 def _meta(model, recipe: Recipe, args: RunArgs, iteration: int, best_map: float) -> dict:
-    return {"iteration": iteration, "stage": args.kind, "classes": list(model.classes),
-            "recipe": recipe.to_dict(), "best_map": best_map, "seed": args.seed}
+    return checkpoint_meta(model, iteration, args.kind, recipe, best_map=best_map,
+                           seed=args.seed)
 
 
 def _short_names(avg: dict[str, float]) -> dict[str, float]:

@@ -13,6 +13,6 @@ Beside the paper: :mod:`~frcnn_cli.model.coverage` (how anchors fit a dataset) a
 :mod:`~frcnn_cli.model.reference` (torchvision's FasterRCNN built alike, for speed).
 """
 
-from frcnn_cli.model.faster_rcnn import FasterRCNN, build_model, checkpoint_meta, load_model
+from frcnn_cli.model.faster_rcnn import FasterRCNN, build_model, load_model
 
-__all__ = ["FasterRCNN", "build_model", "checkpoint_meta", "load_model"]
+__all__ = ["FasterRCNN", "build_model", "load_model"]

@@ -33,8 +33,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from frcnn_cli.checkpoint import load_safe
 from frcnn_cli.config import ModelConfig
-from frcnn_cli.engine.checkpoint import load_safe
 from frcnn_cli.errors import CheckpointError, FrcnnError, RecipeError
 from frcnn_cli.model.box_coder import tracing
 

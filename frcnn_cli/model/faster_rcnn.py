@@ -16,13 +16,12 @@ groups, frozen stage by stage: ``shared`` (backbone convs), ``rpn`` and ``detect
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from frcnn_cli.checkpoint import load_checkpoint
 from frcnn_cli.config import Recipe, load_recipe, recipe_from_dict
-from frcnn_cli.engine.checkpoint import load_checkpoint
 from frcnn_cli.errors import CheckpointError, InputError, RecipeError
 from frcnn_cli.model.anchors import AnchorGrid
 from frcnn_cli.model.backbones import build_backbone
@@ -149,13 +148,6 @@ def build_model(recipe: Recipe | str | os.PathLike, num_classes: int,
     if num_classes < 1:
         raise InputError(f"num_classes must be at least 1, got {num_classes}")
     return FasterRCNN(_as_recipe(recipe), num_classes, classes, load_weights=load_weights)
-
-
-def checkpoint_meta(model: FasterRCNN, iteration: int = 0, stage: str | None = None,
-                    **extra: Any) -> dict[str, Any]:
-    """The ``meta`` entry of a checkpoint of ``model``: iteration, stage, classes, recipe."""
-    return {"iteration": iteration, "stage": stage, "classes": list(model.classes),
-            "recipe": model.recipe.to_dict(), **extra}
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> FasterRCNN:

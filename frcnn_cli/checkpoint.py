@@ -4,7 +4,7 @@ A checkpoint is a dict saved with ``torch.save``::
 
     {"format": "frcnn-checkpoint", "version": 1,
      "model": state_dict,                    # keys start with backbone., rpn., roi_heads.
-     "meta": {"iteration", "stage", "classes", "recipe", ...},
+     "meta": {"iteration", "stage", "classes", "recipe", ...},  # checkpoint_meta()
      # last.pt only:
      "optimizer": ..., "scheduler": ..., "rng": ...}
 
@@ -29,6 +29,16 @@ from frcnn_cli.files import atomic_open
 CHECKPOINT_FORMAT = "frcnn-checkpoint"
 PROPOSALS_FORMAT = "frcnn-proposals"
 VERSION = 1
+
+
+def checkpoint_meta(model, iteration: int = 0, stage: str | None = None, recipe=None,
+                    **extra: Any) -> dict[str, Any]:
+    """The ``meta`` entry of every checkpoint of ``model``: ``iteration``, ``stage``, ``classes``
+    (``[{"id", "name"}]`` in label order), ``recipe`` (``model.recipe`` unless given, as a plain
+    dict) and any ``extra`` keys (``best_map``, ``seed``, ``svd_of``)."""
+    recipe = model.recipe if recipe is None else recipe
+    return {"iteration": iteration, "stage": stage, "classes": list(model.classes),
+            "recipe": recipe.to_dict(), **extra}
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:
