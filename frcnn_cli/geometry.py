@@ -1,8 +1,9 @@
-"""The one resize rule shared by the data loader, the model and the statistics.
+"""The one resize rule, shared by the model, the data statistics and the anchor coverage.
 
 The paper rescales an image so that its shorter side is ``min_size`` (600) unless the longer
-side would then exceed ``max_size`` (1000). The rule is idempotent: an image already resized
-by it gets scale 1, so the loader may resize in its workers and the model leaves it alone.
+side would then exceed ``max_size`` (1000). The model's transform resizes by it
+(:mod:`frcnn_cli.model.transform`); data statistics and anchor coverage use it to see objects
+as the model sees them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,3 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
     s = resize_scale(height, width, min_size, max_size)
     return max(1, round(height * s)), max(1, round(width * s))
 
-
-def is_resized(height: int, width: int, min_size: int, max_size: int) -> bool:
-    """True when an image of this shape is already at the rule's size (within rounding)."""
-    return resized_shape(height, width, min_size, max_size) == (height, width)

@@ -1,4 +1,5 @@
-"""The training loader: resized boxes, flips, proposals, filtering, seeded resumable batches."""
+"""The data loader: images at their own size, flips, proposals, filtering, seeded resumable
+batches."""
 
 from __future__ import annotations
 
@@ -33,23 +34,23 @@ def tiny(tmp_path):
 
 
 def _red_columns(image):
-    red = (image[0] > 0.5) & (image[1] < 0.5)  # half way: the resized edge
+    red = (image[0] > 127) & (image[1] < 128)
     cols = np.nonzero(red.any(0).numpy())[0]
     rows = np.nonzero(red.any(1).numpy())[0]
     return cols.min(), cols.max() + 1, rows.min(), rows.max() + 1
 
 
-def test_test_mode_resizes_boxes_and_keeps_every_object(tiny):
+def test_test_mode_keeps_the_file_size_and_every_object(tiny):
     image, target = DetectionDataset(tiny, _recipe(), train=False)[0]
-    assert image.shape == (3, 100, 200) and image.dtype == torch.float32
-    assert image.min() >= 0.0 and image.max() <= 1.0
-    assert target["scale"] == 2.0 and target["orig_size"] == (50, 100)
+    # the model resizes (min_size 100 would double it): the loader hands over the file
+    assert image.shape == (3, 50, 100) and image.dtype == torch.uint8
+    assert target["orig_size"] == (50, 100) and "scale" not in target
     assert target["image_id"] == 7 and target["flipped"] is False
-    assert target["boxes"].tolist() == [[20, 10, 60, 30], [120, 40, 140, 60], [180, 80, 200, 100]]
+    assert target["boxes"].tolist() == [[10, 5, 30, 15], [60, 20, 70, 30], [90, 40, 100, 50]]
     assert target["labels"].tolist() == [1, 2, 2]  # category 3 -> label 1, 9 -> 2
     assert target["difficult"].tolist() == [False, True, False]
     x0, x1, y0, y1 = _red_columns(image)
-    assert (x0, x1, y0, y1) == (20, 60, 10, 30)
+    assert (x0, x1, y0, y1) == (10, 30, 5, 15)
 
 
 def test_training_flip_drops_difficult_and_moves_boxes_with_pixels(tiny):
@@ -57,31 +58,20 @@ def test_training_flip_drops_difficult_and_moves_boxes_with_pixels(tiny):
     image, target = ds[(0, 123)]
     assert target["flipped"] is True
     assert target["labels"].tolist() == [1, 2]  # the difficult object is left out
-    assert target["boxes"].tolist() == [[140, 10, 180, 30], [0, 80, 20, 100]]
-    assert _red_columns(image) == (140, 180, 10, 30)
+    assert target["boxes"].tolist() == [[70, 5, 90, 15], [0, 40, 10, 50]]
+    assert _red_columns(image) == (70, 90, 5, 15)
     with_difficult = DetectionDataset(tiny, _recipe("augment.hflip=0.0",
                                                     "data.use_difficult=true"), train=True)
     _, target = with_difficult[(0, 1)]
     assert target["flipped"] is False and target["labels"].tolist() == [1, 2, 2]
 
 
-def test_proposals_follow_flip_and_resize(tiny):
+def test_proposals_follow_the_flip(tiny):
     props = {7: np.array([[0, 0, 10, 10], [50, 25, 100, 50]], np.float32)}
     ds = DetectionDataset(tiny, _recipe("augment.hflip=1.0"), train=True, proposals=props)
     _, target = ds[(0, 5)]
     assert target["proposals"].dtype == torch.float32
-    assert target["proposals"].tolist() == [[180, 0, 200, 20], [0, 50, 100, 100]]
-
-
-def test_multi_scale_training_picks_from_the_list(tiny):
-    ds = DetectionDataset(tiny, _recipe("input.train_scales=[50,150]"), train=True)
-    heights = {ds[(0, s)][0].shape[1] for s in range(12)}
-    assert heights == {50, 150}
-    image, target = ds[(0, 0)]
-    s = target["scale"]
-    assert image.shape[1] == round(50 * s)
-    assert target["boxes"][0].tolist() in ([10 * s, 5 * s, 30 * s, 15 * s],
-                                           [(100 - 30) * s, 5 * s, (100 - 10) * s, 15 * s])
+    assert target["proposals"].tolist() == [[90, 0, 100, 10], [0, 25, 50, 50]]
 
 
 def test_extra_augmentation_is_seeded_per_sample(tiny):
@@ -124,7 +114,7 @@ def test_train_loader_is_reproducible_resumable_and_worker_independent(shapes_da
 
     plain = batches()
     for images, targets in plain:
-        assert len(images) == 2 and images[0].shape == (3, 64, 64)
+        assert len(images) == 2 and images[0].shape == (3, 128, 128)  # the files' size
         for t in targets:
             assert t["boxes"].shape[1] == 4 and t["labels"].dtype == torch.int64
     for other in (batches(workers=1), batches(start_iter=1, n=2)):
@@ -143,8 +133,8 @@ def test_test_loader_shards_in_order(shapes_data):
     for rank in (0, 1):
         for images, targets in build_test_loader(ann, recipe, batch_size=3, rank=rank,
                                                  world_size=2):
-            assert images[0].shape == (3, 256, 256)
-            assert all(t["scale"] == 2.0 and t["orig_size"] == (128, 128) for t in targets)
+            assert images[0].shape == (3, 128, 128)  # the model resizes to 256
+            assert all(t["orig_size"] == (128, 128) for t in targets)
             ids += [t["image_id"] for t in targets]
     assert ids == [1, 3, 5, 7, 2, 4, 6, 8]
 
@@ -155,11 +145,11 @@ def test_geometric_augmentation_moves_boxes_and_proposals_with_pixels(tiny):
                      "p: 1.0}]")
     props = {7: np.array([[0, 0, 10, 10]], np.float32)}
     image, target = DetectionDataset(tiny, recipe, train=True, proposals=props)[(0, 3)]
-    assert _red_columns(image) == (34, 74, 10, 30)  # (10 + 7) * 2 .. (30 + 7) * 2
-    assert target["boxes"][0].tolist() == pytest.approx([34, 10, 74, 30], abs=1e-3)
-    assert target["proposals"][0].tolist() == pytest.approx([14, 0, 34, 20], abs=1e-3)
+    assert _red_columns(image) == (17, 37, 5, 15)  # 10 + 7 .. 30 + 7
+    assert target["boxes"][0].tolist() == pytest.approx([17, 5, 37, 15], abs=1e-3)
+    assert target["proposals"][0].tolist() == pytest.approx([7, 0, 17, 10], abs=1e-3)
     # the clipped box at the right edge is pushed further out: cut to its visible part
-    assert target["boxes"][1].tolist() == pytest.approx([194, 80, 200, 100], abs=1e-3)
+    assert target["boxes"][1].tolist() == pytest.approx([97, 40, 100, 50], abs=1e-3)
     with pytest.raises(RecipeError, match=r"augment.extra\[0\] \(Affine\): bad 'scale'"):
         DetectionDataset(tiny, _recipe("augment.extra=[{name: Affine, scale: x}]"), train=True)
 

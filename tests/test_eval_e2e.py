@@ -1,25 +1,20 @@
 """eval, predict and proposal recall end to end on a detector trained briefly on shapes.
 
 The model is trained for a few iterations only: these tests check the plumbing with real
-numbers (file pixels, category ids, agreement between the commands), not accuracy.
+numbers (file pixels, category ids), not accuracy. That every path gives the same detections
+is tests/test_one_path.py's.
 """
 
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from frcnn_cli.cli.app import app
 from frcnn_cli.data.annotations import load_annotations
-from frcnn_cli.data.images import read_image
-from frcnn_cli.data.transforms import resize
 from frcnn_cli.evaluation.detections import load_detections
 from frcnn_cli.evaluation.evaluate import evaluate_detections
-
-THRESH = 0.1  # predict keeps less than eval (0.05) to test its threshold
-SIZE = 160  # the model's input side; the shapes files are 128 px, so the loader resizes them
 
 
 def run(*args):
@@ -29,37 +24,8 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def model_path(shapes_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "run"
-    r = run("train", "--recipe", "shapes", "--train", shapes_data / "train.json", "--out", out,
-            "--iters", 20, "--device", "cpu", "--seed", 0,
-            "--set", "solver.images_per_batch=2", "--set", f"input.min_size={SIZE}",
-            "--set", f"input.max_size={SIZE}", "--set", "data.num_workers=0")
-    assert r.exit_code == 0, r.output
-    return out / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def resized_copy(shapes_data, tmp_path_factory):
-    """The val set at the model's input size: resized exactly as the test loader would, saved
-    losslessly, boxes scaled by 160 / 128. Detections on it must be 1.25x those on the
-    original files."""
-    ann = load_annotations(shapes_data / "val.json")
-    folder = tmp_path_factory.mktemp("copy")
-    (folder / "images").mkdir()
-    images = []
-    for im in ann.images:
-        pixels, _, _ = resize(read_image(ann.image_path(im)), SIZE, SIZE)
-        name = f"images/{im['id']}.png"
-        Image.fromarray(pixels).save(folder / name)
-        images.append({**im, "file_name": name, "width": SIZE, "height": SIZE})
-    f = SIZE / 128
-    anns = [{**a, "bbox": [v * f for v in a["bbox"]], "area": a["area"] * f * f}
-            for a in ann.annotations]
-    path = folder / "val.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns,
-                                "categories": ann.categories}))
-    return path
+def model_path(trained_shapes):
+    return trained_shapes
 
 
 def by_image(dets):
@@ -99,67 +65,6 @@ def test_eval_checkpoint(model_path, shapes_data, tmp_path):
     r = run("eval", "--detections", dets, "--data", val, "--json", again)
     assert r.exit_code == 0 and json.loads(again.read_text()) == result
     assert (plots / "pr_all.png").stat().st_size > 0
-
-
-def test_boxes_are_mapped_back_to_file_pixels(model_path, shapes_data, resized_copy, tmp_path):
-    small, large = tmp_path / "small.json", tmp_path / "large.json"
-    for data, dets, js in ((shapes_data / "val.json", small, tmp_path / "s.json"),
-                           (resized_copy, large, tmp_path / "l.json")):
-        r = run("eval", model_path, "--data", data, "--save-detections", dets, "--json", js,
-                "--metric", "voc", "--batch-size", 1, "--device", "cpu")
-        assert r.exit_code == 0, r.output
-    a, b = by_image(load_detections(small)), by_image(load_detections(large))
-    assert a.keys() == b.keys()
-    for image_id in a:
-        assert len(a[image_id]) == len(b[image_id])
-        for da, db in zip(a[image_id], b[image_id], strict=True):
-            assert da["category_id"] == db["category_id"]
-            assert db["score"] == pytest.approx(da["score"], abs=1e-4)
-            np.testing.assert_allclose(db["bbox"], np.array(da["bbox"]) * SIZE / 128,
-                                       atol=0.05)
-    # IoU does not change with scale, so neither does AP
-    assert json.loads((tmp_path / "l.json").read_text())["mAP"] == pytest.approx(
-        json.loads((tmp_path / "s.json").read_text())["mAP"], abs=1e-6)
-
-
-def test_predict_agrees_with_eval(model_path, resized_copy, tmp_path):
-    folder = resized_copy.parent / "images"
-    dets = tmp_path / "dets.json"
-    r = run("eval", model_path, "--data", resized_copy, "--save-detections", dets,
-            "--batch-size", 1, "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    ann = load_annotations(resized_copy)
-    name_of = {im["id"]: im["file_name"].split("/")[-1] for im in ann.images}
-    expected = {}
-    for d in load_detections(dets):
-        if d["score"] >= THRESH:
-            expected.setdefault(name_of[d["image_id"]], []).append(d)
-    assert sum(map(len, expected.values())) >= 5, "too few detections to compare"
-
-    out = tmp_path / "pred"
-    r = run("predict", model_path, folder, "--out", out, "--score-thresh", THRESH,
-            "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    predicted = json.loads((out / "detections.json").read_text())
-    got = {}
-    for d in predicted:
-        assert d["category_name"] == {1: "circle", 2: "square", 3: "triangle"}[
-            d["category_id"]]
-        got.setdefault(d["file_name"].split("/")[-1], []).append(d)
-    assert got.keys() == expected.keys()
-    for name, exp in expected.items():
-        exp = sorted(exp, key=lambda d: (-d["score"], d["bbox"]))
-        mine = sorted(got[name], key=lambda d: (-d["score"], d["bbox"]))
-        assert [d["category_id"] for d in mine] == [d["category_id"] for d in exp]
-        np.testing.assert_allclose([d["bbox"] for d in mine], [d["bbox"] for d in exp],
-                                   atol=0.05)
-    # one drawing per image, same size, named as the input
-    drawings = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
-    assert drawings == sorted(p.name for p in folder.iterdir())
-    for name in expected:
-        assert Image.open(out / name).size == (SIZE, SIZE)
-        assert not np.array_equal(np.asarray(Image.open(out / name)),
-                                  np.asarray(Image.open(folder / name)))
 
 
 def test_predict_skips_unreadable_and_refuses_its_input_folder(model_path, shapes_data,

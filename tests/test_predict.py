@@ -7,25 +7,26 @@ import pytest
 import torch
 from PIL import Image
 
+from frcnn_cli.config import load_recipe
 from frcnn_cli.errors import InputError
+from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.draw import class_colour, draw_detections, text_colour
-from frcnn_cli.evaluation.inference import to_coco_results
 from frcnn_cli.evaluation.predict import find_images, plan_outputs, predict_files
 
 CLASSES = [{"id": 3, "name": "person"}, {"id": 7, "name": "car"}]
 
 
-def test_to_coco_results_maps_labels_and_scales_back():
-    # input box x1 y1 x2 y2 = 10 20 50 80 in an image resized by 2 in x and 4 in y
-    # -> file pixels 5 5 25 20 -> xywh 5 5 20 15; label 2 -> classes[1] -> category id 7
+def test_to_coco_results_maps_labels_and_rounds():
+    # x1 y1 x2 y2 = 10 20 50 80 -> xywh 10 20 40 60; label 2 -> classes[1] -> category id 7
     r = to_coco_results(np.array([[10, 20, 50, 80]]), np.array([0.9]), np.array([2]), 42,
-                        CLASSES, scale_xy=(2.0, 4.0))
-    assert r == [{"image_id": 42, "category_id": 7, "bbox": [5.0, 5.0, 20.0, 15.0],
+                        CLASSES)
+    assert r == [{"image_id": 42, "category_id": 7, "bbox": [10.0, 20.0, 40.0, 60.0],
                   "score": 0.9}]
-    # clipped to a 20 x 18 file: x2 25 -> 20, y2 20 -> 18
-    r = to_coco_results(np.array([[10, 20, 50, 80]]), np.array([0.9]), np.array([1]), 42,
-                        CLASSES, scale_xy=(2.0, 4.0), size_wh=(20, 18))
-    assert r[0]["bbox"] == [5.0, 5.0, 15.0, 13.0] and r[0]["category_id"] == 3
+    # 1e-4 px and 6 decimals: within 1e-3 px and 1e-5 of the model's numbers
+    r = to_coco_results(np.array([[1.23456789, 2.0, 3.98765432, 4.5]]),
+                        np.array([0.123456789]), np.array([1]), 1, CLASSES)
+    assert r[0]["bbox"] == [1.2346, 2.0, 2.7531, 2.5] and r[0]["score"] == 0.123457
+    assert r[0]["category_id"] == 3
 
 
 def write_png(path, size=(40, 30), colour=(90, 90, 90)):
@@ -82,12 +83,12 @@ class FakeModel(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.roi_heads = torch.nn.Module()
-        self.roi_heads.score_thresh = 0.05
+        self.recipe = load_recipe("shapes")  # roi_heads.score_thresh 0.05
         self.seen = []
 
-    def forward(self, images):
-        self.seen.append(self.roi_heads.score_thresh)
+    def detect(self, images, score_thresh=None):
+        assert images[0].dtype == torch.uint8 and images[0].shape == (3, 30, 40)  # the file
+        self.seen.append(score_thresh)
         return [{"boxes": torch.tensor([[2.0, 2.0, 20.0, 12.0], [1.0, 1.0, 5.0, 5.0]]),
                  "scores": torch.tensor([0.9, 0.3]), "labels": torch.tensor([2, 1])}
                 for _ in images]
@@ -106,6 +107,7 @@ def test_predict_files_skips_unreadable_and_filters_scores(tmp_path):
     assert report.detections == [{"image_id": 2, "category_id": 7, "bbox": [2.0, 2.0, 18.0, 10.0],
                                   "score": 0.9, "file_name": str(good), "category_name": "car"}]
     assert Image.open(tmp_path / "out" / "good.png").size == (40, 30)
-    # a threshold below the recipe's is passed to the model, and restored afterwards
+    # the model is asked for the recipe's threshold, or a lower one the user gives
+    assert model.seen == [0.05]
     predict_files(model, jobs[1:], "cpu", score_thresh=0.01)
-    assert model.seen[-1] == 0.01 and model.roi_heads.score_thresh == 0.05
+    assert model.seen[-1] == 0.01

@@ -136,7 +136,8 @@ def test_odd_images_decode_upright_with_their_boxes_in_place(variants, tmp_path)
             assert image.shape == (3, H, W), name
             x, y, w, h = BOX
             assert target["boxes"].tolist() == [[x, y, x + w, y + h]], name
-            pixels = (image.permute(1, 2, 0).numpy() * 255).round()
+            assert image.dtype == torch.uint8, name  # the model divides by 255
+            pixels = image.permute(1, 2, 0).numpy().astype(np.float64)
             expected = variants[name][1]
             if expected is not None:  # lossless files: exactly the pixels a viewer shows
                 assert np.array_equal(pixels.astype(np.uint8), expected), name
@@ -204,12 +205,12 @@ def test_predict_sees_odd_images_as_their_plain_rgb_twins(cli, variants, checkpo
 
 
 def test_a_very_large_photo_is_resized_early(tmp_path, checkpoint):
-    """8000 x 6000: training samples come out at the recipe's size with the box scaled, and
-    predict resizes the 8-bit pixels before anything else (it used to make a float tensor of
-    the full photo, 4 bytes per channel)."""
+    """8000 x 6000: training samples stay 8-bit until the model resizes them, with the box
+    scaled, and predict never makes a float tensor of the full photo (4 bytes per channel):
+    the model converts and resizes a large 8-bit image in bands of rows."""
     from PIL import ImageDraw
 
-    from frcnn_cli import config
+    from frcnn_cli import build_model, config
     from frcnn_cli.data.annotations import load_annotations
     from frcnn_cli.data.dataset import DetectionDataset
 
@@ -227,9 +228,13 @@ def test_a_very_large_photo_is_resized_early(tmp_path, checkpoint):
     recipe = config.load_recipe("shapes", ["input.min_size=60", "input.max_size=200",
                                            "augment.hflip=0"])
     image, target = DetectionDataset(load_annotations(ann), recipe, train=True)[(0, 0)]
-    assert image.shape == (3, 60, 80)  # 6000 -> 60: a factor of 0.01
-    np.testing.assert_allclose(target["boxes"][0].tolist(), [20, 15, 40, 30], atol=0.01)
-    assert image[:, 17:28, 22:38].mean() > 0.5 > image[:, :10, :10].mean()
+    assert image.shape == (3, 6000, 8000) and image.dtype == torch.uint8  # 137 MiB, not 549
+    model = build_model(recipe, 1).train()
+    batch, targets, _ = model.transform([image], [target])
+    assert batch.image_sizes[0].tolist() == [60, 80]  # 6000 -> 60: a factor of 0.01
+    np.testing.assert_allclose(targets[0]["boxes"][0].tolist(), [20, 15, 40, 30], atol=0.01)
+    pixels = batch.tensors[0] * model.transform.std + model.transform.mean
+    assert pixels[:, 17:28, 22:38].mean() > 0.5 > pixels[:, :10, :10].mean()
 
     # One process predicts on a small picture (torch and the model are in memory, the peak so
     # far is the baseline), then on the photo: that may add less than two copies of its

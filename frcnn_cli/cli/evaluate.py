@@ -48,8 +48,11 @@ def evaluate(
         "300/1000/2000 proposals instead of mAP (the paper's Section 4); writes recall.json and "
         "recall.png (to --json and --plot, default: the checkpoint's folder).")] = False,
     device: options.Device = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
-                                            help="Images per forward pass.")] = 2,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", min=1, help="Images per forward pass. One gives exactly the "
+        "detections of predict, the Python API and the exported files; more is faster on a "
+        "GPU, and images padded together may move detections near their bottom and right "
+        "edges by a little.")] = 1,
 ) -> None:
     """Evaluate a model (or saved detections) on a dataset: per-class AP and mAP.
 

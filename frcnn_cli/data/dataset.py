@@ -1,20 +1,21 @@
-"""The torch Dataset the trainer and evaluator read: decoded, augmented, resized samples.
+"""The torch Dataset the trainer and evaluator read: decoded and augmented samples.
 
 ``DetectionDataset(annotations, recipe, train)[request]`` returns ``(image, target)``:
 
-- ``image``: float32 ``[3, H, W]`` in 0..1, RGB, resized by the recipe's rule (and augmented
-  when training)
+- ``image``: uint8 ``[3, H, W]``, RGB, at the file's own size (augmented when training);
+  the model resizes it (:mod:`frcnn_cli.model.transform`), so every path feeds the model alike
 - ``target["boxes"]``: float32 ``[N, 4]`` x1 y1 x2 y2 in the returned image's pixels
 - ``target["labels"]``: int64 ``[N]`` in 1..K (categories sorted by id)
 - ``target["image_id"]``: int; ``target["orig_size"]``: ``(height, width)`` of the decoded
-  file; ``target["scale"]``: returned size / original size; ``target["flipped"]``: bool
+  file; ``target["flipped"]``: bool
 - ``target["proposals"]`` (when proposals are given): float32 ``[P, 4]`` in the returned
   image's pixels, transformed with the image
 - test mode only: ``target["difficult"]``, ``target["iscrowd"]``: bool ``[N]``
 
 ``request`` is an index, or ``(index, seed)`` as the training sampler sends it: the seed
 drives every random choice of that sample (flip, scale, augmentation), so a sample is the
-same whichever worker makes it and whenever a resumed run asks for it again.
+same whichever worker makes it and whenever a resumed run asks for it again (the scale of
+multi-scale training is drawn by the model, from torch's generator).
 
 Training drops objects marked difficult or iscrowd unless the recipe's ``data.use_difficult``
 or ``data.use_crowd`` says otherwise; test mode keeps every object, flagged. Boxes are
@@ -42,7 +43,6 @@ from frcnn_cli.data.transforms import (
     clip_boxes,
     hflip,
     hflip_boxes,
-    resize,
     valid_boxes,
 )
 from frcnn_cli.errors import DataError, FrcnnError, InputError
@@ -155,7 +155,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         flags = {k: objects[k][keep] for k in ("difficult", "iscrowd")}
         proposals = self._proposals(record["id"], orig_h, orig_w)
 
-        min_size, max_size = self.recipe.input.min_size, self.recipe.input.max_size
         flipped = False
         if rng is not None:
             if self.augmentation is not None:
@@ -166,24 +165,13 @@ class DetectionDataset(torch.utils.data.Dataset):
                 pixels, boxes = hflip(pixels, boxes)
                 if proposals is not None:
                     proposals = hflip_boxes(proposals, pixels.shape[1])
-            scales = self.recipe.input.train_scales
-            if scales:
-                min_size = int(scales[int(rng.integers(len(scales)))])
-                max_size = max(max_size, min_size)
-        pixels, ratio, scale = resize(pixels, min_size, max_size)
-        boxes = boxes * ratio
-        if proposals is not None:
-            proposals = proposals * ratio
-        # in numpy: small torch ops pay thread start-up costs that dwarf the work in workers
-        chw = np.empty((3, *pixels.shape[:2]), np.float32)
-        np.divide(pixels.transpose(2, 0, 1), np.float32(255), out=chw, dtype=np.float32)
-        image = torch.from_numpy(chw)
+        # 8-bit CHW: a quarter of float's size between workers; the model divides by 255
+        image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
         target: dict[str, Any] = {
             "boxes": torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4)),
             "labels": torch.from_numpy(labels.astype(np.int64).reshape(-1)),
             "image_id": record["id"],
             "orig_size": (orig_h, orig_w),
-            "scale": scale,
             "flipped": flipped,
         }
         if proposals is not None:
@@ -291,11 +279,12 @@ def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int 
                       num_workers: int | None = None, rank: int = 0, world_size: int = 1,
                       proposals: Mapping[int, Any] | None = None
                       ) -> torch.utils.data.DataLoader:
-    """Every image once, in dataset order, resized, not augmented: ``(images, targets)``.
+    """Every image once, in dataset order, at its own size, not augmented:
+    ``(images, targets)``.
 
     Process ``rank`` of ``world_size`` gets images ``rank, rank + world_size, ...``. Targets
-    carry ``image_id``, ``orig_size`` and ``scale`` to map detections back to file pixels,
-    and every object with its ``difficult`` and ``iscrowd`` flags.
+    carry ``image_id`` and ``orig_size``, and every object with its ``difficult`` and
+    ``iscrowd`` flags.
     """
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")

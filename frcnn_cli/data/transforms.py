@@ -1,8 +1,9 @@
-"""Image and box transforms of the training loader: augmentation, flip, resize.
+"""Image and box transforms of the training loader: augmentation and flip.
 
 Boxes here are float32 ``[N, 4]`` numpy arrays, ``x1 y1 x2 y2`` in the current image's
 continuous pixel coordinates (a pixel ``i`` spans ``[i, i + 1)``), so a horizontal flip is
-``x' = W - x`` and a resize multiplies by the size ratio; no +1 or -1 anywhere.
+``x' = W - x``; no +1 or -1 anywhere. The resize is the model's
+(:mod:`frcnn_cli.model.transform`).
 
 The paper's only augmentation, the horizontal flip, is done here exactly and recorded
 (``target["flipped"]``); other augmentations come from albumentations as listed in the
@@ -21,7 +22,6 @@ import numpy as np
 from frcnn_cli.config import AugmentConfig
 from frcnn_cli.data.images import opencv
 from frcnn_cli.errors import RecipeError
-from frcnn_cli.geometry import resize_scale, resized_shape
 
 # A box narrower or lower than this (pixels of the decoded image) is not an object to learn.
 MIN_BOX_SIDE = 1.0
@@ -54,25 +54,6 @@ def hflip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
 def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror an ``[H, W, C]`` image and its ``[N, 4]`` boxes left to right."""
     return np.ascontiguousarray(image[:, ::-1]), hflip_boxes(boxes, image.shape[1])
-
-
-def resize(image: np.ndarray, min_size: int, max_size: int
-           ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Resize by :func:`frcnn_cli.geometry.resize_scale`.
-
-    Returns the image, the float32 ``[4]`` factors that map x1y1x2y2 boxes into it (the exact
-    per-axis ratios of the rounded output size) and the rule's scale factor.
-    """
-    cv2 = opencv()
-    h, w = image.shape[:2]
-    scale = resize_scale(h, w, min_size, max_size)
-    new_h, new_w = resized_shape(h, w, min_size, max_size)
-    if (new_h, new_w) != (h, w):
-        # INTER_AREA avoids aliasing when shrinking; INTER_LINEAR when growing
-        interp = cv2.INTER_AREA if new_h < h else cv2.INTER_LINEAR
-        image = cv2.resize(image, (new_w, new_h), interpolation=interp)
-    ratio = np.array([new_w / w, new_h / h, new_w / w, new_h / h], np.float32)
-    return image, ratio, float(scale)
 
 
 class Augmentation:

@@ -21,9 +21,7 @@ the original implementation does.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +32,14 @@ from frcnn_cli.errors import CheckpointError, DataError
 from frcnn_cli.progress import SILENT, Reporter
 
 
-@contextlib.contextmanager
-def training_proposal_settings(model) -> Iterator[None]:
-    """Let an eval-mode model propose with the recipe's training numbers (12000 -> 2000)."""
-    rpn = model.rpn
-    saved = (rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test)
-    rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test = (rpn.pre_nms_top_n_train,
-                                                       rpn.post_nms_top_n_train)
-    try:
-        yield
-    finally:
-        rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test = saved
-
-
 @torch.inference_mode()
 def generate_proposals(model, annotations, device: torch.device, reporter: Reporter = SILENT,
                        rank: int = 0, world_size: int = 1,
                        batch_size: int = 1) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Run the model's RPN over (this process's share of) a dataset.
+    """Run the model's RPN over (this process's share of) a dataset, with the recipe's
+    training proposal numbers (12000 -> 2000 in the paper): the boxes steps 2 and 4 learn on.
 
-    Returns ``{image_id: (boxes [P, 4] in original pixels, scores [P])}``.
+    Returns ``{image_id: (boxes [P, 4] in the file's pixels, scores [P])}``.
     """
     from frcnn_cli.data.dataset import build_test_loader
 
@@ -62,16 +48,15 @@ def generate_proposals(model, annotations, device: torch.device, reporter: Repor
     model.eval()
     out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     total = len(annotations.images) // world_size + (rank < len(annotations.images) % world_size)
-    with training_proposal_settings(model), \
-            reporter.task("proposals", total=total) as task:
+    rpn = model.recipe.rpn
+    with reporter.task("proposals", total=total) as task:
         for images, targets in loader:
-            results = model([im.to(device) for im in images], rpn_only=True)
+            results = model.detect([im.to(device) for im in images], rpn_only=True,
+                                   pre_nms_top_n=rpn.pre_nms_top_n_train,
+                                   post_nms_top_n=rpn.post_nms_top_n_train)
             for res, target in zip(results, targets, strict=True):
-                boxes = res["boxes"].float().cpu() / target["scale"]
-                h, w = target["orig_size"]
-                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-                out[int(target["image_id"])] = (boxes, res["scores"].float().cpu())
+                out[int(target["image_id"])] = (res["boxes"].float().cpu(),
+                                                res["scores"].float().cpu())
             task.update(advance=len(images))
     return out
 

@@ -4,14 +4,15 @@
     result = evaluate_model(model, load_annotations("demo/val.json"), metric="voc07")
     result.mAP, result.per_class
 
-The test loader resizes each image by the recipe's rule; the model answers in the resized
-image's pixels, and boxes are brought back to the file's pixels here with the actual per-axis
-factors (the resized sides are rounded to whole pixels, so x and y differ very slightly).
+The test loader decodes each image at its own size and hands it to ``model.detect``, the same
+call predict, propose, the exported files and the Python API make; the model resizes it and
+answers in the file's pixels. One image per forward pass by default: images padded together
+into one batch see each other's padding near their bottom and right edges, so a larger
+``batch_size`` (faster on a GPU) can move a detection there by a little.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -22,36 +23,14 @@ import torch
 
 from frcnn_cli.data.annotations import Annotations, load_annotations
 from frcnn_cli.errors import DataError
+from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
 from frcnn_cli.evaluation.recall import TOP_N, RecallResult, proposal_recall
 from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
 
-DEFAULT_BATCH_SIZE = 2
-
-
-def to_coco_results(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, image_id: Any,
-                    classes: list[dict[str, Any]], scale_xy: tuple[float, float] = (1.0, 1.0),
-                    size_wh: tuple[float, float] | None = None) -> list[dict[str, Any]]:
-    """One image's model output as COCO results in file pixels.
-
-    ``boxes``: ``(N, 4)`` x1 y1 x2 y2 in the model input's pixels; ``scores``: ``(N,)``;
-    ``labels``: ``(N,)`` in 1..K, mapped to ``classes[label - 1]["id"]``; ``scale_xy``: input
-    size / file size per axis; ``size_wh``: the file's size, boxes are clipped to it.
-    Returns ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``; boxes are
-    rounded to 0.01 px and scores to 6 decimals, which keeps files small and changes no
-    match.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / np.tile(scale_xy, 2)
-    if size_wh is not None:
-        boxes = np.clip(boxes, 0, np.tile(size_wh, 2))
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    category_ids = [c["id"] for c in classes]
-    return [{"image_id": image_id, "category_id": category_ids[int(label) - 1],
-             "bbox": [round(float(v), 2) for v in b], "score": round(float(s), 6)}
-            for b, s, label in zip(xywh, np.asarray(scores).reshape(-1),
-                                   np.asarray(labels).reshape(-1), strict=True)]
+DEFAULT_BATCH_SIZE = 1
 
 
 def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> None:
@@ -80,20 +59,19 @@ def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> None
 
 
 def _batches(model, ann: Annotations, device: torch.device, reporter: Reporter,
-             batch_size: int, description: str, rpn_only: bool = False) -> Iterator[Any]:
-    """Yield ``(output, image_id, scale_xy, size_wh)`` for every image of ``ann``."""
+             batch_size: int, description: str, **settings: Any) -> Iterator[Any]:
+    """Yield ``(output, image_id)`` for every image of ``ann``: ``model.detect`` on the images
+    at their own size, with ``settings``; boxes in file pixels, as numpy arrays."""
     from frcnn_cli.data.dataset import build_test_loader
 
     loader = build_test_loader(ann, model.recipe, batch_size=batch_size)
     with reporter.task(description, total=len(ann.images)) as task:
         for images, targets in loader:
             inputs = [im.to(device, non_blocking=True) for im in images]
-            outputs = model(inputs, rpn_only=True) if rpn_only else model(inputs)
-            for image, output, target in zip(images, outputs, targets, strict=True):
-                h, w = (float(v) for v in target["orig_size"])
-                scale_xy = (image.shape[-1] / w, image.shape[-2] / h)
+            outputs = model.detect(inputs, **settings)
+            for output, target in zip(outputs, targets, strict=True):
                 yield ({k: v.detach().float().cpu().numpy() for k, v in output.items()},
-                       target["image_id"], scale_xy, (w, h))
+                       target["image_id"])
             task.update(advance=len(images))
 
 
@@ -117,10 +95,9 @@ def predict_dataset(model, annotations: Annotations | str | os.PathLike,
     check_classes(model.classes, ann)
     model.eval().to(device)
     results: list[dict[str, Any]] = []
-    for out, image_id, scale_xy, size_wh in _batches(model, ann, device, reporter, batch_size,
-                                                     "detect"):
+    for out, image_id in _batches(model, ann, device, reporter, batch_size, "detect"):
         results.extend(to_coco_results(out["boxes"], out["scores"], out["labels"], image_id,
-                                       model.classes, scale_xy, size_wh))
+                                       model.classes))
     return results
 
 
@@ -138,23 +115,6 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
     if detections is not None:
         detections.extend(dets)
     return evaluate_detections(ann, dets, metric, source="model detections")
-
-
-@contextlib.contextmanager
-def proposal_count(model, top_n: int) -> Iterator[dict[str, int]]:
-    """Let an eval-mode model's RPN return up to ``top_n`` proposals after NMS.
-
-    The pre-NMS count stays the recipe's test value unless it is smaller than ``top_n``.
-    Yields the settings in effect.
-    """
-    rpn = model.rpn
-    saved = (rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test)
-    rpn.pre_nms_top_n_test = max(saved[0], top_n)
-    rpn.post_nms_top_n_test = top_n
-    try:
-        yield {"pre_nms_top_n": rpn.pre_nms_top_n_test, "post_nms_top_n": top_n}
-    finally:
-        rpn.pre_nms_top_n_test, rpn.post_nms_top_n_test = saved
 
 
 def counted_objects(ann: Annotations) -> list[np.ndarray]:
@@ -176,21 +136,21 @@ def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
                        top_n: tuple[int, ...] = TOP_N) -> RecallResult:
     """Recall of the RPN's top N proposals (default 300, 1000, 2000) on a dataset.
 
-    Proposals are taken once with room for the largest N; since NMS keeps boxes by falling
-    score, the top 300 of those are the 300 a smaller setting would give.
+    Proposals are taken once with room for the largest N (the pre-NMS count stays the
+    recipe's test value unless it is smaller); since NMS keeps boxes by falling score, the top
+    300 of those are the 300 a smaller setting would give.
     """
     ann = _annotations(annotations)
     device = torch.device(device)
     model.eval().to(device)
+    settings = {"pre_nms_top_n": max(model.recipe.rpn.pre_nms_top_n_test, max(top_n)),
+                "post_nms_top_n": max(top_n)}
     index = {im["id"]: i for i, im in enumerate(ann.images)}
     proposals: list[np.ndarray] = [np.zeros((0, 4))] * len(ann.images)
-    with proposal_count(model, max(top_n)) as settings:
-        for out, image_id, scale_xy, size_wh in _batches(model, ann, device, reporter,
-                                                         batch_size, "proposals",
-                                                         rpn_only=True):
-            boxes = out["boxes"].reshape(-1, 4) / np.tile(scale_xy, 2)
-            order = np.argsort(-out["scores"].reshape(-1), kind="stable")
-            proposals[index[image_id]] = np.clip(boxes[order], 0, np.tile(size_wh, 2))
+    for out, image_id in _batches(model, ann, device, reporter, batch_size, "proposals",
+                                  rpn_only=True, **settings):
+        order = np.argsort(-out["scores"].reshape(-1), kind="stable")
+        proposals[index[image_id]] = out["boxes"].reshape(-1, 4)[order]
     result = proposal_recall(proposals, counted_objects(ann), top_n)
-    result.extra = {"rpn": {**settings, "nms_thresh": float(model.rpn.nms_thresh)}}
+    result.extra = {"rpn": {**settings, "nms_thresh": float(model.recipe.rpn.nms_thresh)}}
     return result

@@ -14,9 +14,8 @@ Output naming keeps every input safe and every output findable:
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,9 @@ import numpy as np
 import torch
 
 from frcnn_cli.data.images import IMAGE_SUFFIXES, is_image_file, read_image
-from frcnn_cli.data.transforms import resize
 from frcnn_cli.errors import DataError, InputError
+from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.draw import draw_detections
-from frcnn_cli.evaluation.inference import to_coco_results
 from frcnn_cli.files import atomic_open
 from frcnn_cli.progress import SILENT, Reporter
 
@@ -117,19 +115,6 @@ def _resolved(path: Path) -> Path:
         return path.absolute()
 
 
-@contextlib.contextmanager
-def score_threshold(model, score_thresh: float) -> Iterator[None]:
-    """Let the model keep detections down to ``score_thresh`` if its recipe drops them
-    earlier (its ``roi_heads.score_thresh``)."""
-    heads = model.roi_heads
-    saved = heads.score_thresh
-    heads.score_thresh = min(saved, score_thresh)
-    try:
-        yield
-    finally:
-        heads.score_thresh = saved
-
-
 @torch.inference_mode()
 def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = "cpu",
                   score_thresh: float = 0.5, reporter: Reporter = SILENT) -> PredictReport:
@@ -140,9 +125,10 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
     """
     device = torch.device(device)
     model.eval().to(device)
+    # the model keeps down to the recipe's threshold unless the user asks for less
+    detect_thresh = min(model.recipe.roi_heads.score_thresh, score_thresh)
     report = PredictReport()
-    with score_threshold(model, score_thresh), \
-            reporter.task("predict", total=len(jobs)) as task:
+    with reporter.task("predict", total=len(jobs)) as task:
         for job in jobs:
             try:
                 pixels = read_image(job.source)
@@ -150,14 +136,12 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
                 report.skipped.append((job.source, str(e)))
                 task.update(advance=1)
                 continue
-            h, w = pixels.shape[:2]
-            small = _model_input(model, pixels)
-            scale_xy = (small.shape[1] / w, small.shape[0] / h)
-            image = torch.from_numpy(small).permute(2, 0, 1).to(device).float().div_(255)
-            out = {k: v.detach().float().cpu().numpy() for k, v in model([image])[0].items()}
+            image = torch.from_numpy(pixels).permute(2, 0, 1).to(device)  # uint8, file size
+            out = model.detect([image], score_thresh=detect_thresh)[0]
+            out = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
             labels = out["labels"].astype(np.int64)
             results = to_coco_results(out["boxes"], out["scores"], labels, job.image_id,
-                                      model.classes, scale_xy=scale_xy, size_wh=(w, h))
+                                      model.classes)
             # the threshold applies to the scores as written, so the file and the drawing
             # agree with a filter a user runs on the file
             keep = np.array([r["score"] >= score_thresh for r in results], dtype=bool)
@@ -167,23 +151,11 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
                 r["file_name"] = str(job.source)
                 r["category_name"] = model.classes[int(label) - 1]["name"]
             report.detections.extend(results)
-            boxes = boxes / np.tile(scale_xy, 2)
-            drawing = draw_detections(pixels, np.clip(boxes, 0, [w, h, w, h]), labels, scores,
-                                      model.classes)
-            save_image(drawing, job.output)
+            save_image(draw_detections(pixels, boxes, labels, scores, model.classes),
+                       job.output)
             report.written.append(job.output)
             task.update(advance=1, detections=len(report.detections))
     return report
-
-
-def _model_input(model, pixels: np.ndarray) -> np.ndarray:
-    """The pixels resized by the model's recipe as 8-bit values, as the test loader does: eval
-    and predict see the same input, and a 48-megapixel photo never becomes a 576 MB float
-    tensor. A model without a recipe gets the file's pixels."""
-    recipe = getattr(model, "recipe", None)
-    if recipe is None:
-        return pixels
-    return resize(pixels, recipe.input.min_size, recipe.input.max_size)[0]
 
 
 def save_image(image, path: Path) -> Path:

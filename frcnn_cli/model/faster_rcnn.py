@@ -3,10 +3,12 @@
     model = build_model("shapes", num_classes=3)          # recipe name, path or Recipe
     losses = model(images, targets)                       # training: dict of scalar losses
     model.eval(); detections = model(images)              # [{boxes, scores, labels}] per image
+    model.detect(images, score_thresh=0.5)                # the same, test-time settings given
 
-``images`` is a list of [3, H, W] float tensors in 0..1 of any sizes; ``targets`` a list of
-dicts with ``boxes`` [N, 4] (x1 y1 x2 y2, the image's pixels) and ``labels`` [N] in 1..K.
-Detections come back in each input image's pixels.
+``images`` is a list of [3, H, W] tensors (float in 0..1, or uint8) of any sizes, each at its
+own size: the model resizes them (its transform is the one home of the resize rule);
+``targets`` a list of dicts with ``boxes`` [N, 4] (x1 y1 x2 y2, the image's pixels) and
+``labels`` [N] in 1..K. Detections and proposals come back in each input image's pixels.
 
 For the paper's 4-step training the model also runs as an RPN alone (``rpn_only=True``) or as
 a Fast R-CNN detector on given proposals (``proposals=[...]``), and its parameters form three
@@ -69,34 +71,73 @@ class FasterRCNN(nn.Module):
                 proposals: list[Tensor] | None = None, rpn_only: bool = False):
         """Training: dict of losses ``loss_rpn_cls``, ``loss_rpn_box`` (unless ``proposals``
         are given), ``loss_det_cls``, ``loss_det_box`` (unless ``rpn_only``).
-        Eval: one dict per image, ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D] (with
-        ``rpn_only``: the proposals' ``boxes`` and objectness ``scores``)."""
-        if self.training and targets is None:
+        Eval: :meth:`detect` with the recipe's test-time settings."""
+        if not self.training:
+            return self.detect(images, proposals, rpn_only=rpn_only)
+        if targets is None:
             raise InputError("training needs targets (boxes and labels per image)")
         if rpn_only and proposals is not None:
             raise InputError("rpn_only and given proposals exclude each other")
-        targets = targets if self.training else None
         batch, targets, proposals = self.transform(images, targets, proposals)
         features = self.backbone(batch.tensors)
-
         losses: dict[str, Tensor] = {}
+        if proposals is None:
+            proposals, _, losses = self.rpn(features, batch.image_sizes,
+                                            batch.scales.mean(dim=1),
+                                            [t["boxes"] for t in targets], propose=not rpn_only)
+        if rpn_only:
+            return losses
+        _, det_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
+        return {**losses, **det_losses}
+
+    def detect(self, images: list[Tensor], proposals: list[Tensor] | None = None, *,
+               rpn_only: bool = False, score_thresh: float | None = None,
+               detections_per_img: int | None = None, pre_nms_top_n: int | None = None,
+               post_nms_top_n: int | None = None,
+               return_proposals: bool = False) -> list[dict[str, Tensor]]:
+        """Detections for ``images`` (list of [3, H, W], float in 0..1 or uint8, any sizes),
+        every box in its input image's pixels. The one inference call of every path (eval,
+        propose, predict, benchmark, export, the Python API); a setting left at None is the
+        recipe's test-time value.
+
+        - ``proposals``: [P, 4] boxes per image (input pixels) for a detector trained on
+          external proposals; the RPN is not run.
+        - ``rpn_only``: return the RPN's proposals as ``boxes`` and objectness ``scores``.
+        - ``score_thresh``, ``detections_per_img``: the detector's output filter
+          (``roi_heads.score_thresh``, ``roi_heads.detections_per_img``).
+        - ``pre_nms_top_n``, ``post_nms_top_n``: proposals kept before and after the RPN's NMS
+          (``rpn.pre_nms_top_n_test``, ``rpn.post_nms_top_n_test``).
+        - ``return_proposals``: also return each image's ``proposals`` [P, 4] and
+          ``proposal_scores`` [P] (the RoIs the head classified).
+
+        Returns one dict per image: ``boxes`` [D, 4] x1 y1 x2 y2, ``scores`` [D], ``labels``
+        [D] in 1..K, best first.
+        """
+        if rpn_only and proposals is not None:
+            raise InputError("rpn_only and given proposals exclude each other")
+        batch, _, proposals = self.transform(images, None, proposals)
+        features = self.backbone(batch.tensors)
         scores: list[Tensor] = []
         if proposals is None:
-            proposals, scores, losses = self.rpn(
-                features, batch.image_sizes, batch.scales.mean(dim=1),
-                [t["boxes"] for t in targets] if targets is not None else None,
-                propose=not (self.training and rpn_only))
+            proposals, scores, _ = self.rpn(features, batch.image_sizes,
+                                            batch.scales.mean(dim=1),
+                                            pre_nms_top_n=pre_nms_top_n,
+                                            post_nms_top_n=post_nms_top_n)
         if rpn_only:
-            if self.training:
-                return losses
             return [{"boxes": self.transform.to_input(p, batch, i), "scores": s}
                     for i, (p, s) in enumerate(zip(proposals, scores, strict=True))]
-
-        detections, det_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
-        if self.training:
-            return {**losses, **det_losses}
-        return [{**d, "boxes": self.transform.to_input(d["boxes"], batch, i)}
-                for i, d in enumerate(detections)]
+        detections, _ = self.roi_heads(features, proposals, batch.image_sizes,
+                                       score_thresh=score_thresh,
+                                       detections_per_img=detections_per_img)
+        results = []
+        for i, d in enumerate(detections):
+            result = {**d, "boxes": self.transform.to_input(d["boxes"], batch, i)}
+            if return_proposals:
+                result["proposals"] = self.transform.to_input(proposals[i], batch, i)
+                result["proposal_scores"] = scores[i] if scores else torch.ones_like(
+                    proposals[i][:, 0])
+            results.append(result)
+        return results
 
     # ------------------------------------------------------------------ parameter groups
 

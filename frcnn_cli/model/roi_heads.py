@@ -28,12 +28,14 @@ from frcnn_cli.model.matching import Matcher, sample_balanced
 
 
 class RoIHeads(nn.Module):
-    """``forward(features, proposals, image_sizes, targets=None)``.
+    """``forward(features, proposals, image_sizes, targets=None, score_thresh=None,
+    detections_per_img=None)``.
 
     features [B, C, H, W]; proposals list of [P_i, 4] boxes in network pixels; image_sizes
     [B, 2] (height, width); targets (training) list of dicts with ``boxes`` [G_i, 4] and
     ``labels`` [G_i] in 1..K. Returns (detections, losses): in training ``([], losses)``;
-    otherwise one dict per image with ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D].
+    otherwise one dict per image with ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D]. The
+    test-time limits default to the recipe's (score >= 0.05, 100 per image).
     """
 
     def __init__(self, box_head: nn.Module, head_channels: int, num_classes: int,
@@ -59,14 +61,16 @@ class RoIHeads(nn.Module):
         self.detections_per_img = cfg.detections_per_img
 
     def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: Tensor,
-                targets: list[dict[str, Tensor]] | None = None
+                targets: list[dict[str, Tensor]] | None = None,
+                score_thresh: float | None = None, detections_per_img: int | None = None
                 ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if targets is not None:
             proposals, labels, box_targets = self.proposal_targets(proposals, targets)
         class_logits, deltas = self.classify(features, proposals)
         if targets is not None:
             return [], self.loss(class_logits, deltas, labels, box_targets)
-        return self.postprocess(class_logits, deltas, proposals, image_sizes), {}
+        return self.postprocess(class_logits, deltas, proposals, image_sizes, score_thresh,
+                                detections_per_img), {}
 
     # ------------------------------------------------------------------ proposal targets
 
@@ -122,8 +126,14 @@ class RoIHeads(nn.Module):
     # ------------------------------------------------------------------ postprocess
 
     def postprocess(self, class_logits: Tensor, deltas: Tensor, proposals: list[Tensor],
-                    image_sizes: Tensor) -> list[dict[str, Tensor]]:
-        """Detections per image: boxes [D, 4] (network pixels), scores [D], labels [D]."""
+                    image_sizes: Tensor, score_thresh: float | None = None,
+                    detections_per_img: int | None = None) -> list[dict[str, Tensor]]:
+        """Detections per image: boxes [D, 4] (network pixels), scores [D] at least
+        ``score_thresh``, labels [D]; at most ``detections_per_img``, best first (None: the
+        recipe's)."""
+        if score_thresh is None:
+            score_thresh = self.score_thresh
+        detections_per_img = detections_per_img or self.detections_per_img
         num_images, k = len(proposals), self.num_classes
         image_idx = torch.cat([torch.full_like(p[:, 0], i, dtype=torch.int64)
                                for i, p in enumerate(proposals)])
@@ -135,8 +145,8 @@ class RoIHeads(nn.Module):
 
         boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
         labels, image_idx = labels.reshape(-1), image_idx.reshape(-1)
-        ok = torch.nonzero(scores >= self.score_thresh).squeeze(1)  # one device sync, not four
+        ok = torch.nonzero(scores >= score_thresh).squeeze(1)  # one device sync, not four
         boxes, scores, labels, image_idx = boxes[ok], scores[ok], labels[ok], image_idx[ok]
-        keeps = nms_per_image(boxes, scores, image_idx, self.nms_thresh,
-                              self.detections_per_img, num_images, labels, k + 1)
+        keeps = nms_per_image(boxes, scores, image_idx, self.nms_thresh, detections_per_img,
+                              num_images, labels, k + 1)
         return [{"boxes": boxes[i], "scores": scores[i], "labels": labels[i]} for i in keeps]

@@ -64,12 +64,13 @@ def objectness_score(logits: Tensor) -> Tensor:
 class RegionProposalNetwork(nn.Module):
     """The RPN: head, anchor targets and loss in training, proposals.
 
-    ``forward(features, image_sizes, scales, targets=None, propose=True)`` with features
-    [B, C, H, W], image_sizes [B, 2] (height, width of each image inside the padded batch),
-    scales [B] (each image's resize factor: proposals under ``min_size`` pixels of the
-    original image are dropped), targets a list of [G_i, 4] object boxes (training).
-    Returns (boxes list of [P_i, 4], scores list of [P_i] objectness probabilities, best
-    first; losses dict, empty without targets).
+    ``forward(features, image_sizes, scales, targets=None, propose=True, pre_nms_top_n=None,
+    post_nms_top_n=None)`` with features [B, C, H, W], image_sizes [B, 2] (height, width of
+    each image inside the padded batch), scales [B] (each image's resize factor: proposals
+    under ``rpn.min_size`` pixels of the input image are dropped), targets a list of [G_i, 4]
+    object boxes (training). The proposal counts default to the recipe's for the mode
+    (training: 12000 -> 2000, test: 6000 -> 300). Returns (boxes list of [P_i, 4], scores
+    list of [P_i] objectness probabilities, best first; losses dict, empty without targets).
     """
 
     def __init__(self, in_channels: int, anchors: AnchorGrid, cfg: RPNConfig) -> None:
@@ -93,8 +94,9 @@ class RegionProposalNetwork(nn.Module):
         self.min_size = cfg.min_size
 
     def forward(self, features: Tensor, image_sizes: Tensor, scales: Tensor,
-                targets: list[Tensor] | None = None,
-                propose: bool = True) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
+                targets: list[Tensor] | None = None, propose: bool = True,
+                pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None
+                ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         logits, deltas = self.head(features)
         logits, deltas = logits.float(), deltas.float()  # boxes in fp32 under autocast too
         anchors = self.anchors.grid(features.shape[-2], features.shape[-1], features.device)
@@ -105,8 +107,13 @@ class RegionProposalNetwork(nn.Module):
         boxes: list[Tensor] = []
         scores: list[Tensor] = []
         if propose:
+            if self.training:
+                pre_n, post_n = self.pre_nms_top_n_train, self.post_nms_top_n_train
+            else:
+                pre_n, post_n = self.pre_nms_top_n_test, self.post_nms_top_n_test
             boxes, scores = self.propose(anchors, objectness_score(logits.detach()),
-                                         deltas.detach(), image_sizes, self.min_size * scales)
+                                         deltas.detach(), image_sizes, self.min_size * scales,
+                                         pre_nms_top_n or pre_n, post_nms_top_n or post_n)
         return boxes, scores, losses
 
     # ------------------------------------------------------------------ anchor targets and loss
@@ -154,11 +161,10 @@ class RegionProposalNetwork(nn.Module):
     # ------------------------------------------------------------------ proposal layer
 
     def propose(self, anchors: Tensor, objectness: Tensor, deltas: Tensor, image_sizes: Tensor,
-                min_sizes: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+                min_sizes: Tensor, pre_n: int, post_n: int) -> tuple[list[Tensor], list[Tensor]]:
         """anchors [A, 4], objectness [B, A] logits, deltas [B, A, 4] -> per image boxes
-        [P_i, 4] and probabilities [P_i], best first (P_i <= post-NMS top N)."""
-        pre_n = self.pre_nms_top_n_train if self.training else self.pre_nms_top_n_test
-        post_n = self.post_nms_top_n_train if self.training else self.post_nms_top_n_test
+        [P_i, 4] and probabilities [P_i], best first: the ``pre_n`` best boxes of at least
+        ``min_sizes`` [B] pixels, NMS, at most ``post_n`` survivors."""
         boxes = clip_boxes(self.box_coder.decode(deltas, anchors[None]), image_sizes)
         # As the original: drop small boxes first, then take the top N of the rest.
         small = ((boxes[..., 2] - boxes[..., 0] < min_sizes[:, None])

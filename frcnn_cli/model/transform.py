@@ -1,15 +1,22 @@
 """From a list of images of any size to one normalised, padded batch, and boxes back again.
 
-The paper rescales each image so its shorter side is 600 px, the longer at most 1000
-(:func:`frcnn_cli.geometry.resize_scale`). The rule is idempotent, so images the data loader
-already resized pass through untouched; raw images (``frcnn predict``, the Python API) are
-resized here. Then: subtract the mean, divide by the std, and pad with zeros (the mean
-colour) at the bottom and right to a common size divisible by ``input.size_divisible``.
+The model owns its geometry, as torchvision's ``GeneralizedRCNN`` does: every caller (the
+training loader, eval, propose, predict, the Python API, the exported files) hands it images
+at their own size, and gets boxes, proposals and RoIs back in those images' pixels. The paper
+rescales each image so its shorter side is 600 px, the longer at most 1000
+(:func:`frcnn_cli.geometry.resized_shape`); in training, ``input.train_scales`` draws the
+shorter side per image. Then: subtract the mean, divide by the std, and pad with zeros (the
+mean colour) at the bottom and right to a common size divisible by ``input.size_divisible``.
+
+Resizing is bilinear with antialiasing (a 4000 px photo shrunk to 1000 px keeps its small
+objects instead of aliasing them away). Images may be float in 0..1 or uint8 in 0..255 (then
+divided by 255 here, exactly as a caller would); a large uint8 image on the CPU is converted
+and resized in bands of rows, which gives bit for bit the result of one call (the resize is
+separable: rows first, then columns) without a float copy of the whole photo.
 """
 
 from __future__ import annotations
 
-import random
 from typing import NamedTuple
 
 import torch
@@ -17,8 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frcnn_cli.config import InputConfig
-from frcnn_cli.geometry import is_resized, resized_shape
+from frcnn_cli.geometry import resized_shape
 from frcnn_cli.model.box_coder import clip_boxes, tracing
+
+# Images above this many pixels are converted and resized in bands (CPU, uint8 input).
+BANDED_PIXELS = 4_000_000
+BAND_ROWS = 256
 
 
 class ImageBatch(NamedTuple):
@@ -26,6 +37,29 @@ class ImageBatch(NamedTuple):
     image_sizes: Tensor  # [B, 2] int64: (height, width) of each resized image inside the pad
     scales: Tensor       # [B, 2] float: (sy, sx) = resized size / input size
     input_sizes: Tensor  # [B, 2] int64: (height, width) of the input images
+
+
+def _interpolate(image: Tensor, size) -> Tensor:
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                         antialias=True)[0]
+
+
+def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """``image`` [3, H, W] (float in 0..1, or uint8) resized to ``size`` (height, width), as
+    float in 0..1. See the module docstring for the banded path."""
+    h, w = image.shape[-2:]
+    if image.dtype == torch.uint8 and not tracing() and image.device.type == "cpu" \
+            and h * w > BANDED_PIXELS:
+        rows = []
+        for top in range(0, h, BAND_ROWS):  # one band in float at a time
+            band = image[:, top:top + BAND_ROWS].float() / 255
+            rows.append(_interpolate(band, (band.shape[1], size[1])))
+        return _interpolate(torch.cat(rows, dim=1), size)
+    if image.dtype == torch.uint8:
+        image = image.float() / 255
+    if tracing() or tuple(size) != (h, w):  # resizing to the same size changes nothing
+        image = _interpolate(image, size)
+    return image
 
 
 class ImageTransform(nn.Module):
@@ -44,30 +78,31 @@ class ImageTransform(nn.Module):
                              persistent=False)
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size an input image is brought to: unchanged if already at an allowed scale (the
-        test scale; in training, any of ``input.train_scales``), else resized."""
+        """The size an input image is brought to: the shorter side to ``input.min_size`` (in
+        training, one of ``input.train_scales`` drawn from torch's generator, so a resumed
+        run draws what the uninterrupted one did), the longer at most ``input.max_size``."""
         if tracing():  # the same rule, with symbolic sizes (export with dynamic H, W)
             scale = torch.sym_min(self.min_size / torch.sym_min(height, width),
                                   self.max_size / torch.sym_max(height, width))
             return (torch.sym_max(1, round(height * scale)),
                     torch.sym_max(1, round(width * scale)))
-        scales = self.train_scales if self.training and self.train_scales else [self.min_size]
-        if any(is_resized(height, width, s, self.max_size) for s in scales):
-            return height, width
-        return resized_shape(height, width, random.choice(scales), self.max_size)
+        min_size, max_size = self.min_size, self.max_size
+        if self.training and self.train_scales:
+            min_size = self.train_scales[int(torch.randint(len(self.train_scales), (1,)))]
+            max_size = max(max_size, min_size)
+        return resized_shape(height, width, min_size, max_size)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
                 proposals: list[Tensor] | None = None
                 ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None, list[Tensor] | None]:
-        """images: list of [3, H_i, W_i] float in 0..1. Returns the batch, and the targets'
-        boxes and the proposals scaled to the resized images (new lists; inputs untouched)."""
+        """images: list of [3, H_i, W_i], float in 0..1 or uint8. Returns the batch, and the
+        targets' boxes and the proposals scaled to the resized images (new lists; inputs
+        untouched)."""
         resized, sizes = [], []
         for image in images:
             h, w = image.shape[-2:]
             nh, nw = self.target_size(h, w)
-            if tracing() or (nh, nw) != (h, w):  # resizing to the same size changes nothing
-                image = F.interpolate(image[None], size=(nh, nw), mode="bilinear",
-                                      align_corners=False)[0]
+            image = resize_image(image, (nh, nw))
             resized.append((image - self.mean) / self.std)
             sizes.append((h, w, nh, nw))
         d = self.size_divisible

@@ -1,0 +1,142 @@
+"""One inference path: `frcnn eval`, `frcnn predict`, `load_model()` on raw tensors, the ONNX
+file under onnxruntime and the TorchScript file give the same detections on images of
+different sizes, and `frcnn propose` gives the proposals of `load_model()`.
+
+The images are the validation files brought to sizes smaller and larger than the model's
+input scale (160 px for the shorter side), square and not, so the model resizes each of them
+up or down itself."""
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from PIL import Image
+
+from frcnn_cli import load_model
+from frcnn_cli.data.annotations import load_annotations
+from frcnn_cli.data.images import read_image
+from frcnn_cli.engine.proposals import read_proposals
+from frcnn_cli.evaluation.detections import load_detections
+
+BOX_TOL, SCORE_TOL = 1e-3, 1e-5
+# (height, width) of each validation image: smaller, larger, non-square, at scale
+SIZES = [(96, 128), (240, 320), (300, 200), (160, 160), (128, 400), (180, 180), (64, 64),
+         (500, 380)]
+
+
+@pytest.fixture(scope="module")
+def sized(shapes_data, tmp_path_factory):
+    """The validation set with every image at its own size (lossless PNG), boxes scaled."""
+    ann = load_annotations(shapes_data / "val.json")
+    folder = tmp_path_factory.mktemp("sized")
+    (folder / "images").mkdir()
+    images, anns = [], []
+    for im, (h, w) in zip(ann.images, SIZES, strict=True):
+        name = f"images/{im['id']}.png"
+        Image.open(ann.image_path(im)).convert("RGB").resize((w, h), Image.BILINEAR).save(
+            folder / name)
+        images.append({**im, "file_name": name, "width": w, "height": h})
+        fx, fy = w / im["width"], h / im["height"]
+        anns += [{**a, "bbox": [a["bbox"][0] * fx, a["bbox"][1] * fy, a["bbox"][2] * fx,
+                                a["bbox"][3] * fy]} for a in ann.objects(im["id"])]
+    path = folder / "val.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": ann.categories}))
+    return path
+
+
+def _raw(path):
+    """The file as the Python API user has it: [3, H, W] float in 0..1."""
+    return torch.from_numpy(read_image(path).transpose(2, 0, 1).copy()).float() / 255
+
+
+def _xyxy(dets):
+    """COCO results -> (boxes x1y1x2y2, scores, category ids) arrays."""
+    b = np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)
+    return (np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1),
+            np.array([d["score"] for d in dets]), np.array([d["category_id"] for d in dets]))
+
+
+def _assert_same(ref, other, what):
+    """ref, other: (boxes [D, 4], scores [D], classes [D]). Same count; each reference
+    detection paired with the unused one of its class whose box is nearest."""
+    rb, rs, rc = (np.asarray(v, dtype=np.float64) for v in ref)
+    ob, os_, oc = (np.asarray(v, dtype=np.float64) for v in other)
+    assert len(rb) == len(ob), f"{what}: {len(ob)} detections, expected {len(rb)}"
+    free = np.ones(len(ob), bool)
+    for i in range(len(rb)):
+        gap = np.abs(ob - rb[i]).max(axis=1) + np.where((oc == rc[i]) & free, 0, np.inf)
+        j = int(gap.argmin()) if len(gap) else -1
+        assert j >= 0 and gap[j] <= BOX_TOL, f"{what}: detection {i} box off by {gap[j]}"
+        assert abs(os_[j] - rs[i]) <= SCORE_TOL, f"{what}: detection {i} score off"
+        free[j] = False
+
+
+def test_every_path_gives_the_same_detections(cli, trained_shapes, sized, tmp_path):
+    ann = load_annotations(sized)
+    model = load_model(trained_shapes)
+    classes = np.array([c["id"] for c in model.classes])
+    with torch.inference_mode():
+        python = {im["id"]: model([_raw(ann.image_path(im))])[0] for im in ann.images}
+    reference = {i: (d["boxes"].numpy(), d["scores"].numpy(), classes[d["labels"].numpy() - 1])
+                 for i, d in python.items()}
+    assert sum(len(r[0]) for r in reference.values()) >= 20, "too few detections to compare"
+    assert {ann.images[0]["width"], ann.images[1]["width"]} == {128, 320}
+
+    dets = tmp_path / "dets.json"
+    r = cli("eval", trained_shapes, "--data", sized, "--save-detections", dets, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    evaluated = load_detections(dets)
+
+    out = tmp_path / "pred"
+    r = cli("predict", trained_shapes, sized.parent / "images", "--out", out,
+            "--score-thresh", 0.05, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    predicted = json.loads((out / "detections.json").read_text())
+    name_to_id = {im["file_name"].split("/")[-1]: im["id"] for im in ann.images}
+
+    onnx_file, ts_file = tmp_path / "model.onnx", tmp_path / "model.ts"
+    for fmt, path in (("onnx", onnx_file), ("torchscript", ts_file)):
+        r = cli("export", trained_shapes, "--format", fmt, "--out", path, "--no-check")
+        assert r.exit_code == 0, r.output
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(ts_file))
+
+    for im in ann.images:
+        i, image = im["id"], _raw(ann.image_path(im))
+        ref = reference[i]
+        _assert_same(ref, _xyxy([d for d in evaluated if d["image_id"] == i]), f"eval {i}")
+        _assert_same(ref, _xyxy([d for d in predicted
+                                 if name_to_id[d["file_name"].split("/")[-1]] == i]),
+                     f"predict {i}")
+        boxes, scores, labels = session.run(None, {"image": image.numpy()})
+        _assert_same(ref, (boxes, scores, classes[labels - 1]), f"onnx {i}")
+        with torch.inference_mode():
+            boxes, scores, labels = (t.numpy() for t in scripted(image))
+        _assert_same(ref, (boxes, scores, classes[labels - 1]), f"torchscript {i}")
+
+
+def test_propose_gives_the_models_proposals(cli, trained_shapes, sized, tmp_path):
+    ann = load_annotations(sized)
+    out = tmp_path / "proposals.pt"
+    r = cli("propose", trained_shapes, "--data", sized, "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    saved = read_proposals(out)
+    per_image = dict(zip(saved["image_ids"].tolist(),
+                         zip(torch.split(saved["boxes"], saved["counts"].tolist()),
+                             torch.split(saved["scores"], saved["counts"].tolist()),
+                             strict=True), strict=True))
+    model = load_model(trained_shapes)
+    rpn = model.recipe.rpn
+    for im in ann.images:
+        with torch.inference_mode():
+            expected = model.detect([_raw(ann.image_path(im))], rpn_only=True,
+                                    pre_nms_top_n=rpn.pre_nms_top_n_train,
+                                    post_nms_top_n=rpn.post_nms_top_n_train)[0]
+        boxes, scores = per_image[im["id"]]
+        assert len(boxes) == len(expected["boxes"]) > 0
+        assert (boxes - expected["boxes"]).abs().max() <= BOX_TOL
+        assert (scores - expected["scores"]).abs().max() <= SCORE_TOL
+        assert boxes[:, 2].max() <= im["width"] and boxes[:, 3].max() <= im["height"]
