@@ -105,6 +105,9 @@ def test_cli_options_override_recipe_and_reject_bad_numbers(cli, tmp_path):
     assert json.loads(out.read_text())["base_anchors"] == [[-11.0, -11.0, 20.0, 20.0]]
     r = cli("anchors", "--scales", "8,x")
     assert r.exit_code == 2 and "comma-separated" in r.output
+    for bad in ("8,nan", "inf", "0"):
+        r = cli("anchors", "--ratios", bad)
+        assert r.exit_code == 2 and "positive numbers" in r.output, bad
 
 
 def test_base_anchor_table_names_each_anchors_ratio_scale_and_size():
