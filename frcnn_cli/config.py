@@ -278,6 +278,21 @@ def available_recipes() -> list[str]:
     return sorted(names)
 
 
+def recipe_summaries() -> list[tuple[str, Recipe | None, str]]:
+    """``(name, recipe, line)`` for each of :func:`available_recipes`: the loaded recipe and
+    the first line of its description, or None and the error of a recipe that does not load
+    (one broken file on FRCNN_RECIPE_PATH hides no other)."""
+    out: list[tuple[str, Recipe | None, str]] = []
+    for name in available_recipes():
+        try:
+            r = load_recipe(name)
+        except RecipeError as e:
+            out.append((name, None, str(e)))
+            continue
+        out.append((name, r, r.description.splitlines()[0] if r.description else ""))
+    return out
+
+
 def find_recipe(name_or_path: str | os.PathLike) -> Path:
     """Path of a recipe given by name (``shapes``) or by path (``my.yaml``)."""
     p = Path(name_or_path)

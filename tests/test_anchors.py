@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from frcnn_cli.config import load_recipe
-from frcnn_cli.model.anchors import AnchorGrid, generate_anchors, to_continuous
-from frcnn_cli.model.coverage import ObjectSet, coverage, suggest_anchors
+from frcnn_cli.model.anchors import AnchorGrid, base_anchor_table, generate_anchors, to_continuous
+from frcnn_cli.model.coverage import ObjectSet, coverage, suggest_anchors, with_anchors
 
 # py-faster-rcnn lib/rpn/generate_anchors.py, the table it quotes (inclusive, 1-based).
 ORIGINAL = [[-83, -39, 100, 56], [-175, -87, 192, 104], [-359, -183, 376, 200],
@@ -105,3 +105,75 @@ def test_cli_options_override_recipe_and_reject_bad_numbers(cli, tmp_path):
     assert json.loads(out.read_text())["base_anchors"] == [[-11.0, -11.0, 20.0, 20.0]]
     r = cli("anchors", "--scales", "8,x")
     assert r.exit_code == 2 and "comma-separated" in r.output
+    for bad in ("8,nan", "inf", "0"):
+        r = cli("anchors", "--ratios", bad)
+        assert r.exit_code == 2 and "positive numbers" in r.output, bad
+
+
+def test_base_anchor_table_names_each_anchors_ratio_scale_and_size():
+    table = base_anchor_table(16, [0.5, 1, 2], [8, 16, 32])
+    assert [b.inclusive for b in table] == ORIGINAL
+    assert [(b.ratio, b.scale) for b in table[:4]] == [(0.5, 8), (0.5, 16), (0.5, 32), (1, 8)]
+    assert (table[0].width, table[0].height) == (184, 96)
+    assert table[0].continuous == [-84, -40, 100, 56]
+
+
+def test_options_patch_the_recipes_anchors():
+    recipe = load_recipe(None)
+    assert with_anchors(recipe) is recipe
+    r = with_anchors(recipe, stride=8, scales=[4], ratios=[1])
+    assert (r.anchors.stride, r.anchors.base_size, r.anchors.scales, r.anchors.ratios) == \
+        (8, 8, [4], [1])  # the base anchor follows the stride unless given
+    assert with_anchors(recipe, stride=8, base_size=12).anchors.base_size == 12
+    assert recipe.anchors.stride == 16 and recipe.anchors.scales == [8, 16, 32]  # unchanged
+
+
+@pytest.mark.parametrize(("fg", "bg", "a", "b"), [
+    (0.7, 0.3, (0.5, 0.5, 0.0), (0.0, 0.0, 1.0)),   # the paper's thresholds
+    (0.35, 0.3, (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),  # IoU 0.39 is positive at 0.35
+    (0.7, 0.4, (0.5, 0.0, 0.5), (0.0, 0.0, 1.0)),   # and nearly missed below 0.4
+])
+def test_coverage_uses_the_recipes_rpn_thresholds(fg, bg, a, b):
+    recipe = load_recipe(None, ["anchors.scales=[2]", "anchors.ratios=[1]",
+                                f"rpn.fg_iou_thresh={fg}", f"rpn.bg_iou_thresh={bg}"])
+    objects = _objects([[8, 8, 40, 40], [16, 16, 48, 48], [0, 0, 6, 6]], [1, 1, 2])
+    report = coverage(objects, [2], [1], recipe)
+    assert (report["fg_iou_thresh"], report["bg_iou_thresh"]) == (fg, bg)
+    for name, expected in (("a", a), ("b", b)):
+        got = report["per_class"][name]
+        assert (got["positive"], got["best_only"], got["missed"]) == pytest.approx(expected)
+
+
+def test_cli_coverage_headers_and_json_say_the_thresholds(cli, shapes_data, tmp_path):
+    out = tmp_path / "cov.json"
+    r = cli("anchors", "--recipe", "shapes", "--set", "rpn.fg_iou_thresh=0.6", "--data",
+            shapes_data / "train.json", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert ">= 0.6" in r.output and "0.3-0.6" in r.output and "0.7" not in r.output
+    data = json.loads(out.read_text())
+    assert (data["coverage"]["fg_iou_thresh"], data["coverage"]["bg_iou_thresh"]) == (0.6, 0.3)
+    # the suggestions beat the recipe's share at the same threshold
+    assert all(s["positive"] > data["coverage"]["all"]["positive"]
+               for s in data["suggestions"])
+
+
+def test_cli_coverage_leaves_out_boxes_training_ignores(cli, shapes_data, tmp_path):
+    dataset = json.loads((shapes_data / "train.json").read_text())
+    objects = sum(not a.get("iscrowd", 0) for a in dataset["annotations"])
+    width = dataset["images"][0]["width"]
+    for a, bbox in zip(dataset["annotations"], [[float("nan"), 5, 10, 10],
+                                                [5, 5, float("inf"), 10],
+                                                [5, 5, 0, 10],
+                                                [width + 1, 5, 10, 10]], strict=False):
+        a["bbox"] = bbox
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(dataset))  # json writes NaN and Infinity, and reads them
+    out = tmp_path / "cov.json"
+    r = cli("anchors", "--recipe", "shapes", "--data", broken, "--json", out)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "leaves out 4 boxes that training ignores" in text and "frcnn data check" in text
+    report = json.loads(out.read_text())["coverage"]
+    assert report["left_out"] == 4 and report["all"]["objects"] == objects - 4
+    total = report["all"]
+    assert total["positive"] + total["best_only"] + total["missed"] == pytest.approx(1.0)

@@ -10,7 +10,14 @@ import torch
 
 from frcnn_cli import build_model
 from frcnn_cli.config import load_recipe
-from frcnn_cli.export.benchmark import STAGES, StageClock, benchmark, count_flops
+from frcnn_cli.export.benchmark import (
+    STAGES,
+    StageClock,
+    benchmark,
+    benchmark_image,
+    count_flops,
+    models_to_time,
+)
 from frcnn_cli.model.backbones import TINY_LAYERS
 from frcnn_cli.model.reference import build_reference
 
@@ -73,6 +80,34 @@ def test_benchmark_against_torchvision():
         d["models"][0]["median_ms"]["total"] / d["models"][1]["median_ms"]["total"])
     assert d["models"][0]["part_gflops"]["backbone"] == pytest.approx(
         d["models"][1]["part_gflops"]["backbone"])  # the same network
+
+
+def test_models_and_image_to_time(tmp_path):
+    from PIL import Image
+
+    from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
+
+    models, source = models_to_time(recipe="shapes", overrides=["rpn.nms_thresh=0.6"],
+                                    num_classes=3, compare=True)
+    assert list(models) == ["frcnn", "torchvision"]
+    assert source == "recipe shapes (random weights)"
+    ours = models["frcnn"]
+    assert ours.num_classes == 3 and ours.recipe.rpn.nms_thresh == 0.6 and not ours.training
+    again = models_to_time(recipe="shapes", overrides=["rpn.nms_thresh=0.6"],
+                           num_classes=3)[0]["frcnn"]
+    for key, value in ours.state_dict().items():  # seed 0: the same random weights each time
+        assert torch.equal(again.state_dict()[key], value)
+    path = tmp_path / "model.pt"
+    save_checkpoint({"model": ours.state_dict(), "meta": checkpoint_meta(ours)}, path)
+    loaded, source = models_to_time(path, compare=True)
+    assert list(loaded) == ["frcnn", "torchvision"] and source == str(path)
+    assert loaded["frcnn"].recipe.rpn.nms_thresh == 0.6  # a checkpoint keeps its own recipe
+
+    image = benchmark_image(size=(100, 140))
+    assert image.shape == (3, 100, 140) and 0 <= image.min() < image.max() <= 1
+    Image.fromarray((image * 255).round().byte().permute(1, 2, 0).numpy()).save(
+        tmp_path / "a.png")
+    torch.testing.assert_close(benchmark_image(tmp_path / "a.png"), image, atol=1e-6, rtol=0)
 
 
 def test_benchmark_command(tmp_path, cli):

@@ -39,6 +39,21 @@ def test_bad_override_exit_2(cli):
     assert "Traceback" not in r.output
 
 
+def test_recipe_list_names_a_broken_recipe_and_still_lists_the_others(cli, tmp_path,
+                                                                      monkeypatch):
+    (tmp_path / "mine.yaml").write_text("description: |\n  Mine.\n  More.\n"
+                                        "model: {backbone: tiny}\n")
+    (tmp_path / "broken.yaml").write_text("rpn: {nms_tresh: 0.5}\n")
+    monkeypatch.setenv("FRCNN_RECIPE_PATH", str(tmp_path))
+    r = cli("recipe", "list")
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line.split()[1:] for line in r.output.splitlines()
+            if line.split() and line.split()[0] in ("mine", "broken", "shapes")}
+    assert rows["mine"] == ["│", "tiny", "│", "Mine."]
+    assert rows["broken"][:2] == ["│", "invalid"]
+    assert "shapes" in rows  # the shipped recipes are still listed
+
+
 def test_recipe_show_applies_override(cli):
     r = cli("recipe", "show", "shapes", "--set", "solver.lr=0.123")
     assert r.exit_code == 0 and "lr: 0.123" in r.output

@@ -164,6 +164,21 @@ def test_head_timing_is_interleaved_and_faster_when_thin(model):
     assert svd.head_parameters(thin) < svd.head_parameters(model) / 10
 
 
+def test_compress_and_measure_keeps_the_original_and_scores_nothing_without_data(model):
+    small, report = svd.compress_and_measure(model, 8, 0)
+    assert isinstance(model.roi_heads.box_head.fc6, nn.Linear)  # the original is untouched
+    assert isinstance(small.roi_heads.box_head.fc6, LowRankLinear) and not small.training
+    assert [(x.name, x.rank) for x in report.layers] == [("fc6", 8)]
+    assert report.parameters == {"full": svd.head_parameters(model),
+                                 "svd": svd.head_parameters(small)}
+    assert len(report.timing.runs["full"]) == len(report.timing.runs["svd"]) >= 5
+    assert report.metric is None and report.maps == {} and report.map_change is None
+    report.maps = {"full": 0.5, "svd": None}  # nothing to score on the data: no change either
+    assert report.map_change is None
+    report.maps = {"full": 0.5, "svd": 0.25}
+    assert report.map_change == -0.25
+
+
 def test_compressed_checkpoint_loads_and_evaluates(model, checkpoint, shapes_data, tmp_path,
                                                    cli):
     val = shapes_data / "val.json"

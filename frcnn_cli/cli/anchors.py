@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from frcnn_cli.cli import console, options
+
+log = logging.getLogger("frcnn")
 
 
 def _numbers(text: str | None, what: str) -> list[float] | None:
@@ -18,7 +22,7 @@ def _numbers(text: str | None, what: str) -> list[float] | None:
     except ValueError:
         raise typer.BadParameter(f"{what} must be comma-separated numbers, got '{text}'") \
             from None
-    if not values or any(v <= 0 for v in values):
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise typer.BadParameter(f"{what} must be positive numbers, got '{text}'")
     return values
 
@@ -51,74 +55,39 @@ def anchors(
     with their width and height in frcnn's continuous coordinates.
 
     With --data, each object is resized as the recipe resizes its image
-    and gets its best IoU with the anchors the RPN trains on:
-    >= 0.7 are positives by the threshold, 0.3-0.7 learn only as an
-    object's best anchor, < 0.3 are nearly missed. Shares per class and
-    size bucket, then anchor sets that put more objects at >= 0.7.
+    and gets its best IoU with the anchors the RPN trains on: at or above
+    rpn.fg_iou_thresh (0.7) are positives by the threshold, from
+    rpn.bg_iou_thresh (0.3) up they learn only as an object's best anchor,
+    below it they are nearly missed. Shares per class and size bucket, then
+    anchor sets that put more objects at or above rpn.fg_iou_thresh. Boxes
+    that training ignores (not finite, without area, outside their image)
+    are left out, with a warning.
 
     Example: [bold]frcnn anchors --recipe shapes --data demo/train.json[/]
     """
     from frcnn_cli import config
-    from frcnn_cli.model.anchors import generate_anchors, to_continuous
+    from frcnn_cli.model.anchors import base_anchor_table
+    from frcnn_cli.model.coverage import with_anchors
 
-    r = config.load_recipe(recipe, overrides or [])
+    r = with_anchors(config.load_recipe(recipe, overrides or []), stride, base_size,
+                     _numbers(scales, "--scales"), _numbers(ratios, "--ratios"))
     a = r.anchors
-    changes = {}
-    if stride is not None:
-        changes["stride"] = stride
-        changes["base_size"] = base_size or stride
-    if base_size is not None:
-        changes["base_size"] = base_size
-    if scales is not None:
-        changes["scales"] = _numbers(scales, "--scales")
-    if ratios is not None:
-        changes["ratios"] = _numbers(ratios, "--ratios")
-    if changes:
-        r = r.model_copy(update={"anchors": a.model_copy(update=changes)})
-        a = r.anchors
-
-    base = generate_anchors(a.base_size, a.ratios, a.scales)
-    cont = to_continuous(base)
-    k = len(a.scales)
-    rows = []
-    for i, (box, c) in enumerate(zip(base.tolist(), cont.tolist(), strict=True)):
-        rows.append([i, f"{a.ratios[i // k]:g}", f"{a.scales[i % k]:g}",
-                     *[f"{v:g}" for v in box], f"{c[2] - c[0]:g}", f"{c[3] - c[1]:g}"])
-    console.table(f"{len(base)} base anchors (stride {a.stride}, base size {a.base_size}; "
+    table = base_anchor_table(a.base_size, a.ratios, a.scales)
+    console.table(f"{len(table)} base anchors (stride {a.stride}, base size {a.base_size}; "
                   "x1 y1 x2 y2 inclusive, 1-based)",
-                  ["#", "ratio", "scale", "x1", "y1", "x2", "y2", "width", "height"], rows)
+                  ["#", "ratio", "scale", "x1", "y1", "x2", "y2", "width", "height"],
+                  [[i, f"{b.ratio:g}", f"{b.scale:g}", *[f"{v:g}" for v in b.inclusive],
+                    f"{b.width:g}", f"{b.height:g}"] for i, b in enumerate(table)])
     result: dict = {"stride": a.stride, "base_size": a.base_size, "scales": a.scales,
-                    "ratios": a.ratios, "base_anchors": base.tolist(),
-                    "base_anchors_continuous": cont.tolist()}
+                    "ratios": a.ratios, "base_anchors": [b.inclusive for b in table],
+                    "base_anchors_continuous": [b.continuous for b in table]}
 
     if data is not None:
         from frcnn_cli.data.annotations import load_annotations
-        from frcnn_cli.model.coverage import ObjectSet, coverage, suggest_anchors
+        from frcnn_cli.model.coverage import anchor_coverage
 
-        objects = ObjectSet.from_annotations(load_annotations(data), r)
-        report = coverage(objects, a.scales, a.ratios, r)
-        rows = []
-        for name, by_size in report["per_class_size"].items():
-            for bucket, s in [*by_size.items(), ("all", report["per_class"][name])]:
-                if s["objects"]:
-                    rows.append([name, bucket, s["objects"], _pct(s["positive"]),
-                                 _pct(s["best_only"]), _pct(s["missed"])])
-        for bucket, s in [*report["per_size"].items(), ("all", report["all"])]:
-            if s["objects"]:
-                rows.append(["all", bucket, s["objects"], _pct(s["positive"]),
-                             _pct(s["best_only"]), _pct(s["missed"])])
-        console.table(f"best-anchor IoU of the objects of {data} (resized to shorter side "
-                      f"{r.input.min_size}, at most {r.input.max_size})",
-                      ["class", "size", "objects", ">= 0.7", "0.3-0.7", "< 0.3"], rows)
-        suggestions = suggest_anchors(objects, r)
-        if suggestions:
-            console.table("anchor sets with more objects at IoU >= 0.7",
-                          ["scales", "ratios", "k", ">= 0.7", "why"],
-                          [[",".join(f"{v:g}" for v in s["scales"]),
-                            ",".join(f"{v:g}" for v in s["ratios"]), s["anchors_per_place"],
-                            _pct(s["positive"]), s["why"]] for s in suggestions])
-        else:
-            console.info("no simple change of scales or ratios covers more objects")
+        report, suggestions = anchor_coverage(load_annotations(data), r)
+        _print_coverage(report, suggestions, data, r)
         result["coverage"] = report
         result["suggestions"] = suggestions
 
@@ -127,6 +96,36 @@ def anchors(
 
         write_json(prepare_output_file(json_out, [data]), result)
         console.info(f"wrote {json_out}")
+
+
+def _print_coverage(report: dict, suggestions: list[dict], data: Path, recipe) -> None:
+    if report["left_out"]:
+        n = report["left_out"]
+        log.warning("%s: the coverage leaves out %d %s that training ignores (not finite, "
+                    "without area, or outside the image); 'frcnn data check' lists them and "
+                    "--fix drops them", data, n, "box" if n == 1 else "boxes")
+    fg, bg = f"{report['fg_iou_thresh']:g}", f"{report['bg_iou_thresh']:g}"
+    rows = []
+    for name, by_size in report["per_class_size"].items():
+        for bucket, s in [*by_size.items(), ("all", report["per_class"][name])]:
+            if s["objects"]:
+                rows.append([name, bucket, s["objects"], _pct(s["positive"]),
+                             _pct(s["best_only"]), _pct(s["missed"])])
+    for bucket, s in [*report["per_size"].items(), ("all", report["all"])]:
+        if s["objects"]:
+            rows.append(["all", bucket, s["objects"], _pct(s["positive"]),
+                         _pct(s["best_only"]), _pct(s["missed"])])
+    console.table(f"best-anchor IoU of the objects of {data} (resized to shorter side "
+                  f"{recipe.input.min_size}, at most {recipe.input.max_size})",
+                  ["class", "size", "objects", f">= {fg}", f"{bg}-{fg}", f"< {bg}"], rows)
+    if suggestions:
+        console.table(f"anchor sets with more objects at IoU >= {fg}",
+                      ["scales", "ratios", "k", f">= {fg}", "why"],
+                      [[",".join(f"{v:g}" for v in s["scales"]),
+                        ",".join(f"{v:g}" for v in s["ratios"]), s["anchors_per_place"],
+                        _pct(s["positive"]), s["why"]] for s in suggestions])
+    else:
+        console.info("no simple change of scales or ratios covers more objects")
 
 
 def register(app: typer.Typer) -> None:

@@ -64,6 +64,10 @@ def benchmark(
     if overrides and recipe is None:
         raise InputError("--set changes a --recipe; a checkpoint keeps its own recipe")
     size = _parse_size(image_size)
+    if checkpoint is not None:
+        from frcnn_cli.files import require_file
+
+        require_file(checkpoint, "checkpoint")
     if json_out is not None:
         from frcnn_cli.files import prepare_output_file
 
@@ -73,19 +77,16 @@ def benchmark(
 
     from frcnn_cli.devices import resolve_device
     from frcnn_cli.export.benchmark import benchmark as run_benchmark
+    from frcnn_cli.export.benchmark import benchmark_image, models_to_time
 
     torch_device = resolve_device(device)
     if precision is Precision.fp16 and torch_device.type == "cpu":
         console.info("[yellow]note:[/] fp16 on the CPU is emulated and slow; bf16 is the "
                       "CPU's reduced precision")
-    model, source = _model(checkpoint, recipe, overrides, classes)
-    models = {"frcnn": model}
-    if compare is not None:
-        from frcnn_cli.model.reference import build_reference
-
-        torch.manual_seed(0)
-        models["torchvision"] = build_reference(model.recipe, model.num_classes)
-    picture = _image(image, size)
+    models, source = models_to_time(checkpoint, recipe, overrides or [], classes,
+                                    compare is not None)
+    picture = benchmark_image(image, size)
+    model = models["frcnn"]
     console.info(f"{source}: {model.recipe.model.backbone}, {model.num_classes} classes; "
                  f"image {picture.shape[1]}x{picture.shape[2]}, "
                  f"{torch_device}, {precision.value}, {torch.get_num_threads()} threads")
@@ -107,42 +108,6 @@ def _parse_size(text: str) -> tuple[int, int]:
     if h < 2 or w < 2:
         raise InputError(f"--image-size sides must be at least 2 pixels, got '{text}'")
     return h, w
-
-
-def _model(checkpoint: Path | None, recipe: str | None, overrides: list[str] | None,
-           classes: int):
-    import torch
-
-    from frcnn_cli import build_model, load_model
-
-    if checkpoint is not None:
-        from frcnn_cli.files import require_file
-
-        require_file(checkpoint, "checkpoint")
-        return load_model(checkpoint), str(checkpoint)
-    from frcnn_cli.config import load_recipe
-
-    loaded = load_recipe(recipe, ["model.pretrained=false", *(overrides or [])])
-    torch.manual_seed(0)
-    return build_model(loaded, classes).eval(), f"recipe {loaded.name} (random weights)"
-
-
-def _image(path: Path | None, size: tuple[int, int]):
-    import numpy as np
-    import torch
-
-    if path is not None:
-        from frcnn_cli.data.images import read_image
-
-        pixels = read_image(path)
-    else:
-        from frcnn_cli.data.synth import SynthConfig, draw_image
-
-        h, w = size
-        pixels, _ = draw_image(SynthConfig(size=max(h, w), empty_fraction=0.0),
-                               np.random.default_rng(0))
-        pixels = pixels[:h, :w]
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float() / 255.0
 
 
 def _report(result) -> None:

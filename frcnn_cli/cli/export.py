@@ -110,22 +110,27 @@ def export(
                  f"{model.num_classes} classes")
     if svd is not None:
         from frcnn_cli.devices import resolve_device
-        from frcnn_cli.export.svd import check_ranks
+        from frcnn_cli.export import svd as truncated
 
         fc7 = svd if svd_fc7 is None else svd_fc7
-        check_ranks(model, svd, fc7)  # before any slow work
+        truncated.check_ranks(model, svd, fc7)  # before any slow work
         torch_device = resolve_device(device)
         ann = None
         if data is not None:
             from frcnn_cli.data.annotations import load_annotations
-            from frcnn_cli.evaluation.inference import check_classes
 
             ann = load_annotations(data)
-            check_classes(model.classes, ann)
             prepare_output_file(out, ann.image_files(), "--out file")
-        model = _compress(model, svd, fc7, ann, torch_device)
-    if fmt is Format.checkpoint:
-        _save_checkpoint(model, checkpoint, out)
+        console.info(f"truncated SVD of fc6 (rank {svd})"
+                     + (f" and fc7 (rank {fc7})" if fc7 else "") + " ...")
+        model, report = truncated.compress_and_measure(model, svd, fc7, ann, torch_device,
+                                                       console.reporter())
+        _print_svd(report, ann)
+    if fmt is Format.checkpoint:  # with --svd, checked above
+        size = truncated.save_compressed(model, checkpoint, out).stat().st_size
+        m = model.recipe.model
+        console.info(f"[bold green]wrote[/] {out} ({size / 2**20:.1f} MiB; its recipe has "
+                     f"model.svd_fc6={m.svd_fc6}, model.svd_fc7={m.svd_fc7})")
         return
 
     from frcnn_cli.export import export_bytes, load_exported
@@ -168,59 +173,34 @@ def _check(model, run, check_images: list[Path] | None, what: str) -> None:
                      "empty case was compared; pass --check-image with pictures of its classes")
 
 
-def _compress(model, fc6: int, fc7: int, ann, device):
-    """The model with fc6/fc7 truncated; prints what changed: parameters, head time, mAP."""
-    from frcnn_cli.export import svd
-
-    console.info(f"truncated SVD of fc6 (rank {fc6})"
-                 + (f" and fc7 (rank {fc7})" if fc7 else "") + " ...")
-    small, layers = svd.compress(model, fc6, fc7)
+def _print_svd(report, ann) -> None:
+    """The layer table, the notes on ranks that save nothing, the head table, the mAP change."""
     console.table("Truncated SVD (Fast R-CNN Section 3.1)",
                   ["layer", "weight", "rank", "parameters", "after", "relative error"],
                   [[x.name, f"{x.out_features} x {x.in_features}", x.rank,
                     f"{x.parameters / 1e6:.2f} M", f"{x.parameters_svd / 1e6:.2f} M",
-                    f"{x.relative_error:.3f}"] for x in layers])
-    for x in layers:
+                    f"{x.relative_error:.3f}"] for x in report.layers])
+    for x in report.layers:
         if x.rank >= x.break_even:
             console.info(f"[yellow]note:[/] {x.name} at rank {x.rank} has as many weights as "
                          f"the full layer or more; it saves work only below rank "
                          f"{x.break_even}")
-    model.to(device)
-    small.to(device)
-    timing = svd.time_heads({"full": model, "svd": small}, device=device)
-    rows = [[name, f"{svd.head_parameters(m) / 1e6:.2f} M", f"{timing.median(key) * 1000:.2f}",
-             f"{timing.speedup(key, 'full'):.2f}x"]
-            for name, key, m in (("original", "full", model), ("SVD", "svd", small))]
+    timing = report.timing
+    rows = [[name, f"{report.parameters[key] / 1e6:.2f} M",
+             f"{timing.median(key) * 1000:.2f}", f"{timing.speedup(key, 'full'):.2f}x"]
+            for name, key in (("original", "full"), ("SVD", "svd"))]
     columns = ["model", "head parameters", "head ms", "speed-up"]
-    if ann is not None:
-        from frcnn_cli.evaluation.inference import evaluate_model
-
-        metric = model.recipe.eval.metric
-        maps = [evaluate_model(m, ann, metric, device, console.reporter()).mAP
-                for m in (model, small)]
-        for row, value in zip(rows, maps, strict=True):
+    if report.metric is not None:
+        for row, key in zip(rows, ("full", "svd"), strict=True):
+            value = report.maps[key]
             row.append(f"{value:.4f}" if value is not None else "n/a")
-        columns.append(f"{metric} mAP")
+        columns.append(f"{report.metric} mAP")
     console.table(f"fc6+fc7 on {timing.rois} RoIs ({timing.device}, median of "
                   f"{len(timing.runs['full'])} interleaved runs)", columns, rows)
-    if ann is not None:
-        change = (maps[1] - maps[0]) if None not in maps else None
+    if report.metric is not None:
+        change = report.map_change
         console.info(f"mAP change: {change:+.4f} on {ann.path} ({len(ann.images)} images)"
                      if change is not None else "mAP change: n/a (no objects to score)")
-    return small.cpu().eval()
-
-
-def _save_checkpoint(model, source: Path, out: Path) -> None:
-    from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
-
-    old = load_checkpoint(source)["meta"]
-    meta = checkpoint_meta(model, int(old.get("iteration") or 0), old.get("stage"),
-                           svd_of=source.name)
-    save_checkpoint({"model": model.state_dict(), "meta": meta}, out)
-    size = out.stat().st_size
-    m = model.recipe.model
-    console.info(f"[bold green]wrote[/] {out} ({size / 2**20:.1f} MiB; its recipe has "
-                 f"model.svd_fc6={m.svd_fc6}, model.svd_fc7={m.svd_fc7})")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,17 +18,8 @@ def list_recipes() -> None:
 
     Example: [bold]frcnn recipe list[/]
     """
-    from frcnn_cli.errors import RecipeError
-
-    rows = []
-    for name in config.available_recipes():
-        try:
-            r = config.load_recipe(name)
-        except RecipeError as e:  # one broken file on FRCNN_RECIPE_PATH hides no other
-            rows.append([name, "[red]invalid[/]", str(e)])
-            continue
-        rows.append([name, r.model.backbone, r.description.splitlines()[0] if r.description
-                     else ""])
+    rows = [[name, r.model.backbone if r is not None else "[red]invalid[/]", line]
+            for name, r, line in config.recipe_summaries()]
     console.table(None, ["recipe", "backbone", "description"], rows)
 
 

@@ -23,6 +23,9 @@ during one forward above what was allocated before it (weights excluded); on the
 peak growth of the process's resident set size during the model's first forward, sampled
 every millisecond from ``/proc/self/statm`` (allocator caches make later forwards reuse
 memory, so it is measured cold; 0 where /proc is missing).
+
+    models, source = models_to_time(recipe="voc07-vgg16-joint", compare=True)
+    result = benchmark(models, benchmark_image(size=(375, 500)), torch.device("cpu"))
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,3 +253,49 @@ def _peak_memory(net: nn.Module, image: Tensor, device: torch.device, autocast, 
     with _rss_peak() as peak, autocast():
         net([image])
     return peak[0]
+
+
+def models_to_time(checkpoint: str | os.PathLike | None = None, recipe: str | None = None,
+                   overrides: Sequence[str] = (), num_classes: int = 20,
+                   compare: bool = False) -> tuple[dict[str, nn.Module], str]:
+    """The models for :func:`benchmark`, and what the first one is: the ``checkpoint``'s
+    model, or else the ``recipe``'s with ``num_classes`` and random weights (seed 0, nothing
+    downloaded); with ``compare``, also torchvision's FasterRCNN built to the same recipe."""
+    from frcnn_cli import build_model, load_model
+
+    if checkpoint is not None:
+        model, source = load_model(checkpoint), str(checkpoint)
+    else:
+        from frcnn_cli.config import load_recipe
+
+        loaded = load_recipe(recipe, ["model.pretrained=false", *overrides])
+        torch.manual_seed(0)
+        model = build_model(loaded, num_classes).eval()
+        source = f"recipe {loaded.name} (random weights)"
+    models = {"frcnn": model}
+    if compare:
+        from frcnn_cli.model.reference import build_reference
+
+        torch.manual_seed(0)
+        models["torchvision"] = build_reference(model.recipe, model.num_classes)
+    return models, source
+
+
+def benchmark_image(path: str | os.PathLike | None = None,
+                    size: tuple[int, int] = (375, 500)) -> Tensor:
+    """[3, H, W] float in 0..1: the picture at ``path``, or else a synthetic one of shapes of
+    ``size`` (height, width; seed 0)."""
+    import numpy as np
+
+    if path is not None:
+        from frcnn_cli.data.images import read_image
+
+        pixels = read_image(path)
+    else:
+        from frcnn_cli.data.synth import SynthConfig, draw_image
+
+        h, w = size
+        pixels, _ = draw_image(SynthConfig(size=max(h, w), empty_fraction=0.0),
+                               np.random.default_rng(0))
+        pixels = pixels[:h, :w]
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float() / 255.0

@@ -9,6 +9,8 @@ singular values and reports a 30 % faster detector for 0.3 points of mAP.
 
     small, layers = compress(model, fc6=1024, fc7=256)    # a new model; ``model`` unchanged
     timing = time_heads({"full": model, "svd": small})    # fc6+fc7 on the test RoI count
+    small, report = compress_and_measure(model, 1024, 256, annotations)  # both, and the mAPs
+    save_compressed(small, "runs/a/model.pt", "runs/a/model-svd.pt")
 
 The compressed model's recipe records the ranks (``model.svd_fc6``, ``model.svd_fc7``), so its
 checkpoint loads through :func:`frcnn_cli.load_model` like any other.
@@ -17,15 +19,18 @@ checkpoint loads through :func:`frcnn_cli.load_model` like any other.
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from frcnn_cli.errors import InputError
 from frcnn_cli.model.backbones import FCHead, LowRankLinear
+from frcnn_cli.progress import SILENT, Reporter
 
 LAYERS = ("fc6", "fc7")
 
@@ -166,3 +171,59 @@ def time_heads(models: dict[str, nn.Module], rois: int | None = None,
 def head_parameters(model: nn.Module) -> int:
     """Parameters of the fc6/fc7 head."""
     return sum(p.numel() for p in fc_head(model).parameters())
+
+
+@dataclass
+class SVDReport:
+    """What :func:`compress_and_measure` found: each layer's truncation, both heads' time and
+    parameters (keys "full" and "svd"), and with a dataset both models' mAP."""
+
+    layers: list[LayerSVD]
+    timing: HeadTiming
+    parameters: dict[str, int]
+    metric: str | None = None                 # the recipe's eval.metric, with a dataset
+    maps: dict[str, float | None] = field(default_factory=dict)  # None: no object to score
+
+    @property
+    def map_change(self) -> float | None:
+        """The compressed model's mAP minus the original's (None: not measured or unscored)."""
+        full, small = self.maps.get("full"), self.maps.get("svd")
+        return None if full is None or small is None else small - full
+
+
+def compress_and_measure(model: nn.Module, fc6: int | None, fc7: int | None = None,
+                         annotations=None, device: str | torch.device = "cpu",
+                         reporter: Reporter = SILENT) -> tuple[nn.Module, SVDReport]:
+    """:func:`compress` ``model``, time both heads on ``device`` and, given an
+    :class:`~frcnn_cli.data.annotations.Annotations`, evaluate both models on it with the
+    recipe's ``eval.metric``. Returns the compressed model (on the CPU, in eval mode) and
+    the report; ``model`` is left where it was."""
+    from frcnn_cli.evaluation.inference import check_classes, evaluate_model
+
+    if annotations is not None:  # before any slow work
+        check_classes(model.classes, annotations)
+    small, layers = compress(model, fc6, fc7)
+    home = next(model.parameters()).device
+    models = {"full": model.to(device), "svd": small.to(device)}
+    try:
+        report = SVDReport(layers, time_heads(models, device=device),
+                           {name: head_parameters(m) for name, m in models.items()})
+        if annotations is not None:
+            report.metric = model.recipe.eval.metric
+            report.maps = {name: evaluate_model(m, annotations, report.metric, device,
+                                                reporter).mAP for name, m in models.items()}
+    finally:
+        model.to(home)
+    return small.cpu().eval(), report
+
+
+def save_compressed(model: nn.Module, source: str | os.PathLike, out: str | os.PathLike
+                    ) -> Path:
+    """Write ``model``, compressed from the checkpoint ``source``, as a checkpoint at ``out``
+    (atomically): ``source``'s iteration and stage, and ``svd_of`` naming it."""
+    from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
+
+    old = load_checkpoint(source)["meta"]
+    meta = checkpoint_meta(model, int(old.get("iteration") or 0), old.get("stage"),
+                           svd_of=Path(source).name)
+    return save_checkpoint({"model": model.state_dict(), "meta": meta}, out)

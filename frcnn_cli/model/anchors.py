@@ -22,6 +22,7 @@ h/w ratio major)::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -68,6 +69,36 @@ def to_continuous(inclusive: Tensor) -> Tensor:
     """Inclusive 1-based pixel boxes -> continuous 0-based boxes: pixels x1..x2 (1-based)
     cover [x1 - 1, x2)."""
     return inclusive - inclusive.new_tensor([1, 1, 0, 0])
+
+
+@dataclass(frozen=True)
+class BaseAnchor:
+    """One base anchor: the ratio (h/w) and scale it comes from, its box as the original
+    writes it (``inclusive``: x1 y1 x2 y2, 1-based pixels) and in frcnn's ``continuous``
+    coordinates."""
+
+    ratio: float
+    scale: float
+    inclusive: list[float]
+    continuous: list[float]
+
+    @property
+    def width(self) -> float:
+        return self.continuous[2] - self.continuous[0]
+
+    @property
+    def height(self) -> float:
+        return self.continuous[3] - self.continuous[1]
+
+
+def base_anchor_table(base_size: float, ratios: Sequence[float],
+                      scales: Sequence[float]) -> list[BaseAnchor]:
+    """The anchors of :func:`generate_anchors`, in its order (ratio-major), each with the
+    ratio and scale it comes from."""
+    inclusive = generate_anchors(base_size, ratios, scales)
+    k = len(scales)
+    return [BaseAnchor(ratios[i // k], scales[i % k], box, cont) for i, (box, cont) in
+            enumerate(zip(inclusive.tolist(), to_continuous(inclusive).tolist(), strict=True))]
 
 
 class AnchorGrid:

@@ -2,10 +2,15 @@
 
 Each object, resized as the recipe resizes its image, gets its best IoU with the anchors the
 RPN would see for that image in training (the anchor grid of the image, anchors crossing the
-border left out when the recipe ignores them). The share of objects at IoU >= 0.7 are
-positives by the threshold rule; 0.3-0.7 learn only through the best-anchor rule (one anchor
-each); below 0.3 the RPN barely sees them. Shares are reported per class and per COCO size
-bucket (areas after the resize).
+border left out when the recipe ignores them). Objects at IoU >= ``rpn.fg_iou_thresh`` (0.7)
+are positives by the threshold rule; from ``rpn.bg_iou_thresh`` (0.3) up to it they learn
+only through the best-anchor rule (one anchor each); below it the RPN barely sees them.
+Shares are reported per class and per COCO size bucket (areas after the resize).
+
+    recipe = with_anchors(recipe, scales=[4, 8, 16])       # or the recipe's own anchors
+    report, suggestions = anchor_coverage(load_annotations("train.json"), recipe)
+
+which is, step by step:
 
     objects = ObjectSet.from_annotations(load_annotations("train.json"), recipe)
     report = coverage(objects, recipe.anchors.scales, recipe.anchors.ratios, recipe)
@@ -28,18 +33,38 @@ from frcnn_cli.model.anchors import AnchorGrid, inside_image
 # COCO's size buckets (object area in pixels, here after the recipe's resize).
 BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
            ("large", 96.0 ** 2, math.inf))
-POSITIVE, NEGATIVE = 0.7, 0.3
+
+
+def with_anchors(recipe: Recipe, stride: int | None = None, base_size: int | None = None,
+                 scales: list[float] | None = None, ratios: list[float] | None = None
+                 ) -> Recipe:
+    """``recipe`` with these anchor settings (None: the recipe's). A new stride brings the
+    base size along unless one is given: the original's base anchor is one stride square."""
+    changes: dict = {}
+    if stride is not None:
+        changes["stride"] = changes["base_size"] = stride
+    if base_size is not None:
+        changes["base_size"] = base_size
+    if scales is not None:
+        changes["scales"] = list(scales)
+    if ratios is not None:
+        changes["ratios"] = list(ratios)
+    if not changes:
+        return recipe
+    return recipe.model_copy(update={"anchors": recipe.anchors.model_copy(update=changes)})
 
 
 @dataclass
 class ObjectSet:
     """Objects in resized pixels: ``boxes`` [N, 4], ``image_sizes`` [N, 2] (height, width of
-    each object's resized image), ``labels`` [N] in 1..K, and the class names."""
+    each object's resized image), ``labels`` [N] in 1..K, the class names, and how many boxes
+    of the dataset were ``left_out`` as unusable (see :meth:`from_annotations`)."""
 
     boxes: Tensor
     image_sizes: Tensor
     labels: Tensor
     class_names: list[str]
+    left_out: int = 0
 
     @property
     def areas(self) -> Tensor:
@@ -47,27 +72,34 @@ class ObjectSet:
 
     def subset(self, index: Tensor) -> ObjectSet:
         return ObjectSet(self.boxes[index], self.image_sizes[index], self.labels[index],
-                         self.class_names)
+                         self.class_names, self.left_out)
 
     @classmethod
     def from_annotations(cls, ann, recipe: Recipe) -> ObjectSet:
-        """Non-crowd objects of positive size from an
-        :class:`~frcnn_cli.data.annotations.Annotations`, resized by the recipe's rule."""
+        """The non-crowd objects of an :class:`~frcnn_cli.data.annotations.Annotations`,
+        resized by the recipe's rule. Boxes that training ignores are left out and counted:
+        not finite, without area, or wholly outside their image."""
         boxes, sizes, labels = [], [], []
+        left_out = 0
         for image in ann.images:
             h, w = int(image["height"]), int(image["width"])
             s = resize_scale(h, w, recipe.input.min_size, recipe.input.max_size)
             size = resized_shape(h, w, recipe.input.min_size, recipe.input.max_size)
             for obj in ann.objects(image["id"]):
+                if obj.get("iscrowd", 0):
+                    continue
                 x, y, bw, bh = obj["bbox"]
-                if obj.get("iscrowd", 0) or bw <= 0 or bh <= 0:
+                if not (all(math.isfinite(v) for v in (x, y, bw, bh)) and bw > 0 and bh > 0
+                        and x < w and y < h and x + bw > 0 and y + bh > 0):
+                    left_out += 1
                     continue
                 boxes.append([x * s, y * s, (x + bw) * s, (y + bh) * s])
                 sizes.append(size)
                 labels.append(ann.label_of(obj["category_id"]))
         return cls(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                    torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2),
-                   torch.tensor(labels, dtype=torch.int64), [c["name"] for c in ann.classes])
+                   torch.tensor(labels, dtype=torch.int64), [c["name"] for c in ann.classes],
+                   left_out)
 
 
 def best_anchor_iou(objects: ObjectSet, scales: list[float], ratios: list[float],
@@ -87,31 +119,45 @@ def best_anchor_iou(objects: ObjectSet, scales: list[float], ratios: list[float]
     return best
 
 
-def shares(best: Tensor) -> dict[str, float | int]:
-    """Object count and the share of best IoUs >= 0.7, in 0.3-0.7, < 0.3."""
+def shares(best: Tensor, positive: float, negative: float) -> dict[str, float | int]:
+    """Object count and the share of best IoUs >= ``positive`` (the RPN's fg_iou_thresh), in
+    [``negative``, ``positive``) (from its bg_iou_thresh up), below ``negative``."""
     n = len(best)
     if n == 0:
         return {"objects": 0, "positive": None, "best_only": None, "missed": None}
-    return {"objects": n, "positive": float((best >= POSITIVE).float().mean()),
-            "best_only": float(((best >= NEGATIVE) & (best < POSITIVE)).float().mean()),
-            "missed": float((best < NEGATIVE).float().mean())}
+    return {"objects": n, "positive": float((best >= positive).float().mean()),
+            "best_only": float(((best >= negative) & (best < positive)).float().mean()),
+            "missed": float((best < negative).float().mean())}
 
 
 def coverage(objects: ObjectSet, scales: list[float], ratios: list[float],
              recipe: Recipe) -> dict:
     """``{"all": shares, "per_class": {name: shares}, "per_size": {bucket: shares},
-    "per_class_size": {name: {bucket: shares}}}`` for these anchors."""
+    "per_class_size": {name: {bucket: shares}}}`` for these anchors, with the thresholds
+    used (``fg_iou_thresh``, ``bg_iou_thresh``: the recipe's RPN ones) and the objects'
+    ``left_out`` count."""
     best = best_anchor_iou(objects, scales, ratios, recipe)
+    fg, bg = recipe.rpn.fg_iou_thresh, recipe.rpn.bg_iou_thresh
     areas = objects.areas
     buckets = {name: (areas >= lo) & (areas < hi) for name, lo, hi in BUCKETS}
     per_class, per_class_size = {}, {}
     for label, name in enumerate(objects.class_names, start=1):
         of_class = objects.labels == label
-        per_class[name] = shares(best[of_class])
-        per_class_size[name] = {b: shares(best[of_class & m]) for b, m in buckets.items()}
-    return {"all": shares(best), "per_class": per_class,
-            "per_size": {b: shares(best[m]) for b, m in buckets.items()},
+        per_class[name] = shares(best[of_class], fg, bg)
+        per_class_size[name] = {b: shares(best[of_class & m], fg, bg)
+                                for b, m in buckets.items()}
+    return {"fg_iou_thresh": fg, "bg_iou_thresh": bg, "left_out": objects.left_out,
+            "all": shares(best, fg, bg), "per_class": per_class,
+            "per_size": {b: shares(best[m], fg, bg) for b, m in buckets.items()},
             "per_class_size": per_class_size}
+
+
+def anchor_coverage(ann, recipe: Recipe) -> tuple[dict, list[dict]]:
+    """:func:`coverage` of the recipe's anchors on the objects of ``ann`` (an
+    :class:`~frcnn_cli.data.annotations.Annotations`), and :func:`suggest_anchors`."""
+    objects = ObjectSet.from_annotations(ann, recipe)
+    a = recipe.anchors
+    return coverage(objects, a.scales, a.ratios, recipe), suggest_anchors(objects, recipe)
 
 
 def _nice(x: float) -> float:
@@ -128,8 +174,8 @@ def _quantiles(values: Tensor, n: int) -> list[float]:
 
 
 def suggest_anchors(objects: ObjectSet, recipe: Recipe, max_objects: int = 5000) -> list[dict]:
-    """Anchor sets fitted to the objects, each with its share of positives (IoU >= 0.7);
-    only those that beat the recipe's anchors, best first.
+    """Anchor sets fitted to the objects, each with its share of positives (IoU >=
+    ``rpn.fg_iou_thresh``); only those that beat the recipe's anchors, best first.
 
     Candidates: scales and ratios at the quantiles of the objects' sizes and aspect ratios
     (as many as the recipe has), the recipe's anchors plus one scale or one ratio for the
@@ -145,9 +191,10 @@ def suggest_anchors(objects: ObjectSet, recipe: Recipe, max_objects: int = 5000)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     side = torch.sqrt(w * h) / a.base_size
     aspect = h / w
+    positive = recipe.rpn.fg_iou_thresh
     best = best_anchor_iou(sub, a.scales, a.ratios, recipe)
-    poor = best < POSITIVE
-    current = float((best >= POSITIVE).float().mean())
+    poor = best < positive
+    current = float((best >= positive).float().mean())
 
     candidates: list[tuple[str, list[float], list[float]]] = []
     n_s, n_r = max(len(a.scales), 3), len(a.ratios)
@@ -170,7 +217,7 @@ def suggest_anchors(objects: ObjectSet, recipe: Recipe, max_objects: int = 5000)
 
     out = []
     for why, scales, ratios in candidates:
-        got = float((best_anchor_iou(sub, scales, ratios, recipe) >= POSITIVE).float().mean())
+        got = float((best_anchor_iou(sub, scales, ratios, recipe) >= positive).float().mean())
         if got > current:
             out.append({"scales": scales, "ratios": ratios, "anchors_per_place":
                         len(scales) * len(ratios), "positive": got, "why": why})
