@@ -25,6 +25,7 @@ import torch
 from frcnn_cli.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
+from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.proposals import generate_proposals, save_proposals
 from frcnn_cli.engine.trainer import RunArgs, RunResult, train_run, training_device
 from frcnn_cli.errors import InputError
@@ -33,7 +34,7 @@ from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
 
-STAGES = ("stage1-rpn", "stage1-detector", "stage2-rpn", "stage2-detector")
+FINAL_STAGE = "alt"  # meta["stage"] of RUN/model.pt: the four steps' shared model
 
 
 def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
@@ -91,9 +92,8 @@ def _finished(run: Path) -> bool:
     return (run / "model.pt").is_file()
 
 
-def _stage(base: RunArgs, run_root: Path, name: str, **kw) -> RunArgs:
-    part = "rpn" if name.endswith("rpn") else "detector"
-    return replace(base, command=f"train-{part}", stage=int(name[5]), out=str(run_root / name),
+def _stage(base: RunArgs, run_root: Path, kind: RunKind, **kw) -> RunArgs:
+    return replace(base, command=kind.command, stage=kind.stage, out=str(run_root / kind.value),
                    val=None, **kw)
 
 
@@ -134,18 +134,18 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
             propose(stage_dir / "model.pt", args.train, path, args.device, reporter)
         return path
 
-    s1_rpn = run(_stage(args, root, "stage1-rpn", init=init))
+    s1_rpn = run(_stage(args, root, RunKind.STAGE1_RPN, init=init))
     p1 = proposals_for(s1_rpn.out)
-    s1_det = run(_stage(args, root, "stage1-detector", init=init, proposals=str(p1)))
-    s2_rpn = run(_stage(args, root, "stage2-rpn", init=str(s1_det.model_path)))
+    s1_det = run(_stage(args, root, RunKind.STAGE1_DETECTOR, init=init, proposals=str(p1)))
+    s2_rpn = run(_stage(args, root, RunKind.STAGE2_RPN, init=str(s1_det.model_path)))
     p2 = proposals_for(s2_rpn.out)
-    s2_det = run(_stage(args, root, "stage2-detector", init=str(s2_rpn.model_path),
+    s2_det = run(_stage(args, root, RunKind.STAGE2_DETECTOR, init=str(s2_rpn.model_path),
                         proposals=str(p2)))
 
     val_map = None
     if is_main:
         final = load_checkpoint(s2_det.model_path)
-        final["meta"] = {**final["meta"], "stage": "alt"}
+        final["meta"] = {**final["meta"], "stage": FINAL_STAGE}
         save_checkpoint(final, root / "model.pt")
         if args.val:
             val_map = evaluate_final(root, args, reporter)
@@ -189,5 +189,5 @@ def _write_alt_config(root: Path, args: RunArgs) -> None:
     recipe = config_mod.load_recipe(args.recipe, args.overrides)
     text = config_mod.dump_yaml({"args": {**asdict(args), "command": "train-alt"},
                                  "recipe": recipe.to_dict(),
-                                 "stages": {s: str(root / s) for s in STAGES}})
+                                 "stages": {k.value: str(root / k.value) for k in RunKind.steps()}})
     write_text(root / "config.yaml", text)

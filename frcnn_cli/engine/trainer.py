@@ -33,6 +33,7 @@ from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoi
 from frcnn_cli.config import Recipe, scaled_steps
 from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
+from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.optim import build_optimizer, build_scheduler
 from frcnn_cli.errors import CheckpointError, FrcnnError, InputError, TrainingError
 from frcnn_cli.files import prepare_output_dir, require_file, write_text
@@ -40,15 +41,6 @@ from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
 
-# What each kind of run trains: (shared convs, RPN, detector head).
-TRAINABLE = {
-    "joint": (True, True, True),
-    "stage1-rpn": (True, True, False),
-    "stage1-detector": (True, False, True),
-    "stage2-rpn": (False, True, False),
-    "stage2-detector": (False, False, True),
-}
-LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_box", "loss_det_cls", "loss_det_box")
 
 
 class Interrupted(FrcnnError):
@@ -100,7 +92,7 @@ class HoldInterrupts:
 class RunArgs:
     """The arguments of a training command, as stored in ``RUN/config.yaml``."""
 
-    command: str                       # train | train-rpn | train-detector
+    command: str                       # train | train-rpn | train-detector (| train-alt)
     recipe: str
     train: str
     out: str
@@ -116,12 +108,9 @@ class RunArgs:
     amp: bool = False
 
     @property
-    def kind(self) -> str:
-        """joint, stage1-rpn, stage1-detector, stage2-rpn or stage2-detector."""
-        if self.command == "train":
-            return "joint"
-        part = {"train-rpn": "rpn", "train-detector": "detector"}[self.command]
-        return f"stage{self.stage}-{part}"
+    def kind(self) -> RunKind:
+        """What the command trains: joint, or one step of the 4-step schedule."""
+        return RunKind.of(self.command, self.stage)
 
 
 @dataclass
@@ -139,21 +128,22 @@ class RunResult:
 
 def schedule_for(args: RunArgs, recipe: Recipe) -> tuple[int, list[int]]:
     """Iterations and lr drops of this run: the recipe's, or scaled to ``--iters``."""
-    if args.kind == "joint":
+    kind = args.kind
+    if kind is RunKind.JOINT:
         total, steps = recipe.solver.max_iters, recipe.solver.steps
     else:
-        total, steps = recipe.alt.schedule(args.kind)
+        total, steps = recipe.alt.schedule(rpn=kind.is_rpn, stage=kind.stage)
     if args.iters is None:
         return total, list(steps)
     return args.iters, scaled_steps(steps, total, args.iters)
 
 
 def images_per_batch(args: RunArgs, recipe: Recipe) -> int:
-    if args.kind == "joint":
+    """Images per iteration, all processes together."""
+    kind = args.kind
+    if kind is RunKind.JOINT:
         return recipe.solver.images_per_batch
-    if args.kind.endswith("rpn"):
-        return recipe.alt.rpn_images_per_batch
-    return recipe.alt.detector_images_per_batch
+    return recipe.alt.rpn_images_per_batch if kind.is_rpn else recipe.alt.detector_images_per_batch
 
 
 def seed_everything(seed: int) -> None:
@@ -295,7 +285,7 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
         raise InputError(f"{out} has no last.pt to resume from")
 
     proposals = None
-    if args.kind.endswith("detector"):
+    if args.kind.is_detector:
         from frcnn_cli.engine.proposals import load_proposals
 
         if not args.proposals:
@@ -304,11 +294,10 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
 
     seed_everything(seed)  # the same initial weights in every process
     model = _build_initial_model(args, recipe, train_ann.classes)
-    if dist.is_main and not args.kind.endswith("detector"):
+    if dist.is_main and not args.kind.is_detector:
         _warn_if_anchors_cross_border(recipe)
     seed_everything(seed + dist.rank)  # different RPN/RoI samples in each process
-    shared, rpn, detector = TRAINABLE[args.kind]
-    model.set_trainable(shared=shared, rpn=rpn, detector=detector)
+    model.set_trainable(**args.kind.trainable)
     model.to(device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = build_optimizer(named, recipe.solver)
@@ -372,7 +361,8 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
     last_losses: dict[str, float] = {}
     tic = time.perf_counter()
     model.train()
-    task = reporter.task(args.kind if args.kind != "joint" else "train", total=max_iters,
+    name = "train" if args.kind is RunKind.JOINT else args.kind.value
+    task = reporter.task(name, total=max_iters,
                          completed=start_iter) if dist.is_main else SILENT.task("")
     try:
         while iteration < max_iters:
@@ -387,7 +377,7 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
             with torch.autocast(device_type=device.type, dtype=torch.float16,
                                 enabled=args.amp):
                 losses = ddp_model(images, targets, proposals=props,
-                                   rpn_only=args.kind.endswith("rpn"))
+                                   rpn_only=args.kind.is_rpn)
             total = sum(losses.values())
             if not torch.isfinite(total).item():
                 bad = {k: float(v.detach()) for k, v in losses.items()}
@@ -468,11 +458,11 @@ def _build_initial_model(args: RunArgs, recipe: Recipe, classes: list[dict]):
     """The model a run starts from: ImageNet weights (recipe) or ``--init`` CKPT."""
     from frcnn_cli.model.faster_rcnn import build_model
 
+    previous = args.kind.previous
     if args.init in (None, "imagenet"):
-        if args.kind.startswith("stage2"):
-            raise InputError(f"{args.command} --stage 2 needs --init CKPT (the stage-1 "
-                             f"{'detector' if args.kind == 'stage2-rpn' else 'RPN'} of step "
-                             f"{'2' if args.kind == 'stage2-rpn' else '3'})")
+        if previous is not None:
+            raise InputError(f"{args.command} --stage 2 needs --init CKPT (the {previous} "
+                             f"model of step {previous.step})")
         return build_model(recipe, len(classes), classes=classes)
     ckpt = load_checkpoint(require_file(args.init, "--init checkpoint"))
     ckpt_classes = ckpt["meta"].get("classes") or []
@@ -481,7 +471,7 @@ def _build_initial_model(args: RunArgs, recipe: Recipe, classes: list[dict]):
     model = build_model(no_download, len(classes), classes=classes)
     state = ckpt["model"]
     if ckpt_classes and not classes_match(ckpt_classes, classes):
-        if args.kind.startswith("stage2"):
+        if previous is not None:
             raise CheckpointError(
                 f"{args.init} was trained on classes {[c['name'] for c in ckpt_classes]}, "
                 f"but --train has {[c['name'] for c in classes]}")
@@ -516,7 +506,7 @@ def _warn_if_anchors_cross_border(recipe: Recipe) -> None:
 
 
 def _meta(model, recipe: Recipe, args: RunArgs, iteration: int, best_map: float) -> dict:
-    return checkpoint_meta(model, iteration, args.kind, recipe, best_map=best_map,
+    return checkpoint_meta(model, iteration, args.kind.value, recipe, best_map=best_map,
                            seed=args.seed)
 
 
