@@ -188,7 +188,7 @@ def test_every_training_command_takes_the_common_options(cli, shapes_data, tmp_p
 def test_train_alt_freezes_what_the_paper_freezes(cli, shapes_data, tmp_path):
     from frcnn_cli import config
     from frcnn_cli.data.annotations import load_annotations
-    from frcnn_cli.engine.trainer import seed_everything
+    from frcnn_cli.engine.rng import seed_everything
     from frcnn_cli.model.faster_rcnn import build_model
 
     run = tmp_path / "alt"

@@ -46,7 +46,7 @@ def _args(command: str, recipe: str | None, train: Path | None, val: Path | None
           out: Path | None, overrides: list[str] | None, iters: int | None, device: str,
           seed: int | None, checkpoint_every: int | None, amp: bool,
           backbone_weights: Path | None, **kw):
-    from frcnn_cli.engine.trainer import RunArgs
+    from frcnn_cli.engine.run_config import RunArgs
 
     missing = [name for name, v in (("--recipe", recipe), ("--train", train), ("--out", out))
                if v is None]

@@ -27,7 +27,8 @@ from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.proposals import generate_proposals, save_proposals
-from frcnn_cli.engine.trainer import RunArgs, RunResult, train_run, training_device
+from frcnn_cli.engine.run_config import RunArgs, RunResult, read_config, write_config
+from frcnn_cli.engine.trainer import resume_run, train_run, training_device
 from frcnn_cli.errors import InputError
 from frcnn_cli.files import prepare_output_file, require_file
 from frcnn_cli.progress import SILENT, Reporter
@@ -122,8 +123,6 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
         resume = (out / "last.pt").is_file()
         log.info("%s: %s", out.name, "resuming" if resume else "training")
         if resume:
-            from frcnn_cli.engine.trainer import resume_run
-
             return resume_run(out, reporter, device=args.device)
         return train_run(stage_args, reporter)
 
@@ -156,8 +155,6 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
 def resume_alt(run_dir: str | os.PathLike, reporter: Reporter = SILENT,
                device: str | None = None) -> RunResult:
     """Finish an interrupted ``train-alt`` run with its original arguments."""
-    from frcnn_cli.engine.trainer import read_config
-
     args, _ = read_config(run_dir)
     args.out = str(run_dir)
     if device is not None:
@@ -181,13 +178,8 @@ def evaluate_final(root: Path, args: RunArgs, reporter: Reporter = SILENT) -> fl
 
 
 def _write_alt_config(root: Path, args: RunArgs) -> None:
-    from dataclasses import asdict
-
     from frcnn_cli import config as config_mod
-    from frcnn_cli.files import write_text
 
     recipe = config_mod.load_recipe(args.recipe, args.overrides)
-    text = config_mod.dump_yaml({"args": {**asdict(args), "command": "train-alt"},
-                                 "recipe": recipe.to_dict(),
-                                 "stages": {k.value: str(root / k.value) for k in RunKind.steps()}})
-    write_text(root / "config.yaml", text)
+    write_config(root, replace(args, command="train-alt"), recipe,
+                 stages={kind.value: str(root / kind.value) for kind in RunKind.steps()})
