@@ -1,5 +1,6 @@
-"""A run's arguments and result, and ``RUN/config.yaml``: the arguments and resolved recipe a
-run stores when it starts, and that ``--resume`` reads back."""
+"""A run's arguments and result, the schedule and batch they take from the recipe, and
+``RUN/config.yaml``: the arguments and resolved recipe a run stores when it starts, and that
+``--resume`` reads back."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import yaml
 
 from frcnn_cli import config as config_mod
-from frcnn_cli.config import Recipe
+from frcnn_cli.config import Recipe, scaled_steps
 from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.errors import InputError
 from frcnn_cli.files import write_text
@@ -49,6 +50,26 @@ class RunResult:
     val_map: float | None = None
     resumed_from: int = 0
     losses: dict[str, float] = field(default_factory=dict)
+
+
+def schedule_for(args: RunArgs, recipe: Recipe) -> tuple[int, list[int]]:
+    """Iterations and lr drops of this run: the recipe's, or scaled to ``--iters``."""
+    kind = args.kind
+    if kind is RunKind.JOINT:
+        total, steps = recipe.solver.max_iters, recipe.solver.steps
+    else:
+        total, steps = recipe.alt.schedule(rpn=kind.is_rpn, stage=kind.stage)
+    if args.iters is None:
+        return total, list(steps)
+    return args.iters, scaled_steps(steps, total, args.iters)
+
+
+def images_per_batch(args: RunArgs, recipe: Recipe) -> int:
+    """Images per iteration, all processes together."""
+    kind = args.kind
+    if kind is RunKind.JOINT:
+        return recipe.solver.images_per_batch
+    return recipe.alt.rpn_images_per_batch if kind.is_rpn else recipe.alt.detector_images_per_batch
 
 
 def write_config(out: Path, args: RunArgs, recipe: Recipe, **extra: Any) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from frcnn_cli import config as config_mod
 from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
-from frcnn_cli.config import Recipe, scaled_steps
+from frcnn_cli.config import Recipe
 from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.initial_model import build_initial_model, warn_if_anchors_cross_border
@@ -35,7 +35,14 @@ from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.metrics import LossWindow, MetricsLog, short_names
 from frcnn_cli.engine.optim import build_optimizer, build_scheduler
 from frcnn_cli.engine.rng import rng_state, seed_everything, set_rng_state
-from frcnn_cli.engine.run_config import RunArgs, RunResult, stored_run, write_config
+from frcnn_cli.engine.run_config import (
+    RunArgs,
+    RunResult,
+    images_per_batch,
+    schedule_for,
+    stored_run,
+    write_config,
+)
 from frcnn_cli.errors import FrcnnError, InputError, TrainingError
 from frcnn_cli.files import prepare_output_dir, require_file, write_json
 from frcnn_cli.progress import SILENT, Reporter
@@ -362,26 +369,6 @@ def training_device(args: RunArgs) -> torch.device:
     if args.amp and device.type != "cuda":
         raise InputError("--amp needs a CUDA device (mixed precision training runs on GPUs)")
     return device
-
-
-def schedule_for(args: RunArgs, recipe: Recipe) -> tuple[int, list[int]]:
-    """Iterations and lr drops of this run: the recipe's, or scaled to ``--iters``."""
-    kind = args.kind
-    if kind is RunKind.JOINT:
-        total, steps = recipe.solver.max_iters, recipe.solver.steps
-    else:
-        total, steps = recipe.alt.schedule(rpn=kind.is_rpn, stage=kind.stage)
-    if args.iters is None:
-        return total, list(steps)
-    return args.iters, scaled_steps(steps, total, args.iters)
-
-
-def images_per_batch(args: RunArgs, recipe: Recipe) -> int:
-    """Images per iteration, all processes together."""
-    kind = args.kind
-    if kind is RunKind.JOINT:
-        return recipe.solver.images_per_batch
-    return recipe.alt.rpn_images_per_batch if kind.is_rpn else recipe.alt.detector_images_per_batch
 
 
 def _join_processes(args: RunArgs) -> tuple[torch.device, dist_mod.DistInfo]:
