@@ -197,15 +197,16 @@ class AltConfig(Section):
                                                     "(null: detector_steps scaled to its "
                                                     "length).")
 
-    def schedule(self, kind: str) -> tuple[int, list[int]]:
-        """Iterations and lr drops of one stage (``stage1-rpn`` ... ``stage2-detector``)."""
-        if kind.endswith("rpn"):
+    def schedule(self, rpn: bool, stage: int) -> tuple[int, list[int]]:
+        """Iterations and lr drops of one step: the RPN's (``rpn``) or the detector's, of
+        ``stage`` 1 (steps 1 and 2) or 2 (steps 3 and 4)."""
+        if rpn:
             total, steps = self.rpn_iters, self.rpn_steps
             own_iters, own_steps = self.stage2_rpn_iters, self.stage2_rpn_steps
         else:
             total, steps = self.detector_iters, self.detector_steps
             own_iters, own_steps = self.stage2_detector_iters, self.stage2_detector_steps
-        if not kind.startswith("stage2"):
+        if stage == 1:
             return total, list(steps)
         iters = own_iters or total
         if own_steps is None:

@@ -32,14 +32,15 @@ def test_base_recipe_is_merged():
 
 def test_stage2_schedule_defaults_to_stage1_and_can_be_shorter():
     r = config.load_recipe("voc07-vgg16-alt")  # the original: steps 1 and 3 alike, 2 and 4 too
-    assert r.alt.schedule("stage1-rpn") == r.alt.schedule("stage2-rpn") == (80000, [60000])
-    assert r.alt.schedule("stage2-detector") == r.alt.schedule("stage1-detector")
+    rpn1, rpn2 = r.alt.schedule(rpn=True, stage=1), r.alt.schedule(rpn=True, stage=2)
+    assert rpn1 == rpn2 == (80000, [60000])
+    assert r.alt.schedule(rpn=False, stage=2) == r.alt.schedule(rpn=False, stage=1)
     r = config.load_recipe("voc07-vgg16-alt", [
         "alt.detector_iters=1000", "alt.detector_steps=[800]", "alt.stage2_detector_iters=250",
         "alt.stage2_rpn_iters=300", "alt.stage2_rpn_steps=[]"])
-    assert r.alt.schedule("stage1-detector") == (1000, [800])
-    assert r.alt.schedule("stage2-detector") == (250, [200])  # the drop at the same place
-    assert r.alt.schedule("stage2-rpn") == (300, [])
+    assert r.alt.schedule(rpn=False, stage=1) == (1000, [800])
+    assert r.alt.schedule(rpn=False, stage=2) == (250, [200])  # the drop at the same place
+    assert r.alt.schedule(rpn=True, stage=2) == (300, [])
 
 
 def test_override_sets_typed_values():

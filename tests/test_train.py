@@ -188,7 +188,7 @@ def test_every_training_command_takes_the_common_options(cli, shapes_data, tmp_p
 def test_train_alt_freezes_what_the_paper_freezes(cli, shapes_data, tmp_path):
     from frcnn_cli import config
     from frcnn_cli.data.annotations import load_annotations
-    from frcnn_cli.engine.trainer import seed_everything
+    from frcnn_cli.engine.rng import seed_everything
     from frcnn_cli.model.faster_rcnn import build_model
 
     run = tmp_path / "alt"
@@ -228,6 +228,50 @@ def test_train_alt_freezes_what_the_paper_freezes(cli, shapes_data, tmp_path):
     r = cli("train-alt", "--resume", run)
     assert r.exit_code == 0, r.output
     assert stamps == {p: p.stat().st_mtime_ns for p in run.glob("stage*/model.pt")}
+
+
+def test_train_alt_keeps_the_recipe_it_started_with(cli, shapes_data, tmp_path, monkeypatch):
+    """Resuming train-alt (the same command again, or --resume) trains every stage, those not
+    started yet too, with the recipe stored in RUN/config.yaml, not the recipe file's."""
+    from frcnn_cli.model import faster_rcnn
+
+    recipe = tmp_path / "recipe.yaml"
+    original = (Path(__file__).parents[1] / "recipes" / "shapes.yaml").read_text()
+    recipe.write_text(original)
+    command = ["train-alt", "--recipe", recipe, "--train", shapes_data / "train.json",
+               "--iters", "2", *FAST]
+    assert cli(*command, "--out", tmp_path / "whole").exit_code == 0
+
+    # Ctrl-C in the first iteration of step 2; then, after the file is edited, of step 4
+    # (detector forward passes 1 and 2 + 2).
+    forward, calls = faster_rcnn.FasterRCNN.forward, {"n": 0}
+
+    def ctrl_c_in_detector_steps(self, *a, **k):
+        if self.training and k.get("proposals") is not None:
+            calls["n"] += 1
+            if calls["n"] in (1, 4):
+                raise KeyboardInterrupt
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(faster_rcnn.FasterRCNN, "forward", ctrl_c_in_detector_steps)
+    run = tmp_path / "split"
+    assert cli(*command, "--out", run).exit_code == 130
+    stored = (run / "config.yaml").read_text()
+    recipe.write_text(original.replace("lr: 0.02", "lr: 0.5"))
+    r = cli(*command, "--out", run)
+    assert r.exit_code == 130 and (run / "stage2-rpn" / "model.pt").is_file(), r.output
+    monkeypatch.undo()
+    assert cli("train-alt", "--resume", run).exit_code == 0
+
+    assert (run / "config.yaml").read_text() == stored
+    for name in ("stage1-rpn", "stage1-detector", "stage2-rpn", "stage2-detector", "."):
+        whole = _state(tmp_path / "whole" / name / "model.pt")
+        split = _state(run / name / "model.pt")
+        assert all(torch.equal(whole[k], split[k]) for k in whole), name
+        assert load_checkpoint(run / name / "model.pt")["meta"]["recipe"]["solver"]["lr"] == 0.02
+    # The folder continues only its own run.
+    r = cli(*command, "--iters", "3", "--out", run)
+    assert r.exit_code == 2 and "--iters 2 then, 3 now" in r.output, r.output
 
 
 def test_propose_writes_proposals_in_image_pixels(cli, shapes_data, tmp_path):

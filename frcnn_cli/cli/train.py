@@ -46,7 +46,7 @@ def _args(command: str, recipe: str | None, train: Path | None, val: Path | None
           out: Path | None, overrides: list[str] | None, iters: int | None, device: str,
           seed: int | None, checkpoint_every: int | None, amp: bool,
           backbone_weights: Path | None, **kw):
-    from frcnn_cli.engine.trainer import RunArgs
+    from frcnn_cli.engine.run_config import RunArgs
 
     missing = [name for name, v in (("--recipe", recipe), ("--train", train), ("--out", out))
                if v is None]
@@ -201,8 +201,9 @@ def train_alt(
 
     Writes RUN/stage1-rpn, RUN/stage1-detector, RUN/stage2-rpn, RUN/stage2-detector (each a run
     folder with its model.pt) and RUN/model.pt, the final shared model. Repeating the command
-    (or --resume RUN) skips finished stages and resumes an interrupted one. --iters sets each
-    stage's length.
+    (or --resume RUN) skips finished stages and resumes an interrupted one; every stage trains
+    with the recipe stored in RUN/config.yaml when the run started. --iters sets each stage's
+    length.
 
     Example: [bold]frcnn train-alt -r shapes --train d/train.json --val d/val.json -o runs/alt[/]
     """

@@ -17,23 +17,27 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from frcnn_cli import config as config_mod
 from frcnn_cli.checkpoint import load_checkpoint, save_checkpoint
+from frcnn_cli.config import Recipe
 from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
+from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.proposals import generate_proposals, save_proposals
-from frcnn_cli.engine.trainer import RunArgs, RunResult, train_run, training_device
+from frcnn_cli.engine.run_config import RunArgs, RunResult, stored_run, write_config
+from frcnn_cli.engine.trainer import resume_run, train_run, training_device
 from frcnn_cli.errors import InputError
 from frcnn_cli.files import prepare_output_file, require_file
 from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
 
-STAGES = ("stage1-rpn", "stage1-detector", "stage2-rpn", "stage2-detector")
+FINAL_STAGE = "alt"  # meta["stage"] of RUN/model.pt: the four steps' shared model
 
 
 def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
@@ -87,45 +91,36 @@ def proposal_coverage(boxes: list[torch.Tensor], ann) -> dict[str, float | int] 
     return {**covered, "objects": result.num_objects}
 
 
-def _finished(run: Path) -> bool:
-    return (run / "model.pt").is_file()
-
-
-def _stage(base: RunArgs, run_root: Path, name: str, **kw) -> RunArgs:
-    part = "rpn" if name.endswith("rpn") else "detector"
-    return replace(base, command=f"train-{part}", stage=int(name[5]), out=str(run_root / name),
-                   val=None, **kw)
-
-
 def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
     """All four steps into ``RUN/stage*/`` and the final shared model into ``RUN/model.pt``.
 
-    A stage whose ``model.pt`` exists is not rerun; one with only ``last.pt`` is resumed; so
-    repeating the command after an interruption finishes the schedule.
+    The recipe is resolved once, when the run starts, and stored in ``RUN/config.yaml``; every
+    stage trains with that stored recipe, whatever happens to the recipe file afterwards. A
+    stage whose ``model.pt`` exists is not rerun; one with only ``last.pt`` is resumed; so
+    repeating the command (or ``resume_alt``) after an interruption finishes the schedule.
     """
     root = Path(args.out)
     training_device(args)  # a bad --device or --amp stops here, before RUN/ is made
-    for src in (args.train, args.val):
+    for src, what in ((args.train, "training annotations"), (args.val, "validation annotations")):
         if src and Path(src).resolve() == root.resolve():
             raise InputError(f"run folder {root} is an input; choose another --out")
+        if src:
+            require_file(src, what)  # before RUN/config.yaml fixes the run's arguments
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        _write_alt_config(root, args)
+    args, recipe = _start_or_continue(root, args, is_main)
     init = args.init or "imagenet"
 
-    def run(stage_args: RunArgs) -> RunResult:
-        out = Path(stage_args.out)
-        if _finished(out):
+    def run(kind: RunKind, **kw) -> RunResult:
+        out = root / kind.value
+        if (out / "model.pt").is_file():
             log.info("%s: finished earlier, kept", out.name)
             return RunResult(out=out, iterations=-1, model_path=out / "model.pt")
         resume = (out / "last.pt").is_file()
         log.info("%s: %s", out.name, "resuming" if resume else "training")
         if resume:
-            from frcnn_cli.engine.trainer import resume_run
-
             return resume_run(out, reporter, device=args.device)
-        return train_run(stage_args, reporter)
+        return train_run(replace(args, command=kind.command, stage=kind.stage, out=str(out),
+                                 val=None, **kw), reporter, recipe=recipe)
 
     def proposals_for(stage_dir: Path) -> Path:
         path = stage_dir / "proposals.pt"
@@ -134,18 +129,17 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
             propose(stage_dir / "model.pt", args.train, path, args.device, reporter)
         return path
 
-    s1_rpn = run(_stage(args, root, "stage1-rpn", init=init))
+    s1_rpn = run(RunKind.STAGE1_RPN, init=init)
     p1 = proposals_for(s1_rpn.out)
-    s1_det = run(_stage(args, root, "stage1-detector", init=init, proposals=str(p1)))
-    s2_rpn = run(_stage(args, root, "stage2-rpn", init=str(s1_det.model_path)))
+    s1_det = run(RunKind.STAGE1_DETECTOR, init=init, proposals=str(p1))
+    s2_rpn = run(RunKind.STAGE2_RPN, init=str(s1_det.model_path))
     p2 = proposals_for(s2_rpn.out)
-    s2_det = run(_stage(args, root, "stage2-detector", init=str(s2_rpn.model_path),
-                        proposals=str(p2)))
+    s2_det = run(RunKind.STAGE2_DETECTOR, init=str(s2_rpn.model_path), proposals=str(p2))
 
     val_map = None
     if is_main:
-        final = load_checkpoint(s2_det.model_path)
-        final["meta"] = {**final["meta"], "stage": "alt"}
+        final = load_checkpoint(s2_det.model_path)  # step 4's weights and meta (checkpoint_meta)
+        final["meta"] = {**final["meta"], "stage": FINAL_STAGE}
         save_checkpoint(final, root / "model.pt")
         if args.val:
             val_map = evaluate_final(root, args, reporter)
@@ -155,13 +149,8 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
 
 def resume_alt(run_dir: str | os.PathLike, reporter: Reporter = SILENT,
                device: str | None = None) -> RunResult:
-    """Finish an interrupted ``train-alt`` run with its original arguments."""
-    from frcnn_cli.engine.trainer import read_config
-
-    args, _ = read_config(run_dir)
-    args.out = str(run_dir)
-    if device is not None:
-        args.device = device
+    """Finish an interrupted ``train-alt`` run with its original arguments and recipe."""
+    args, _ = stored_run(run_dir, device)
     return train_alt(args, reporter)
 
 
@@ -180,14 +169,34 @@ def evaluate_final(root: Path, args: RunArgs, reporter: Reporter = SILENT) -> fl
     return float(result.mAP)
 
 
-def _write_alt_config(root: Path, args: RunArgs) -> None:
-    from dataclasses import asdict
-
-    from frcnn_cli import config as config_mod
-    from frcnn_cli.files import write_text
-
+def _start_or_continue(root: Path, args: RunArgs, is_main: bool) -> tuple[RunArgs, Recipe]:
+    """The run's arguments and recipe: those stored in ``RUN/config.yaml`` when the run has
+    started before (the same arguments again, or ``--resume``), else ``args`` and the recipe
+    file's recipe, stored now, once."""
+    if (root / "config.yaml").is_file():
+        stored, recipe = stored_run(root, args.device)
+        _refuse_other_arguments(root, stored, args)
+        log.info("%s: continuing with the recipe stored in its config.yaml", root)
+        return stored, recipe
     recipe = config_mod.load_recipe(args.recipe, args.overrides)
-    text = config_mod.dump_yaml({"args": {**asdict(args), "command": "train-alt"},
-                                 "recipe": recipe.to_dict(),
-                                 "stages": {s: str(root / s) for s in STAGES}})
-    write_text(root / "config.yaml", text)
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        write_config(root, replace(args, command="train-alt"), recipe,
+                     stages={kind.value: str(root / kind.value) for kind in RunKind.steps()})
+    return args, recipe
+
+
+def _refuse_other_arguments(root: Path, stored: RunArgs, args: RunArgs) -> None:
+    """A run folder continues only the run it holds: the same command and arguments (the
+    folder and --device aside)."""
+    if stored.command != "train-alt":
+        raise InputError(f"{root} holds a {stored.command} run, not a train-alt run; resume it "
+                         f"with frcnn {stored.command} --resume {root}")
+    old, new = asdict(stored), asdict(replace(args, command="train-alt"))
+    changed = [name for name in old if name not in ("out", "device") and old[name] != new[name]]
+    if changed:
+        option = {"overrides": "set"}
+        said = ", ".join(f"--{option.get(name, name).replace('_', '-')} {old[name]!r} then, "
+                         f"{new[name]!r} now" for name in changed)
+        raise InputError(f"{root} holds a train-alt run with other arguments ({said}); "
+                         f"resume it with --resume {root} or choose another --out")

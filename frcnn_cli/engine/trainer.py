@@ -9,6 +9,9 @@ A run folder holds ``config.yaml`` (the resolved recipe and these arguments), ``
 ``best.pt`` (best validation mAP), ``metrics.jsonl``, ``plots/`` and ``eval.json``.
 ``resume_run(run_dir)`` reads ``config.yaml`` and continues from ``last.pt`` exactly where the
 run stopped: same batches, same augmentation, same random draws.
+
+A :class:`Run` is set up, then started or resumed, then trained: its loop calls ``step`` once
+per iteration and ``validate`` every ``train.val_every`` iterations, and ends with ``finish``.
 """
 
 from __future__ import annotations
@@ -16,237 +19,348 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-import yaml
 
 from frcnn_cli import config as config_mod
 from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
-from frcnn_cli.config import Recipe, scaled_steps
+from frcnn_cli.config import Recipe
 from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
+from frcnn_cli.engine.initial_model import build_initial_model, warn_if_anchors_cross_border
+from frcnn_cli.engine.interrupts import HoldInterrupts, Interrupted
+from frcnn_cli.engine.kinds import RunKind
+from frcnn_cli.engine.metrics import LossWindow, MetricsLog, short_names
 from frcnn_cli.engine.optim import build_optimizer, build_scheduler
-from frcnn_cli.errors import CheckpointError, FrcnnError, InputError, TrainingError
-from frcnn_cli.files import prepare_output_dir, require_file, write_text
+from frcnn_cli.engine.rng import rng_state, seed_everything, set_rng_state
+from frcnn_cli.engine.run_config import (
+    RunArgs,
+    RunResult,
+    images_per_batch,
+    schedule_for,
+    stored_run,
+    write_config,
+)
+from frcnn_cli.errors import FrcnnError, InputError, TrainingError
+from frcnn_cli.files import prepare_output_dir, require_file, write_json
 from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
 
-# What each kind of run trains: (shared convs, RPN, detector head).
-TRAINABLE = {
-    "joint": (True, True, True),
-    "stage1-rpn": (True, True, False),
-    "stage1-detector": (True, False, True),
-    "stage2-rpn": (False, True, False),
-    "stage2-detector": (False, False, True),
-}
-LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_box", "loss_det_cls", "loss_det_box")
 
-
-class Interrupted(FrcnnError):
-    """Ctrl-C: the run saved its state and can be resumed."""
-
-    exit_code = 130
-
-
-class HoldInterrupts:
-    """Holds Ctrl-C (SIGINT) back while an iteration updates the weights.
-
-    A run stopped half-way through ``optimizer.step()``, or after the iteration's RPN and RoI
-    sampling drew from the random generators, would save a state that no iteration boundary
-    had, and its resume would not continue the run exactly. Between ``begin()`` and ``end()``
-    a first Ctrl-C is noted and raised as ``KeyboardInterrupt`` by ``end()``; a second one
-    raises at once (``forced``: the state in memory is then half-way and must not be saved).
-    Outside (loading the next batch, validating) Ctrl-C stops at once, which is safe: nothing
-    there changes the weights or draws from the trainer's generators.
-    """
-
-    def __init__(self) -> None:
-        self.pending = self.forced = self._installed = False
-        self._previous = None
-
-    def _hold(self, signum, frame) -> None:
-        if self.pending:
-            self.forced = True
-            raise KeyboardInterrupt
-        self.pending = True
-
-    def begin(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._hold)
-            self._installed = True
-
-    def end(self) -> None:
-        self.release()
-        if self.pending:
-            raise KeyboardInterrupt
-
-    def release(self) -> None:
-        """Puts the previous Ctrl-C handler back."""
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
-
-
-@dataclass
-class RunArgs:
-    """The arguments of a training command, as stored in ``RUN/config.yaml``."""
-
-    command: str                       # train | train-rpn | train-detector
-    recipe: str
-    train: str
-    out: str
-    val: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    iters: int | None = None
-    device: str = "auto"
-    seed: int | None = None
-    checkpoint_every: int | None = None
-    stage: int | None = None           # 1 or 2 for train-rpn / train-detector
-    init: str | None = None            # "imagenet" or a checkpoint path
-    proposals: str | None = None       # train-detector: proposals file
-    amp: bool = False
-
-    @property
-    def kind(self) -> str:
-        """joint, stage1-rpn, stage1-detector, stage2-rpn or stage2-detector."""
-        if self.command == "train":
-            return "joint"
-        part = {"train-rpn": "rpn", "train-detector": "detector"}[self.command]
-        return f"stage{self.stage}-{part}"
-
-
-@dataclass
-class RunResult:
-    out: Path
-    iterations: int
-    model_path: Path
-    val_map: float | None = None
-    resumed_from: int = 0
-    losses: dict[str, float] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- set-up helpers
-
-
-def schedule_for(args: RunArgs, recipe: Recipe) -> tuple[int, list[int]]:
-    """Iterations and lr drops of this run: the recipe's, or scaled to ``--iters``."""
-    if args.kind == "joint":
-        total, steps = recipe.solver.max_iters, recipe.solver.steps
+def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
+              recipe: Recipe | None = None) -> RunResult:
+    """Train one run as ``args`` says (``recipe``: the resolved recipe, else loaded from
+    ``args.recipe`` and ``args.overrides``); see the module docstring for what it writes."""
+    run = Run(args, reporter, recipe, resume)
+    if resume:
+        run.resume()
     else:
-        total, steps = recipe.alt.schedule(args.kind)
-    if args.iters is None:
-        return total, list(steps)
-    return args.iters, scaled_steps(steps, total, args.iters)
-
-
-def images_per_batch(args: RunArgs, recipe: Recipe) -> int:
-    if args.kind == "joint":
-        return recipe.solver.images_per_batch
-    if args.kind.endswith("rpn"):
-        return recipe.alt.rpn_images_per_batch
-    return recipe.alt.detector_images_per_batch
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random state a run draws from, in checkpoint-safe types."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": _python_state_to_plain(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
-    random.setstate(_python_state_from_plain(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _python_state_to_plain(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _python_state_from_plain(state: list) -> tuple:
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
-
-
-def classes_match(a: list[dict], b: list[dict]) -> bool:
-    return [(c["id"], c["name"]) for c in a] == [(c["id"], c["name"]) for c in b]
-
-
-# --------------------------------------------------------------------------- the run
-
-
-class MetricsLog:
-    """``metrics.jsonl``: one JSON object per logged step or validation."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def truncate_after(self, iteration: int) -> None:
-        """Drop lines logged after ``iteration`` (a resumed run logs them again)."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-        write_text(self.path, "".join(f"{line}\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def read_config(run_dir: str | Path) -> tuple[RunArgs, dict[str, Any]]:
-    """The arguments and resolved recipe stored in ``RUN/config.yaml``."""
-    path = Path(run_dir) / "config.yaml"
-    if not Path(run_dir).is_dir():
-        raise InputError(f"run folder not found: {run_dir}")
-    if not path.is_file():
-        raise InputError(f"{run_dir} is not a run folder (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return RunArgs(**data["args"]), data["recipe"]
-    except (yaml.YAMLError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path} is not a valid run configuration ({first})") from None
+        run.start()
+    return run.result(_read_eval(run.out)) if run.done else run.train()
 
 
 def resume_run(run_dir: str | Path, reporter: Reporter = SILENT,
                device: str | None = None) -> RunResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` with its original arguments."""
-    args, recipe_dict = read_config(run_dir)
-    args.out = str(run_dir)
-    if device is not None:
-        args.device = device
-    recipe = config_mod.recipe_from_dict(recipe_dict, f"{run_dir}/config.yaml")
+    args, recipe = stored_run(run_dir, device)
     return train_run(args, reporter, resume=True, recipe=recipe)
+
+
+class Run:
+    """One training run in progress: its model, optimizer, batches and run folder."""
+
+    def __init__(self, args: RunArgs, reporter: Reporter = SILENT, recipe: Recipe | None = None,
+                 resume: bool = False) -> None:
+        """Set up: the processes, the recipe, the data, the model and its optimizer."""
+        self.args, self.kind, self.reporter = args, args.kind, reporter
+        self.device, self.dist = _join_processes(args)
+        self.recipe = config_mod.load_recipe(args.recipe, args.overrides) if recipe is None \
+            else recipe
+        args.seed = self.seed = self.recipe.train.seed if args.seed is None else args.seed
+        self.checkpoint_every = args.checkpoint_every or self.recipe.train.checkpoint_every
+        self.max_iters, steps = schedule_for(args, self.recipe)
+        self.images_per_batch = images_per_batch(args, self.recipe)
+        if self.images_per_batch % self.dist.world_size:
+            raise InputError(f"{self.images_per_batch} images per batch cannot be split over "
+                             f"{self.dist.world_size} processes; set a multiple")
+        self._load_annotations()
+        self.out = Path(args.out)
+        self.last_path, self.model_path = self.out / "last.pt", self.out / "model.pt"
+        self._prepare_folder(resume)
+        self.proposals = self._load_proposals()
+        self.model = self._build_model()
+        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, self.recipe.solver)
+        self.scheduler = build_scheduler(self.optimizer, self.recipe.solver, steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", self.dist.is_main)
+        self.window = LossWindow()
+        self.hold = HoldInterrupts()  # so that a stop, and the state saved, fall between steps
+        self.iteration = self.start_iter = 0
+        self.best_map, self.last_losses, self.done = -1.0, {}, False
+
+    # ------------------------------------------------------------------ start or resume
+
+    def start(self) -> None:
+        """A new run: batches from the first, ``config.yaml`` written."""
+        self.batches = self._batches()
+        if self.dist.is_main:
+            write_config(self.out, self.args, self.recipe)
+
+    def resume(self) -> None:
+        """Continue from ``last.pt``: weights, optimizer, lr schedule, random states and the
+        losses not yet logged as they were, batches from the next one. ``done`` if the run
+        had already finished."""
+        state = load_checkpoint(self.last_path)
+        self.iteration = self.start_iter = int(state["meta"]["iteration"])
+        if self.iteration >= self.max_iters and self.model_path.exists():
+            log.info("%s already finished its %d iterations; nothing to resume", self.out,
+                     self.max_iters)
+            dist_mod.shutdown(self.dist)
+            self.done = True
+            return
+        self.batches = self._batches()
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_map = float(state["meta"].get("best_map", -1.0))
+        self.window = LossWindow(state.get("log_window", {}))
+        set_rng_state(state["rng"])
+        self.metrics.truncate_after(self.iteration)
+        log.info("resuming %s from iteration %d of %d", self.out, self.iteration, self.max_iters)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> RunResult:
+        """Step to the last iteration, validating on the way, and finish. Ctrl-C stops the run
+        between two iterations with its state saved (:class:`Interrupted`)."""
+        self._begin_loop()
+        try:
+            while self.iteration < self.max_iters:
+                self.step(*next(self.batches))
+                if self._validation_due():
+                    self.validate()
+        except KeyboardInterrupt:
+            raise self._interrupted() from None
+        finally:
+            self.hold.release()
+            self.task.close()
+        return self.finish()
+
+    def step(self, images: list[torch.Tensor], targets: list[dict]) -> None:
+        """One iteration: losses, backward pass, update; the losses logged and ``last.pt``
+        saved when due. A Ctrl-C during it takes effect once it is whole."""
+        self.hold.begin()
+        losses = self._losses(images, targets)
+        total = sum(losses.values())
+        self._check_finite(losses, total)
+        self._update(total)
+        self.iteration += 1
+        self._log(losses, total)
+        if self.iteration % self.checkpoint_every == 0 and self.iteration < self.max_iters:
+            self.save_last()
+        self.hold.end()
+
+    def validate(self, final: bool = False) -> None:
+        """mAP on --val (main process), logged; ``best.pt`` kept; ``eval.json`` if ``final``."""
+        if self.dist.is_main:
+            from frcnn_cli.evaluation.inference import evaluate_model
+
+            self.model.eval()
+            result = evaluate_model(self.model, self.val_ann, metric=self.recipe.eval.metric,
+                                    device=self.device, reporter=self.reporter)
+            value = float(result.mAP)
+            self.metrics.write({"iteration": self.iteration, "val_mAP": round(value, 6),
+                                "metric": self.recipe.eval.metric})
+            log.info("iteration %d: validation %s mAP %.4f", self.iteration,
+                     self.recipe.eval.metric, value)
+            if value > self.best_map or math.isclose(self.best_map, -1.0):
+                self.best_map = value
+                self._save_model(self.out / "best.pt")
+            if final:
+                write_json(self.out / "eval.json", {"iteration": self.iteration,
+                                                    **result.to_dict()})
+            self.model.train()
+        self.best_map = dist_mod.broadcast_from_main(self.best_map, self.dist)
+        dist_mod.barrier(self.dist)
+
+    def save_last(self) -> None:
+        """``last.pt``: everything a resume needs, at an iteration boundary."""
+        if self.dist.is_main:
+            save_checkpoint({
+                "model": self.model.state_dict(),
+                "meta": self._meta(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng_state(),
+                "log_window": self.window.values,  # losses since the last logged step
+            }, self.last_path)
+
+    def finish(self) -> RunResult:
+        """The end: ``last.pt``, the final validation (``eval.json``), ``model.pt``, plots."""
+        self.save_last()
+        val_map = None
+        if self.val_ann is not None:
+            self.validate(final=True)
+            val_map = _read_eval(self.out)
+        if self.dist.is_main:
+            from frcnn_cli.engine.plots import plot_run
+
+            self._save_model(self.model_path)
+            plot_run(self.out)
+        dist_mod.barrier(self.dist)
+        dist_mod.shutdown(self.dist)
+        return self.result(val_map)
+
+    def result(self, val_map: float | None) -> RunResult:
+        return RunResult(out=self.out, iterations=self.iteration, model_path=self.model_path,
+                         val_map=val_map, resumed_from=self.start_iter, losses=self.last_losses)
+
+    # ------------------------------------------------------------------ set-up parts
+
+    def _load_annotations(self) -> None:
+        from frcnn_cli.data.annotations import load_annotations
+
+        self.train_ann = load_annotations(require_file(self.args.train, "training annotations"))
+        self.val_ann = load_annotations(require_file(self.args.val, "validation annotations")) \
+            if self.args.val else None
+
+    def _prepare_folder(self, resume: bool) -> None:
+        """Create the run folder (never over an input); refuse a new run over an old one."""
+        args = self.args
+        inputs = [args.train, args.val, args.proposals,
+                  args.init if args.init not in (None, "imagenet") else None]
+        if self.dist.is_main:
+            prepare_output_dir(self.out, inputs, "run folder")
+            if not resume and (self.last_path.exists() or self.model_path.exists()):
+                raise InputError(f"{self.out} already holds a run; resume it with --resume "
+                                 f"{self.out} or choose another --out")
+        if resume and not self.last_path.exists():
+            raise InputError(f"{self.out} has no last.pt to resume from")
+
+    def _load_proposals(self):
+        """Steps 2 and 4 train on the proposals of ``--proposals``; other runs on none."""
+        if not self.kind.is_detector:
+            return None
+        from frcnn_cli.engine.proposals import load_proposals
+
+        if not self.args.proposals:
+            raise InputError("train-detector needs --proposals (made by frcnn propose)")
+        return load_proposals(self.args.proposals, self.train_ann)
+
+    def _build_model(self):
+        seed_everything(self.seed)  # the same initial weights in every process
+        model = build_initial_model(self.args, self.recipe, self.train_ann.classes)
+        if self.dist.is_main and not self.kind.is_detector:
+            warn_if_anchors_cross_border(self.recipe)
+        seed_everything(self.seed + self.dist.rank)  # different RPN/RoI samples in each process
+        model.set_trainable(**self.kind.trainable)
+        return model.to(self.device)
+
+    def _batches(self):
+        """This process's share of the batches, from the current iteration on."""
+        from frcnn_cli.data.dataset import build_train_loader
+
+        loader = build_train_loader(
+            self.train_ann, self.recipe, self.images_per_batch // self.dist.world_size,
+            self.seed, start_iter=self.iteration, rank=self.dist.rank,
+            world_size=self.dist.world_size, proposals=self.proposals)
+        return iter(loader)
+
+    # ------------------------------------------------------------------ step parts
+
+    def _begin_loop(self) -> None:
+        self.ddp_model = self.model
+        if self.dist.enabled:
+            # Every trainable group takes part in every step of its kind of run (frozen groups
+            # have no gradients), so DDP need not search the graph for unused parameters.
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.tic = time.perf_counter()
+        self.model.train()
+        name = "train" if self.kind is RunKind.JOINT else self.kind.value
+        self.task = self.reporter.task(name, total=self.max_iters, completed=self.iteration) \
+            if self.dist.is_main else SILENT.task("")
+
+    def _losses(self, images: list[torch.Tensor], targets: list[dict]
+                ) -> dict[str, torch.Tensor]:
+        """The model's losses on one batch (with its proposals in steps 2 and 4)."""
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        proposals = None
+        if self.proposals is not None:
+            proposals = [t.pop("proposals").to(self.device) for t in targets]
+        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in targets]
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16,
+                            enabled=self.args.amp):
+            return self.ddp_model(images, targets, proposals=proposals,
+                                  rpn_only=self.kind.is_rpn)
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> None:
+        if not torch.isfinite(total).item():
+            bad = {k: float(v.detach()) for k, v in losses.items()}
+            raise TrainingError(
+                f"loss became non-finite at iteration {self.iteration + 1} "
+                f"({', '.join(f'{k}={v:.4g}' for k, v in bad.items())}); "
+                f"{_last_good(self.last_path)} Lower solver.lr or set solver.clip_grad_norm.")
+
+    def _update(self, total: torch.Tensor) -> None:
+        """Backward pass and SGD step (gradients scaled under --amp, clipped if asked)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.recipe.solver.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for _, p in self.params],
+                                           self.recipe.solver.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def _log(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> None:
+        """Every train.log_every iterations (and the last), a metrics line of mean losses."""
+        self.window.add(losses, total)
+        if self.iteration % self.recipe.train.log_every and self.iteration != self.max_iters:
+            self.task.update(completed=self.iteration)
+            return
+        means = dist_mod.mean_over_processes(self.window.pop_means(), self.dist)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.last_losses = means
+        self.metrics.write({"iteration": self.iteration, "lr": lr,
+                            **{k: round(v, 6) for k, v in means.items()},
+                            "time": round(time.perf_counter() - self.tic, 3)})
+        self.task.update(completed=self.iteration, **short_names(means), lr=lr)
+
+    def _validation_due(self) -> bool:
+        every = self.recipe.train.val_every
+        return bool(self.val_ann is not None and every and self.iteration % every == 0
+                    and self.iteration < self.max_iters)
+
+    def _interrupted(self) -> Interrupted:
+        """Ctrl-C: ``last.pt`` saved at the boundary the hold kept, unless a second Ctrl-C
+        broke into an iteration (its state is half-way: the file's is kept)."""
+        self.task.close()
+        dist_mod.shutdown(self.dist)
+        cmd = f"frcnn {self.args.command} --resume {self.out}"
+        if self.hold.forced:
+            resume = f" Resume with: {cmd}" if self.last_path.exists() else ""
+            return Interrupted(f"stopped during iteration {self.iteration + 1}; "
+                               f"{_last_good(self.last_path)}{resume}")
+        self.save_last()
+        return Interrupted(f"interrupted at iteration {self.iteration}; state saved to "
+                           f"{self.last_path}. Resume with: {cmd}")
+
+    def _meta(self) -> dict:
+        return checkpoint_meta(self.model, self.iteration, self.kind.value, self.recipe,
+                               best_map=self.best_map, seed=self.seed)
+
+    def _save_model(self, path: Path) -> None:
+        save_checkpoint({"model": self.model.state_dict(), "meta": self._meta()}, path)
 
 
 def training_device(args: RunArgs) -> torch.device:
@@ -257,273 +371,14 @@ def training_device(args: RunArgs) -> torch.device:
     return device
 
 
-def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
-              recipe: Recipe | None = None) -> RunResult:
-    """Train one run as ``args`` says; see the module docstring for what it writes."""
-    from frcnn_cli.data.annotations import load_annotations
-
+def _join_processes(args: RunArgs) -> tuple[torch.device, dist_mod.DistInfo]:
+    """This process's device and its place among torchrun's processes (alone without it)."""
     device = training_device(args)
     dist = dist_mod.init_distributed(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-
-    if recipe is None:
-        recipe = config_mod.load_recipe(args.recipe, args.overrides)
-    seed = recipe.train.seed if args.seed is None else args.seed
-    args.seed = seed
-    checkpoint_every = args.checkpoint_every or recipe.train.checkpoint_every
-    max_iters, steps = schedule_for(args, recipe)
-    batch = images_per_batch(args, recipe)
-    if batch % dist.world_size:
-        raise InputError(f"{batch} images per batch cannot be split over "
-                         f"{dist.world_size} processes; set a multiple")
-
-    train_ann = load_annotations(require_file(args.train, "training annotations"))
-    val_ann = load_annotations(require_file(args.val, "validation annotations")) \
-        if args.val else None
-    inputs = [args.train, args.val, args.proposals,
-              args.init if args.init not in (None, "imagenet") else None]
-    out = Path(args.out)
-    last_path, model_path = out / "last.pt", out / "model.pt"
-    if dist.is_main:
-        prepare_output_dir(out, inputs, "run folder")
-        if not resume and (last_path.exists() or model_path.exists()):
-            raise InputError(f"{out} already holds a run; resume it with --resume {out} "
-                             "or choose another --out")
-    if resume and not last_path.exists():
-        raise InputError(f"{out} has no last.pt to resume from")
-
-    proposals = None
-    if args.kind.endswith("detector"):
-        from frcnn_cli.engine.proposals import load_proposals
-
-        if not args.proposals:
-            raise InputError("train-detector needs --proposals (made by frcnn propose)")
-        proposals = load_proposals(args.proposals, train_ann)
-
-    seed_everything(seed)  # the same initial weights in every process
-    model = _build_initial_model(args, recipe, train_ann.classes)
-    if dist.is_main and not args.kind.endswith("detector"):
-        _warn_if_anchors_cross_border(recipe)
-    seed_everything(seed + dist.rank)  # different RPN/RoI samples in each process
-    shared, rpn, detector = TRAINABLE[args.kind]
-    model.set_trainable(shared=shared, rpn=rpn, detector=detector)
-    model.to(device)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = build_optimizer(named, recipe.solver)
-    scheduler = build_scheduler(optimizer, recipe.solver, steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
-
-    metrics = MetricsLog(out / "metrics.jsonl", dist.is_main)
-    start_iter, best_map, state = 0, -1.0, None
-    if resume:
-        state = load_checkpoint(last_path)
-        start_iter = int(state["meta"]["iteration"])
-        if start_iter >= max_iters and model_path.exists():
-            log.info("%s already finished its %d iterations; nothing to resume", out, max_iters)
-            dist_mod.shutdown(dist)
-            return RunResult(out=out, iterations=start_iter, model_path=model_path,
-                             val_map=_read_eval(out), resumed_from=start_iter)
-
-    from frcnn_cli.data.dataset import build_train_loader
-
-    loader = build_train_loader(train_ann, recipe, batch // dist.world_size, seed,
-                                start_iter=start_iter, rank=dist.rank,
-                                world_size=dist.world_size, proposals=proposals)
-    batches = iter(loader)
-
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        best_map = float(state["meta"].get("best_map", -1.0))
-        set_rng_state(state["rng"])
-        metrics.truncate_after(start_iter)
-        log.info("resuming %s from iteration %d of %d", out, start_iter, max_iters)
-    elif dist.is_main:
-        _write_config(out, args, recipe)
-
-    ddp_model = model
-    if dist.enabled:
-        # Every trainable group takes part in every step of its kind of run (frozen groups have
-        # no gradients), so DDP need not search the graph for unused parameters.
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    iteration = start_iter
-    window: dict[str, list[float]] = state.get("log_window", {}) if state else {}
-    hold = HoldInterrupts()  # so that a stop, and the state saved, fall between iterations
-
-    def save_last(iteration: int) -> None:
-        if dist.is_main:
-            save_checkpoint({
-                "model": model.state_dict(),
-                "meta": _meta(model, recipe, args, iteration, best_map),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_state(),
-                "log_window": window,  # losses since the last logged step
-            }, last_path)
-
-    last_losses: dict[str, float] = {}
-    tic = time.perf_counter()
-    model.train()
-    task = reporter.task(args.kind if args.kind != "joint" else "train", total=max_iters,
-                         completed=start_iter) if dist.is_main else SILENT.task("")
-    try:
-        while iteration < max_iters:
-            images, targets = next(batches)
-            hold.begin()  # from here to hold.end(), Ctrl-C stops the run after this iteration
-            images = [im.to(device, non_blocking=True) for im in images]
-            props = None
-            if proposals is not None:
-                props = [t.pop("proposals").to(device) for t in targets]
-            targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()}
-                       for t in targets]
-            with torch.autocast(device_type=device.type, dtype=torch.float16,
-                                enabled=args.amp):
-                losses = ddp_model(images, targets, proposals=props,
-                                   rpn_only=args.kind.endswith("rpn"))
-            total = sum(losses.values())
-            if not torch.isfinite(total).item():
-                bad = {k: float(v.detach()) for k, v in losses.items()}
-                raise TrainingError(
-                    f"loss became non-finite at iteration {iteration + 1} "
-                    f"({', '.join(f'{k}={v:.4g}' for k, v in bad.items())}); "
-                    f"{_last_good(last_path)} Lower solver.lr or set solver.clip_grad_norm.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if recipe.solver.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for _, p in named],
-                                               recipe.solver.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            iteration += 1
-
-            for k, v in losses.items():
-                window.setdefault(k, []).append(float(v.detach()))
-            window.setdefault("loss", []).append(float(total.detach()))
-            if iteration % recipe.train.log_every == 0 or iteration == max_iters:
-                avg = {k: sum(v) / len(v) for k, v in window.items()}
-                avg = dist_mod.mean_over_processes(avg, dist)
-                window.clear()
-                elapsed = time.perf_counter() - tic
-                last_losses = avg
-                metrics.write({"iteration": iteration, "lr": optimizer.param_groups[0]["lr"],
-                               **{k: round(v, 6) for k, v in avg.items()},
-                               "time": round(elapsed, 3)})
-                task.update(completed=iteration, **_short_names(avg),
-                            lr=optimizer.param_groups[0]["lr"])
-            else:
-                task.update(completed=iteration)
-
-            if iteration % checkpoint_every == 0 and iteration < max_iters:
-                save_last(iteration)
-            hold.end()
-            if (val_ann is not None and recipe.train.val_every
-                    and iteration % recipe.train.val_every == 0 and iteration < max_iters):
-                best_map = _validate(model, val_ann, recipe, device, dist, metrics, iteration,
-                                     best_map, args, reporter)
-                model.train()
-    except KeyboardInterrupt:
-        task.close()
-        dist_mod.shutdown(dist)
-        cmd = f"frcnn {args.command} --resume {out}"
-        if hold.forced:  # stopped inside an iteration: its state is half-way, keep the file's
-            resume = f" Resume with: {cmd}" if last_path.exists() else ""
-            raise Interrupted(f"stopped during iteration {iteration + 1}; "
-                              f"{_last_good(last_path)}{resume}") from None
-        save_last(iteration)
-        raise Interrupted(f"interrupted at iteration {iteration}; state saved to {last_path}. "
-                          f"Resume with: {cmd}") from None
-    finally:
-        hold.release()
-        task.close()
-
-    save_last(iteration)
-    val_map = None
-    if val_ann is not None:
-        best_map = _validate(model, val_ann, recipe, device, dist, metrics, iteration,
-                             best_map, args, reporter, final=True)
-        val_map = _read_eval(out)
-    if dist.is_main:
-        save_checkpoint({"model": model.state_dict(),
-                         "meta": _meta(model, recipe, args, iteration, best_map)}, model_path)
-        from frcnn_cli.engine.plots import plot_run
-
-        plot_run(out)
-    dist_mod.barrier(dist)
-    dist_mod.shutdown(dist)
-    return RunResult(out=out, iterations=iteration, model_path=model_path, val_map=val_map,
-                     resumed_from=start_iter, losses=last_losses)
-
-
-def _build_initial_model(args: RunArgs, recipe: Recipe, classes: list[dict]):
-    """The model a run starts from: ImageNet weights (recipe) or ``--init`` CKPT."""
-    from frcnn_cli.model.faster_rcnn import build_model
-
-    if args.init in (None, "imagenet"):
-        if args.kind.startswith("stage2"):
-            raise InputError(f"{args.command} --stage 2 needs --init CKPT (the stage-1 "
-                             f"{'detector' if args.kind == 'stage2-rpn' else 'RPN'} of step "
-                             f"{'2' if args.kind == 'stage2-rpn' else '3'})")
-        return build_model(recipe, len(classes), classes=classes)
-    ckpt = load_checkpoint(require_file(args.init, "--init checkpoint"))
-    ckpt_classes = ckpt["meta"].get("classes") or []
-    no_download = recipe.model_copy(update={"model": recipe.model.model_copy(
-        update={"pretrained": False, "backbone_weights": None})})
-    model = build_model(no_download, len(classes), classes=classes)
-    state = ckpt["model"]
-    if ckpt_classes and not classes_match(ckpt_classes, classes):
-        if args.kind.startswith("stage2"):
-            raise CheckpointError(
-                f"{args.init} was trained on classes {[c['name'] for c in ckpt_classes]}, "
-                f"but --train has {[c['name'] for c in classes]}")
-        # Fine-tuning to new classes: keep everything but the class-specific outputs.
-        own = model.state_dict()
-        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        log.info("--init %s: classes differ, class-specific layers start fresh", args.init)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise CheckpointError(f"{args.init} does not fit recipe '{recipe.name}' "
-                              f"(unexpected weight '{unexpected[0]}')")
-    if missing and classes_match(ckpt_classes or classes, classes):
-        raise CheckpointError(f"{args.init} does not fit recipe '{recipe.name}' "
-                              f"(missing weight '{missing[0]}')")
-    return model
-
-
-def _warn_if_anchors_cross_border(recipe: Recipe) -> None:
-    """Say so when no anchor fits inside an input.min_size square: the RPN, trained only on
-    anchors inside the image, would then learn nothing (its losses stay exactly 0)."""
-    from frcnn_cli.model.anchors import AnchorGrid, inside_image
-
-    grid = AnchorGrid.from_recipe(recipe)
-    side = recipe.input.min_size
-    places = -(-side // grid.stride)
-    anchors = grid.grid(places, places)
-    if not inside_image(anchors, side, side, recipe.rpn.allowed_border).any():
-        smallest = float((anchors[:, 2:] - anchors[:, :2]).min())
-        log.warning("every anchor (the smallest %.0f px) crosses the border of a %d px image, "
-                    "so the RPN has nothing to train on; use smaller anchors.scales or a larger "
-                    "input.min_size, or set rpn.allowed_border=-1", smallest, side)
-
-
-def _meta(model, recipe: Recipe, args: RunArgs, iteration: int, best_map: float) -> dict:
-    return checkpoint_meta(model, iteration, args.kind, recipe, best_map=best_map,
-                           seed=args.seed)
-
-
-def _short_names(avg: dict[str, float]) -> dict[str, float]:
-    names = {"loss_rpn_cls": "rpn_cls", "loss_rpn_box": "rpn_box", "loss_det_cls": "det_cls",
-             "loss_det_box": "det_box"}
-    return {names[k]: v for k, v in avg.items() if k in names}
+    return device, dist
 
 
 def _last_good(last_path: Path) -> str:
@@ -536,39 +391,6 @@ def _last_good(last_path: Path) -> str:
     return "no checkpoint was written yet."
 
 
-def _validate(model, val_ann, recipe: Recipe, device, dist, metrics: MetricsLog,
-              iteration: int, best_map: float, args: RunArgs, reporter: Reporter,
-              final: bool = False) -> float:
-    """Evaluate on --val (main process), log it, keep ``best.pt``; returns the best mAP."""
-    if dist.is_main:
-        from frcnn_cli.evaluation.inference import evaluate_model
-
-        model.eval()
-        result = evaluate_model(model, val_ann, metric=recipe.eval.metric, device=device,
-                                reporter=reporter)
-        value = float(result.mAP)
-        metrics.write({"iteration": iteration, "val_mAP": round(value, 6),
-                       "metric": recipe.eval.metric})
-        log.info("iteration %d: validation %s mAP %.4f", iteration, recipe.eval.metric, value)
-        if value > best_map or math.isclose(best_map, -1.0):
-            best_map = value
-            save_checkpoint({"model": model.state_dict(),
-                             "meta": _meta(model, recipe, args, iteration, best_map)},
-                            Path(args.out) / "best.pt")
-        if final:
-            from frcnn_cli.files import write_json
-
-            write_json(Path(args.out) / "eval.json", {"iteration": iteration, **result.to_dict()})
-    best_map = dist_mod.broadcast_from_main(best_map, dist)
-    dist_mod.barrier(dist)
-    return best_map
-
-
 def _read_eval(out: Path) -> float | None:
     path = out / "eval.json"
     return json.loads(path.read_text())["mAP"] if path.exists() else None
-
-
-def _write_config(out: Path, args: RunArgs, recipe: Recipe) -> None:
-    text = config_mod.dump_yaml({"args": asdict(args), "recipe": recipe.to_dict()})
-    write_text(out / "config.yaml", text)

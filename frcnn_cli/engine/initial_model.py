@@ -1,0 +1,72 @@
+"""The model a run starts from: ImageNet weights (the recipe's), or ``--init CKPT``."""
+
+from __future__ import annotations
+
+import logging
+
+from frcnn_cli.checkpoint import load_checkpoint
+from frcnn_cli.config import Recipe
+from frcnn_cli.engine.run_config import RunArgs
+from frcnn_cli.errors import CheckpointError, InputError
+from frcnn_cli.files import require_file
+
+log = logging.getLogger("frcnn")
+
+
+def build_initial_model(args: RunArgs, recipe: Recipe, classes: list[dict]):
+    """A FasterRCNN for ``classes``, from the recipe's ImageNet weights or ``--init`` CKPT.
+
+    A checkpoint of other classes starts every layer but the class-specific outputs (fine-
+    tuning), except in steps 3 and 4, which continue the step before on the same classes.
+    """
+    from frcnn_cli.model.faster_rcnn import build_model
+
+    kind = args.kind
+    if args.init in (None, "imagenet"):
+        if kind.previous is not None:
+            raise InputError(f"{args.command} --stage 2 needs --init CKPT (the {kind.previous} "
+                             f"model of step {kind.previous.step})")
+        return build_model(recipe, len(classes), classes=classes)
+    ckpt = load_checkpoint(require_file(args.init, "--init checkpoint"))
+    ckpt_classes = ckpt["meta"].get("classes") or []
+    no_download = recipe.model_copy(update={"model": recipe.model.model_copy(
+        update={"pretrained": False, "backbone_weights": None})})
+    model = build_model(no_download, len(classes), classes=classes)
+    state = ckpt["model"]
+    if ckpt_classes and not classes_match(ckpt_classes, classes):
+        if kind.previous is not None:
+            raise CheckpointError(
+                f"{args.init} was trained on classes {[c['name'] for c in ckpt_classes]}, "
+                f"but --train has {[c['name'] for c in classes]}")
+        # Fine-tuning to new classes: keep everything but the class-specific outputs.
+        own = model.state_dict()
+        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        log.info("--init %s: classes differ, class-specific layers start fresh", args.init)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise CheckpointError(f"{args.init} does not fit recipe '{recipe.name}' "
+                              f"(unexpected weight '{unexpected[0]}')")
+    if missing and classes_match(ckpt_classes or classes, classes):
+        raise CheckpointError(f"{args.init} does not fit recipe '{recipe.name}' "
+                              f"(missing weight '{missing[0]}')")
+    return model
+
+
+def classes_match(a: list[dict], b: list[dict]) -> bool:
+    return [(c["id"], c["name"]) for c in a] == [(c["id"], c["name"]) for c in b]
+
+
+def warn_if_anchors_cross_border(recipe: Recipe) -> None:
+    """Say so when no anchor fits inside an input.min_size square: the RPN, trained only on
+    anchors inside the image, would then learn nothing (its losses stay exactly 0)."""
+    from frcnn_cli.model.anchors import AnchorGrid, inside_image
+
+    grid = AnchorGrid.from_recipe(recipe)
+    side = recipe.input.min_size
+    places = -(-side // grid.stride)
+    anchors = grid.grid(places, places)
+    if not inside_image(anchors, side, side, recipe.rpn.allowed_border).any():
+        smallest = float((anchors[:, 2:] - anchors[:, :2]).min())
+        log.warning("every anchor (the smallest %.0f px) crosses the border of a %d px image, "
+                    "so the RPN has nothing to train on; use smaller anchors.scales or a larger "
+                    "input.min_size, or set rpn.allowed_border=-1", smallest, side)
