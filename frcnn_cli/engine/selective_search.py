@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import opencv, read_image
 from frcnn_cli.errors import FrcnnError, InputError
 from frcnn_cli.progress import SILENT, Reporter
@@ -175,7 +176,7 @@ def _search_file(job: tuple[Path, str, int | None, int | None]) -> tuple[np.ndar
     return boxes, time.perf_counter() - start
 
 
-def selective_search_dataset(annotations, mode: str = "fast",
+def selective_search_dataset(annotations: Annotations, mode: str = "fast",
                              max_proposals: int | None = MAX_PROPOSALS,
                              max_side: int | None = MAX_SIDE, workers: int = 1,
                              reporter: Reporter = SILENT) -> SelectiveSearchProposals:
