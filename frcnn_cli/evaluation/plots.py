@@ -1,4 +1,5 @@
-"""PNG figures of evaluation results: precision-recall per class, proposal recall vs IoU.
+"""PNG figures of evaluation results: precision-recall per class, proposal recall vs IoU, and
+the comparison of proposal methods (recall vs IoU and vs the number of proposals).
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global backend switch),
 so this works on machines without a display and leaves other users of matplotlib alone.
@@ -16,7 +17,7 @@ from frcnn_cli.files import atomic_open
 
 if TYPE_CHECKING:
     from frcnn_cli.evaluation.evaluate import EvalResult
-    from frcnn_cli.evaluation.recall import RecallResult
+    from frcnn_cli.evaluation.recall import ProposalComparison, RecallResult
 
 
 def _figure(width: float = 5.0, height: float = 4.0):
@@ -105,3 +106,58 @@ def plot_recall_curve(result: RecallResult, path: str | os.PathLike) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, Path(path))
+
+
+def plot_proposal_comparison(comparison: ProposalComparison, folder: str | os.PathLike,
+                             top_n: int = 300) -> list[Path]:
+    """Write ``recall_vs_iou.png`` (recall against IoU for the top ``top_n`` proposals of each
+    source, the paper's Figure 4) and ``recall_vs_proposals.png`` (recall against the number
+    of proposals at IoU 0.5 and 0.7); returns the paths written."""
+    from frcnn_cli.evaluation.recall import COMPARE_IOUS
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [_source_name(s) for s in comparison.sources]
+
+    fig = _figure(6.0, 4.5)
+    ax = fig.add_subplot()
+    for name, result in zip(names, comparison.results, strict=True):
+        if top_n not in result.recall:
+            raise ValueError(f"recall was not computed for the top {top_n}")
+        ax.plot(result.iou_thresholds, result.recall[top_n], marker="o", markersize=3,
+                label=f"{name}: AR {result.average_recall[top_n]:.3f}")
+    ax.set_xlim(0.5, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("IoU")
+    ax.set_ylabel("recall")
+    ax.set_title(f"recall of the top {top_n} proposals per image", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="lower left")
+    written = [_save(fig, folder / "recall_vs_iou.png")]
+
+    fig = _figure(10.0, 4.5)
+    for k, iou in enumerate(COMPARE_IOUS):
+        ax = fig.add_subplot(1, len(COMPARE_IOUS), k + 1)
+        for name, result in zip(names, comparison.results, strict=True):
+            counts = sorted(result.top_n)
+            ax.plot(counts, [result.recall_at(n, iou) for n in counts], marker="o",
+                    markersize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("proposals per image")
+        ax.set_ylabel(f"recall at IoU {iou}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small", loc="lower right")
+    if comparison.results:
+        first = comparison.results[0]
+        fig.suptitle(f"proposal recall, {first.num_objects} objects in {first.num_images} "
+                     "images", fontsize="medium")
+    written.append(_save(fig, folder / "recall_vs_proposals.png"))
+    return written
+
+
+def _source_name(source) -> str:
+    """``method (file name[, s/image])`` for a legend."""
+    speed = (f", {source.seconds_per_image:.3g} s/image"
+             if source.seconds_per_image is not None else "")
+    return f"{source.method} ({Path(source.file).name}{speed})"

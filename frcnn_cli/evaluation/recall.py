@@ -1,4 +1,5 @@
-"""Proposal recall: how many objects the RPN's top N proposals cover (the paper's Section 4).
+"""Proposal recall: how many objects the top N proposals cover (the paper's Section 4), for one
+RPN or to compare proposal methods (RPN against Selective Search, Figures 3-4).
 
 For each image the top N proposals (by objectness) are matched one to one with the objects,
 greedily: the object best covered by any proposal takes that proposal, and both leave the
@@ -9,10 +10,16 @@ IoU >= t. Difficult and crowd objects are left out, as in the detection metrics.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from frcnn_cli.errors import CheckpointError, DataError
+
+if TYPE_CHECKING:
+    from frcnn_cli.data.annotations import Annotations
 
 TOP_N = (300, 1000, 2000)
 # Figure 4 of the paper plots recall from IoU 0.5 to 1; average recall (AR) is the mean over
@@ -124,3 +131,122 @@ def proposal_recall(proposals: list[np.ndarray], objects: list[np.ndarray],
             else 0.0
     return RecallResult(list(top_n), iou_thresholds, recall, average, mean_props, num_objects,
                         len(proposals))
+
+
+# --------------------------------------------------------------------------- comparing methods
+
+# The paper compares proposal methods (Selective Search, EdgeBoxes, the RPN) by recall at IoU
+# 0.5 and 0.7 and by recall against IoU for a number of proposals per image (Figures 3-4).
+COMPARE_TOP_N = (100, 300, 1000, 2000)
+COMPARE_IOUS = (0.5, 0.7)
+# recall against the number of proposals is drawn through these counts
+CURVE_TOP_N = (10, 20, 50, 100, 200, 300, 500, 1000, 2000)
+
+
+def counted_objects(ann: Annotations) -> list[np.ndarray]:
+    """Each image's objects that count for recall (not difficult, not crowd), ``(G, 4)`` x1 y1
+    x2 y2 in original pixels, in dataset order."""
+    objects = []
+    for im in ann.images:
+        kept = [a["bbox"] for a in ann.objects(im["id"])
+                if not a.get("difficult", 0) and not a.get("iscrowd", 0)]
+        xywh = np.asarray(kept, dtype=np.float64).reshape(-1, 4)
+        objects.append(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
+    return objects
+
+
+@dataclass
+class ProposalSource:
+    """One set of proposals to compare: ``boxes[i]``, ``(P_i, 4)`` x1 y1 x2 y2, are those of
+    the dataset's image i, best first; ``seconds_per_image`` is None when unknown."""
+
+    boxes: list[np.ndarray]
+    file: str
+    method: str
+    seconds_per_image: float | None
+
+
+@dataclass
+class ProposalComparison:
+    """Recall of several proposal sources on one dataset.
+
+    ``results[k]`` is the recall of ``sources[k]`` at every count of ``curve_top_n`` and
+    ``top_n``, at each IoU of :data:`IOU_THRESHOLDS`; ``top_n`` are the counts reported.
+    """
+
+    sources: list[ProposalSource]
+    results: list[RecallResult]
+    top_n: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"num_images", "num_objects", "sources": [{"file", "method", "seconds_per_image",
+        "recall": {"0.5": {"100": r, ...}, "0.7": {...}}, "average_recall": {"100": ar, ...},
+        "proposals_per_image": {"100": mean used, ...}}]}``."""
+        first = self.results[0] if self.results else None
+        return {
+            "num_images": first.num_images if first else 0,
+            "num_objects": first.num_objects if first else 0,
+            "sources": [{
+                "file": source.file, "method": source.method,
+                "seconds_per_image": source.seconds_per_image,
+                "recall": {str(iou): {str(n): result.recall_at(n, iou) for n in self.top_n}
+                           for iou in COMPARE_IOUS},
+                "average_recall": {str(n): result.average_recall[n] for n in self.top_n},
+                "proposals_per_image": {str(n): result.mean_proposals[n] for n in self.top_n},
+            } for source, result in zip(self.sources, self.results, strict=True)],
+        }
+
+
+def compare_proposals(sources: list[ProposalSource], objects: list[np.ndarray],
+                      top_n: tuple[int, ...] | list[int] = COMPARE_TOP_N,
+                      curve_top_n: tuple[int, ...] | list[int] = CURVE_TOP_N
+                      ) -> ProposalComparison:
+    """Recall at IoU 0.5 and 0.7 and average recall of each source's top N proposals.
+
+    ``objects[i]``: ``(G_i, 4)`` x1 y1 x2 y2 of image i's objects that count
+    (:func:`counted_objects`). Matching is :func:`proposal_recall`'s, one to one.
+    """
+    counts = sorted(set(top_n) | set(curve_top_n))
+    results = [proposal_recall(source.boxes, objects, counts) for source in sources]
+    return ProposalComparison(list(sources), results, list(top_n))
+
+
+def read_proposal_source(path: str | os.PathLike, annotations: Annotations) -> ProposalSource:
+    """A proposals file (``frcnn propose``, RPN or Selective Search) as a source for
+    :func:`compare_proposals`, in the order of ``annotations``' images.
+
+    Each image's boxes are put best first by the file's scores. The method and seconds per
+    image come from the file's meta (a file without ``method`` but with a ``checkpoint`` is an
+    RPN's). Raises DataError when the file lacks an image of the dataset.
+    """
+    from frcnn_cli.engine.proposals import read_proposals
+
+    obj = read_proposals(path)
+    boxes, scores = obj["boxes"].float().numpy(), obj["scores"].float().numpy()
+    if len(scores) != len(boxes):
+        raise CheckpointError(f"proposals file {path} is inconsistent (a score per box)")
+    per_image = {}
+    ends = np.cumsum(obj["counts"].numpy())
+    for image_id, end, count in zip(obj["image_ids"].tolist(), ends, obj["counts"].tolist(),
+                                    strict=True):
+        order = np.argsort(-scores[end - count:end], kind="stable")
+        per_image[image_id] = boxes[end - count:end][order]
+    missing = [im["id"] for im in annotations.images if im["id"] not in per_image]
+    if missing:
+        dataset = f" {annotations.path}" if annotations.path is not None else ""
+        raise DataError(f"proposals file {path} has no proposals for {len(missing)} image(s) "
+                        f"of the dataset{dataset} (e.g. image id {missing[0]}); make them with "
+                        "frcnn propose for this dataset")
+    meta = obj.get("meta") or {}
+    method = meta.get("method") or ("rpn" if "checkpoint" in meta else "unknown")
+    seconds = meta.get("seconds_per_image")
+    return ProposalSource([per_image[im["id"]] for im in annotations.images], str(path),
+                          str(method), float(seconds) if seconds is not None else None)
+
+
+def compare_proposal_files(paths: list[str | os.PathLike], annotations: Annotations,
+                           top_n: tuple[int, ...] | list[int] = COMPARE_TOP_N
+                           ) -> ProposalComparison:
+    """:func:`compare_proposals` of proposal files on a dataset (``eval --compare-proposals``)."""
+    sources = [read_proposal_source(p, annotations) for p in paths]
+    return compare_proposals(sources, counted_objects(annotations), top_n)
