@@ -66,7 +66,7 @@ def test_a_truncated_box_stays_when_no_tile_sees_the_object_whole():
              (b, _dets([[0, 0, 54, 30]], [0.7], [1]))]  # x 96..150
     assert _rows(merge_tiles(tiles, 224, 128, NMS, 100)) == [([96, 0, 150, 30], 0.7, 1)]
     # a whole box in the same tile does not count as the neighbour's view
-    tiles = [(a, _dets([[100, 0, 128, 30], [90, 0, 124, 30]], [0.9, 0.5], [1, 1])), (b, _dets(
+    tiles = [(a, _dets([[100, 0, 128, 30], [90, 0, 123, 30]], [0.9, 0.5], [1, 1])), (b, _dets(
         [], [], []))]
     assert len(merge_tiles(tiles, 224, 128, 0.9, 100)["boxes"]) == 2
 
