@@ -27,20 +27,33 @@ def synth(
     classes: Annotated[int, typer.Option("--classes", help="Shape classes: circle, square, "
                                          "triangle, cross, diamond, star (first K).",
                                          min=1, max=6)] = 3,
+    objects: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--objects", help="At most this many shapes per image (1 to N each) [default: 5].",
+        show_default=False)] = None,
+    min_object: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--min-object", help="Smallest shape side in pixels [default: 11 % of --size].",
+        show_default=False)] = None,
+    max_object: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--max-object", help="Largest shape side in pixels [default: 50 % of --size].",
+        show_default=False)] = None,
 ) -> None:
     """Synthesise a detection set of coloured shapes on textured backgrounds.
 
     Writes OUT/train.json, OUT/val.json and OUT/images/; a folder that already
     holds a dataset is refused.
-    Shapes have sides from 8 % to 50 % of the image and overlap, each staying
-    at least 60 % visible; some images have no object.
+    Shapes have sides from 11 % to 50 % of the image and overlap, each staying
+    at least 70 % visible; some images have no object.
     Boxes are the shapes' full extents. The same seed gives byte-identical JSON.
+    For large images with many small objects (to try data tile), give the
+    objects per image and their sides in pixels, e.g. --size 2000 --objects 150
+    --min-object 12 --max-object 40.
 
     Example: [bold]frcnn data synth demo/ --train 200 --val 50 --size 256 --seed 0[/]
     """
     from frcnn_cli.data.synth import synthesize
 
     paths = synthesize(out, train=train, val=val, size=size, seed=seed, num_classes=classes,
+                       max_objects=objects, min_object=min_object, max_object=max_object,
                        reporter=console.reporter())
     console.info(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
 
