@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import torch
 
 from frcnn_cli.data.annotations import load_annotations
 from frcnn_cli.data.images import read_image
@@ -106,6 +107,27 @@ def test_large_images_with_many_small_objects():
     assert 10 <= min(sides) <= 14 and 28 <= max(sides) <= 35
 
 
+def test_crowded_images_keep_the_placement_rules():
+    """Many objects on a small image, where placements are refused often: no two boxes
+    overlap above IoU 0.3, and the objects are those the rules (70 % visible) placed, pinned
+    by their boxes."""
+    import json
+
+    from torchvision.ops import box_iou
+
+    cfg = SynthConfig(size=128, num_classes=6, max_objects=40, min_side=10 / 128,
+                      max_side=60 / 128)
+    drawn = [draw_image(cfg, np.random.default_rng([0, 1, i]))[1] for i in range(3)]
+    assert [len(objects) for objects in drawn] == [23, 38, 6]
+    for objects in drawn[:2]:
+        b = torch.tensor([o["bbox"] for o in objects])
+        b[:, 2:] += b[:, :2]
+        iou = box_iou(b, b) - torch.eye(len(b))
+        assert iou.max() <= 0.3
+    assert hashlib.sha256(json.dumps(drawn).encode()).hexdigest() == \
+        "4b0f35e058ee268dfd4650e06ee572cbbdea1b40211f0a12008c59e8779133f2"
+
+
 def test_large_options_through_the_cli_and_their_refusals(cli, tmp_path):
     r = cli("data", "synth", tmp_path / "big", "--train", 2, "--val", 0, "--size", 500,
             "--objects", 40, "--min-object", 12, "--max-object", 24, "--seed", 1)
@@ -113,6 +135,7 @@ def test_large_options_through_the_cli_and_their_refusals(cli, tmp_path):
     ann = load_annotations(tmp_path / "big/train.json")
     assert [(im["width"], im["height"]) for im in ann.images] == [(500, 500)] * 2
     assert all(max(a["bbox"][2:]) <= 28 for a in ann.annotations)
+    assert max(len(ann.objects(im["id"])) for im in ann.images) > 5  # more than the default
     for args in (("--objects", 0), ("--min-object", 30, "--max-object", 20),
                  ("--min-object", 3), ("--max-object", 499)):
         r = cli("data", "synth", tmp_path / "bad", "--size", 500, *args)
