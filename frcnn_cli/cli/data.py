@@ -58,6 +58,15 @@ def synth(
     console.info(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
 
 
+ClassMapOption = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+    "--map", metavar="OLD=NEW[,OLD=NEW]",
+    help="Rename classes; two old names given one new name become one class (repeatable).",
+    show_default=False)]
+OneClassOption = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--one-class", metavar="NAME", help="Make every class this one class.",
+    show_default=False)]
+
+
 class Format(str, Enum):
     voc = "voc"
     coco = "coco"
@@ -82,6 +91,8 @@ def convert(
     images: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--images", help="COCO: the image folder, when not beside the JSON.",
         file_okay=False)] = None,
+    class_map: ClassMapOption = None,
+    one_class: OneClassOption = None,
 ) -> None:
     r"""Convert a VOC, COCO, YOLO or CSV dataset to the canonical COCO JSON.
 
@@ -95,14 +106,21 @@ def convert(
     CSV: image_path,xmin,ymin,xmax,ymax,label, paths relative to the CSV;
     empty box fields mean an image with no object; ids 1..K in sorted order.
     COCO: ids kept; area, iscrowd and sizes filled; paths made relative.
+    --map and --one-class rename and merge the classes read (--classes names
+    the old ones); the new ones are numbered by the format's rule: COCO keeps
+    the first old id of each, YOLO (and VOC or CSV with --classes) follows the
+    old order, VOC and CSV otherwise sort the names.
 
     Example: [bold]frcnn data convert VOCdevkit/VOC2007 -f voc --split test -o voc07-test.json[/]
     """
     from frcnn_cli.data.annotations import save_annotations
     from frcnn_cli.data.formats import read_dataset
+    from frcnn_cli.data.formats.classmap import parse_class_map
 
+    cmap = parse_class_map(class_map, one_class)
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    ann = read_dataset(src, fmt.value, split=split, classes=names, images=images)
+    ann = read_dataset(src, fmt.value, split=split, classes=names, images=images,
+                       class_map=cmap)
     path = save_annotations(ann, out, inputs=[src])
     _summary(ann)
     console.info(f"wrote {path}; look for broken images and boxes with: frcnn data check {path}")
@@ -285,6 +303,8 @@ def merge(
                                                  show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output COCO JSON file.",
                                       dir_okay=False)],
+    class_map: ClassMapOption = None,
+    one_class: OneClassOption = None,
 ) -> None:
     """Merge datasets into one, e.g. VOC 2007 + 2012 trainval to train on 07+12.
 
@@ -293,20 +313,23 @@ def merge(
     Image and annotation ids are renumbered 1..N; every other field (difficult,
     truncated, iscrowd, area, sizes) is kept. File names are rewritten relative
     to OUT's folder; absolute ones stay absolute. An image file listed in two
-    inputs is an error naming both.
+    inputs is an error naming both. --map and --one-class rename and merge
+    every input's classes first (a new name keeps its first old id).
 
     Example: [bold]frcnn data merge data/voc07.json data/voc12.json --out data/voc0712.json[/]
     """
     from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.data.formats.classmap import parse_class_map
     from frcnn_cli.data.merge import merge_annotations, partial_classes, save_merged
     from frcnn_cli.errors import InputError
     from frcnn_cli.files import prepare_output_file
 
+    cmap = parse_class_map(class_map, one_class)
     if len(inputs) < 2:
         raise InputError(f"give two or more annotation files to merge, got {len(inputs)}")
     out = prepare_output_file(out, inputs=inputs, what="--out")  # before the slow part
     datasets = [load_annotations(p) for p in inputs]
-    merged = merge_annotations(datasets, out.parent)
+    merged = merge_annotations(datasets, out.parent, class_map=cmap)
     path = save_merged(merged, out, inputs=itertools.chain(
         inputs, *(ann.image_files() for ann in datasets)))
     console.table(None, ["input", "images", "objects", "classes"],
@@ -314,7 +337,7 @@ def merge(
                      for p, a in zip(inputs, datasets, strict=True)),
                    ["total", len(merged.images), len(merged.annotations),
                     len(merged.categories)]])
-    partial = partial_classes(datasets)
+    partial = partial_classes(datasets, cmap)
     if partial:
         from rich.markup import escape
 
