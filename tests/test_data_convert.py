@@ -199,13 +199,14 @@ def labelled(tmp_path):
 
 def test_map_merges_and_renames_voc_classes_numbered_in_sorted_order(cli, labelled, tmp_path):
     out = tmp_path / "o.json"
-    r = cli("data", "convert", labelled, "-f", "voc", "--map", "truck=vehicle,van=vehicle",
+    r = cli("data", "convert", labelled, "-f", "voc", "--map", "truck=lorry,van=lorry",
             "--map", "person=pedestrian", "--out", out)
     assert r.exit_code == 0, r.output
-    assert _class_counts(out) == [(1, "car", 2), (2, "pedestrian", 1), (3, "vehicle", 2)]
+    # sorted new names (the old ones were car, person, truck, van)
+    assert _class_counts(out) == [(1, "car", 2), (2, "lorry", 2), (3, "pedestrian", 1)]
     data = json.loads(out.read_text())
     by_box = sorted((a["image_id"], a["bbox"][0], a["category_id"]) for a in data["annotations"])
-    assert by_box == [(1, 0.0, 1), (1, 10.0, 3), (1, 30.0, 2), (2, 0.0, 3), (2, 20.0, 1)]
+    assert by_box == [(1, 0.0, 1), (1, 10.0, 2), (1, 30.0, 3), (2, 0.0, 2), (2, 20.0, 1)]
     # with --classes (old names) the new classes follow that order
     r = cli("data", "convert", labelled, "-f", "voc", "--classes", "van,person,car,truck",
             "--map", "truck=vehicle,van=vehicle", "--out", out)
