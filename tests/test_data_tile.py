@@ -206,6 +206,9 @@ def test_plan_counts_objects_larger_than_the_overlap_or_the_tile():
     assert [t.window.x for t in tiles] == [0, 320, 600]
     assert summary.whole_nowhere == 2 and summary.only_ignored == 1 and summary.degenerate == 1
     assert summary.overlap_px == 80
+    notes = summary.notes()
+    assert len(notes) == 3 and notes[0].startswith("2 object(s) lie whole in no tile")
+    assert "(80 px)" in notes[0] and notes[1].startswith("1 object(s) are under --min-visible")
     # object 2 (x 310..410) is wider than the 80 px overlap and crosses it: 90 % in tile 0
     # (0..400) and 90 % in tile 1 (320..720), whole in neither; object 3 is at most 44 % in a
     # tile, so an ignore region in each

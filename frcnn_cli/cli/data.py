@@ -382,33 +382,18 @@ def tile(
 
     Example: [bold]frcnn data tile aerial/train.json --size 800 --out aerial/train800.json[/]
     """
-    from frcnn_cli.data.tiling import tile_dataset
-    from frcnn_cli.errors import InputError
+    from rich.markup import escape
 
-    ratio: float | None
-    if negatives.strip().lower() == "all":
-        ratio = None
-    else:
-        try:
-            ratio = float(negatives)
-        except ValueError:
-            raise InputError(f"--negatives takes a number or 'all', got {negatives!r}") from None
+    from frcnn_cli.data.tiling import parse_negatives, tile_dataset
+
     s = tile_dataset(annotations, out, size, overlap=overlap, min_visible=min_visible,
-                     negatives=ratio, seed=seed, max_pixels=max_pixels,
+                     negatives=parse_negatives(negatives), seed=seed, max_pixels=max_pixels,
                      reporter=console.reporter())
     console.info(f"{s.images} images -> {s.tiles} tiles ({s.whole_images} images kept whole), "
                  f"{s.objects} objects kept, {s.ignore_regions} cut to ignore regions, "
                  f"{s.empty_kept} of {s.empty_tiles} empty tiles kept")
-    if s.whole_nowhere:
-        console.info(f"[yellow]note:[/] {s.whole_nowhere} object(s) lie whole in no tile: "
-                     f"larger than the overlap ({s.overlap_px} px), they are cut wherever "
-                     "they are; a larger --overlap keeps them whole")
-    if s.only_ignored:
-        console.info(f"[yellow]note:[/] {s.only_ignored} object(s) are under --min-visible in "
-                     "every tile, so only ignore regions: a larger --size keeps them")
-    if s.degenerate:
-        console.info(f"[yellow]note:[/] {s.degenerate} box(es) without area left out; see "
-                     f"frcnn data check {annotations}")
+    for note in s.notes():
+        console.info(f"[yellow]note:[/] {escape(note)}")
     console.info(f"wrote {s.path} and {s.folder}/")
 
 

@@ -162,6 +162,32 @@ class TileSummary:
     only_ignored: int = 0  # objects below min_visible in every tile: ignore regions only
     overlap_px: int = 0
 
+    def notes(self) -> list[str]:
+        """What the user may want to change, one line each."""
+        notes = []
+        if self.whole_nowhere:
+            notes.append(f"{self.whole_nowhere} object(s) lie whole in no tile: larger than the "
+                         f"overlap ({self.overlap_px} px), they are cut wherever they are; a "
+                         "larger --overlap keeps them whole")
+        if self.only_ignored:
+            notes.append(f"{self.only_ignored} object(s) are under --min-visible in every tile, "
+                         "so only ignore regions: a larger --size keeps them")
+        if self.degenerate:
+            notes.append(f"{self.degenerate} box(es) without area left out; frcnn data check "
+                         "lists them")
+        return notes
+
+
+def parse_negatives(text: str) -> float | None:
+    """The ``--negatives`` value: a number of empty tiles per tile with objects, or ``all``
+    (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--negatives takes a number or 'all', got {text!r}") from None
+
 
 def tile_dataset(annotations: str | os.PathLike, out: str | os.PathLike, size: int,
                  overlap: float = DEFAULT_OVERLAP, min_visible: float = DEFAULT_MIN_VISIBLE,
