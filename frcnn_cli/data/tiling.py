@@ -39,7 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from frcnn_cli.data.annotations import Annotations, relative_name, save_annotations
+from frcnn_cli.data.annotations import (
+    Annotations,
+    load_annotations,
+    relative_name,
+    save_annotations,
+)
 from frcnn_cli.data.images import MAX_PIXELS, image_size, opencv, read_image
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.files import prepare_output_file
@@ -201,8 +206,6 @@ def tile_dataset(annotations: str | os.PathLike, out: str | os.PathLike, size: i
     bad arguments, an ``out`` that would replace an input or a tile folder that already holds
     files, and DataError for unreadable images or images whose size differs from their record.
     """
-    from frcnn_cli.data.annotations import load_annotations
-
     check_tiling(size, overlap)
     if not (math.isfinite(min_visible) and 0 < min_visible <= 1):
         raise InputError(f"--min-visible is a share of a box's area in (0, 1], got {min_visible}")
@@ -231,7 +234,10 @@ def tile_dataset(annotations: str | os.PathLike, out: str | os.PathLike, size: i
 
 def plan_tiles(ann: Annotations, size: int, overlap: float, min_visible: float
                ) -> tuple[list[Tile], TileSummary]:
-    """Every tile of every image with its clipped annotations, before any pixel is read."""
+    """Every tile of every image with its clipped annotations, before any pixel is read.
+
+    An annotation keeps its other fields; ``area`` is scaled by the share inside the tile and
+    ``segmentation`` is left out (it is not cut with the box)."""
     summary = TileSummary(Path(), Path(), images=len(ann.images),
                           overlap_px=overlap_pixels(size, overlap))
     tiles: list[Tile] = []
@@ -248,11 +254,10 @@ def plan_tiles(ann: Annotations, size: int, overlap: float, min_visible: float
             clipped, visible = clip_boxes(boxes, window)
             best = np.maximum(best, visible)
             tile_anns = []
-            for a, box, share in zip(objects, clipped.tolist(), visible.tolist(), strict=True):
-                if share <= 0:
-                    continue
-                a = {k: v for k, v in a.items() if k != "segmentation"}  # not cut along
-                a.update(bbox=box, area=float(a.get("area", 0.0)) * share)
+            for k in np.flatnonzero(visible > 0).tolist():  # the objects in this tile
+                share = float(visible[k])
+                a = {key: v for key, v in objects[k].items() if key != "segmentation"}
+                a.update(bbox=clipped[k].tolist(), area=float(a.get("area", 0.0)) * share)
                 if share < min_visible and not a.get("iscrowd"):
                     a.update(iscrowd=1, tile_cut=1)
                 tile_anns.append(a)
