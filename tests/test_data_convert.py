@@ -173,3 +173,113 @@ def test_coco_normalised_and_never_over_input(cli, tmp_path):
     r = cli("data", "convert", src, "--format", "coco", "--out", src)
     assert r.exit_code == 2 and "same file as the input" in r.output
     assert src.read_bytes() == before
+
+
+def _class_counts(path):
+    data = json.loads(path.read_text())
+    counts = {}
+    for a in data["annotations"]:
+        counts[a["category_id"]] = counts.get(a["category_id"], 0) + 1
+    return [(c["id"], c["name"], counts.get(c["id"], 0)) for c in data["categories"]]
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """A flat labelImg folder: 2 car, 1 truck, 1 van, 1 person."""
+    src = tmp_path / "labelled"
+    _image(src / "a.png", 64, 48)
+    _image(src / "b.png", 64, 48)
+    (src / "a.xml").write_text(_voc_xml("a.png", 64, 48, [
+        ("car", (1, 1, 10, 10), 0, 0), ("truck", (11, 11, 30, 30), 0, 0),
+        ("person", (31, 1, 40, 20), 0, 0)]))
+    (src / "b.xml").write_text(_voc_xml("b.png", 64, 48, [
+        ("van", (1, 1, 20, 20), 0, 0), ("car", (21, 21, 40, 40), 0, 0)]))
+    return src
+
+
+def test_map_merges_and_renames_voc_classes_numbered_in_sorted_order(cli, labelled, tmp_path):
+    out = tmp_path / "o.json"
+    r = cli("data", "convert", labelled, "-f", "voc", "--map", "truck=lorry,van=lorry",
+            "--map", "person=pedestrian", "--out", out)
+    assert r.exit_code == 0, r.output
+    # sorted new names (the old ones were car, person, truck, van)
+    assert _class_counts(out) == [(1, "car", 2), (2, "lorry", 2), (3, "pedestrian", 1)]
+    data = json.loads(out.read_text())
+    by_box = sorted((a["image_id"], a["bbox"][0], a["category_id"]) for a in data["annotations"])
+    assert by_box == [(1, 0.0, 1), (1, 10.0, 2), (1, 30.0, 3), (2, 0.0, 2), (2, 20.0, 1)]
+    # with --classes (old names) the new classes follow that order
+    r = cli("data", "convert", labelled, "-f", "voc", "--classes", "van,person,car,truck",
+            "--map", "truck=vehicle,van=vehicle", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert _class_counts(out) == [(1, "vehicle", 2), (2, "person", 1), (3, "car", 2)]
+
+
+def test_one_class_makes_one_category(cli, labelled, tmp_path):
+    out = tmp_path / "o.json"
+    r = cli("data", "convert", labelled, "-f", "voc", "--one-class", "object", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert _class_counts(out) == [(1, "object", 5)]
+
+
+def test_mapped_voc_names_drop_the_devkit_numbering(cli, tmp_path):
+    src = tmp_path / "voc"
+    _image(src / "a.png", 64, 48)
+    (src / "a.xml").write_text(_voc_xml("a.png", 64, 48, [
+        ("motorbike", (1, 1, 10, 10), 0, 0), ("bicycle", (11, 11, 20, 20), 0, 0),
+        ("person", (21, 1, 30, 10), 0, 0)]))
+    out = tmp_path / "o.json"
+    r = cli("data", "convert", src, "-f", "voc", "--out", out)
+    assert r.exit_code == 0 and len(_class_counts(out)) == 20  # the devkit's 20, unmapped
+    r = cli("data", "convert", src, "-f", "voc", "--map", "motorbike=bicycle", "--out", out)
+    assert r.exit_code == 0, r.output
+    counts = _class_counts(out)
+    assert len(counts) == 19 and counts[:2] == [(1, "aeroplane", 0), (2, "bicycle", 2)]
+    assert ("person", 1) in [(n, k) for _, n, k in counts]
+
+
+def test_map_on_yolo_csv_and_coco_keeps_each_formats_numbering(cli, tmp_path):
+    src = tmp_path / "yolo"
+    _image(src / "images/x.jpg", 64, 48)
+    (src / "labels").mkdir(parents=True)
+    (src / "labels/x.txt").write_text("0 0.5 0.5 0.2 0.2\n1 0.2 0.2 0.1 0.1\n"
+                                      "2 0.8 0.8 0.1 0.1\n2 0.7 0.3 0.1 0.1\n")
+    (src / "classes.txt").write_text("cat\ndog\nfox\n")
+    out = tmp_path / "y.json"
+    r = cli("data", "convert", src, "-f", "yolo", "--map", "fox=dog", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert _class_counts(out) == [(1, "cat", 1), (2, "dog", 3)]
+    r = cli("data", "convert", src, "-f", "yolo", "--map", "cat=feline", "--out", out)
+    assert _class_counts(out) == [(1, "feline", 1), (2, "dog", 1), (3, "fox", 2)]
+
+    _image(tmp_path / "c/a.png", 50, 50)
+    (tmp_path / "c/boxes.csv").write_text("a.png,1,1,5,5,zebra\na.png,6,6,9,9,bee\n"
+                                          "a.png,10,10,20,20,ant\n")
+    r = cli("data", "convert", tmp_path / "c/boxes.csv", "-f", "csv", "--map", "bee=ant",
+            "--out", out)
+    assert r.exit_code == 0 and _class_counts(out) == [(1, "ant", 2), (2, "zebra", 1)]
+
+    coco = tmp_path / "coco/ann.json"
+    _image(tmp_path / "coco/a.png", 50, 50)
+    coco.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 50, "height": 50}],
+        "annotations": [{"id": i, "image_id": 1, "category_id": c, "bbox": [i, i, 5, 5]}
+                        for i, c in ((1, 4), (2, 9), (3, 2), (4, 9))],
+        "categories": [{"id": 4, "name": "thing", "supercategory": "x"},
+                       {"id": 9, "name": "other"}, {"id": 2, "name": "stuff"}]}))
+    r = cli("data", "convert", coco, "-f", "coco", "--map", "other=thing", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert _class_counts(out) == [(4, "thing", 3), (2, "stuff", 1)]
+    assert json.loads(out.read_text())["categories"][0]["supercategory"] == "x"
+
+
+def test_map_refusals_name_the_known_classes(cli, labelled, tmp_path):
+    out = tmp_path / "o.json"
+    for args, match in ((("--map", "lorry=vehicle"), "--map names class(es) lorry that"),
+                        (("--map", "truck"), "OLD=NEW pairs"),
+                        (("--map", "truck=a,truck=b"), "two new names"),
+                        (("--map", "truck=a", "--one-class", "x"), "not both")):
+        r = cli("data", "convert", labelled, "-f", "voc", *args, "--out", out)
+        assert r.exit_code == 2 and match in r.output and "Traceback" not in r.output, r.output
+    r = cli("data", "convert", labelled, "-f", "voc", "--map", "lorry=vehicle", "--out", out)
+    assert "its classes: car, person, truck, van" in " ".join(r.output.split())
+    assert not out.exists()

@@ -140,3 +140,32 @@ def test_merge_refuses_the_same_file_twice_and_ambiguous_names(two_sets, tmp_pat
         {"id": 1, "name": "dog"}, {"id": 2, "name": "dog"}]})
     with pytest.raises(DataError, match="both named 'dog'"):
         merge_annotations([a, load_annotations(d)], tmp_path)
+
+
+def test_merge_map_renames_in_every_input_before_matching(two_sets, tmp_path):
+    from frcnn_cli.data.formats.classmap import parse_class_map
+
+    a, b = (load_annotations(p) for p in two_sets)
+    cmap = parse_class_map(["Cat=cat,bird=animal"])
+    merged = merge_annotations([a, b], tmp_path / "out", class_map=cmap)
+    # b's bird (1) becomes animal, a new name: the next id after a's largest (3)
+    assert [(c["id"], c["name"]) for c in merged.categories] == \
+        [(3, "dog"), (1, "cat"), (4, "animal")]
+    assert [a["category_id"] for a in merged.annotations] == [1, 3, 1, 3, 4]
+    assert partial_classes([a, b], cmap) == {"animal": [str(two_sets[1])]}
+    with pytest.raises(InputError, match="horse that any input does not have; its classes: "
+                                         "dog, cat, bird, Cat"):
+        merge_annotations([a, b], tmp_path, class_map=parse_class_map(["horse=x"]))
+
+
+def test_merge_one_class_cli(cli, two_sets, tmp_path):
+    out = tmp_path / "m.json"
+    r = cli("data", "merge", *two_sets, "--one-class", "thing", "--out", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    # a's first category (dog, id 3) gives the id; b's thing matches it by name
+    assert data["categories"] == [{"id": 3, "name": "thing"}]
+    assert [a["category_id"] for a in data["annotations"]] == [3] * 5
+    assert "classes in only some inputs" not in r.output
+    r = cli("data", "merge", *two_sets, "--map", "horse=x", "--out", tmp_path / "n.json")
+    assert r.exit_code == 2 and "horse" in r.output and not (tmp_path / "n.json").exists()

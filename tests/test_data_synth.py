@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+import pytest
+import torch
 
 from frcnn_cli.data.annotations import load_annotations
 from frcnn_cli.data.images import read_image
-from frcnn_cli.data.synth import SynthConfig, draw_image
+from frcnn_cli.data.synth import SynthConfig, draw_image, synthesize
+from frcnn_cli.errors import InputError
 
 
 def test_same_seed_gives_byte_identical_json(cli, tmp_path):
@@ -66,10 +71,74 @@ def test_box_is_the_drawn_extent():
     rng = np.random.default_rng(0)
     for shape in SHAPES:
         for _ in range(5):
-            mask, (x, y, w, h) = _shape_mask(shape, cfg, rng)
+            (left, top, window), (x, y, w, h) = _shape_mask(shape, cfg, rng)
+            mask = np.zeros((128, 128), bool)
+            mask[top:top + window.shape[0], left:left + window.shape[1]] = window
             x0, y0, x1, y1 = int(x), int(y), int(x + w), int(y + h)
             assert mask[y0:y1, x0:x1].sum() == mask.sum()
             inner = mask[y0:y1, x0:x1]
             assert inner[0].any() and inner[-1].any() and inner[:, 0].any() and inner[:, -1].any()
             if shape == "square":
                 assert inner.all()
+
+
+def test_default_output_is_unchanged(tmp_path):
+    """The demo's numbers rest on these exact images: the boxes of a small set, as written
+    before large images came (an OpenCV that rasterises differently changes them too)."""
+    synthesize(tmp_path / "s", train=24, val=0, size=96, seed=0, num_classes=6, workers=1)
+    assert hashlib.sha256((tmp_path / "s/train.json").read_bytes()).hexdigest() == \
+        "11fa0ca816c8b995ce5b4785eee29f73a225b90c1534b7ecf207f0fd8aebb251"
+
+
+def test_large_images_with_many_small_objects():
+    cfg = SynthConfig(size=800, num_classes=3, max_objects=80, min_side=12 / 800,
+                      max_side=30 / 800)
+    counts, sides = [], []
+    for i in range(4):
+        image, objects = draw_image(cfg, np.random.default_rng([0, 1, i]))
+        assert image.shape == (800, 800, 3)
+        counts.append(len(objects))
+        for o in objects:
+            x, y, w, h = o["bbox"]
+            assert x >= 0 and y >= 0 and x + w <= 800 and y + h <= 800
+            sides += [w, h]
+    assert max(counts) > 30 and max(counts) <= 80
+    # 12 to 30 px, stretched by up to 13 % for the shapes that stretch
+    assert 10 <= min(sides) <= 14 and 28 <= max(sides) <= 35
+
+
+def test_crowded_images_keep_the_placement_rules():
+    """Many objects on a small image, where placements are refused often: no two boxes
+    overlap above IoU 0.3, and the objects are those the rules (70 % visible) placed, pinned
+    by their boxes."""
+    import json
+
+    from torchvision.ops import box_iou
+
+    cfg = SynthConfig(size=128, num_classes=6, max_objects=40, min_side=10 / 128,
+                      max_side=60 / 128)
+    drawn = [draw_image(cfg, np.random.default_rng([0, 1, i]))[1] for i in range(3)]
+    assert [len(objects) for objects in drawn] == [23, 38, 6]
+    for objects in drawn[:2]:
+        b = torch.tensor([o["bbox"] for o in objects])
+        b[:, 2:] += b[:, :2]
+        iou = box_iou(b, b) - torch.eye(len(b))
+        assert iou.max() <= 0.3
+    assert hashlib.sha256(json.dumps(drawn).encode()).hexdigest() == \
+        "4b0f35e058ee268dfd4650e06ee572cbbdea1b40211f0a12008c59e8779133f2"
+
+
+def test_large_options_through_the_cli_and_their_refusals(cli, tmp_path):
+    r = cli("data", "synth", tmp_path / "big", "--train", 2, "--val", 0, "--size", 500,
+            "--objects", 40, "--min-object", 12, "--max-object", 24, "--seed", 1)
+    assert r.exit_code == 0, r.output
+    ann = load_annotations(tmp_path / "big/train.json")
+    assert [(im["width"], im["height"]) for im in ann.images] == [(500, 500)] * 2
+    assert all(max(a["bbox"][2:]) <= 28 for a in ann.annotations)
+    assert max(len(ann.objects(im["id"])) for im in ann.images) > 5  # more than the default
+    for args in (("--objects", 0), ("--min-object", 30, "--max-object", 20),
+                 ("--min-object", 3), ("--max-object", 499)):
+        r = cli("data", "synth", tmp_path / "bad", "--size", 500, *args)
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    with pytest.raises(InputError, match="--min-object"):
+        synthesize(tmp_path / "bad", size=100, min_object=60)  # above the default 50 px max

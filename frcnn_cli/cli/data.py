@@ -27,22 +27,44 @@ def synth(
     classes: Annotated[int, typer.Option("--classes", help="Shape classes: circle, square, "
                                          "triangle, cross, diamond, star (first K).",
                                          min=1, max=6)] = 3,
+    objects: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--objects", help="At most this many shapes per image (1 to N each) [default: 5].",
+        show_default=False)] = None,
+    min_object: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--min-object", help="Smallest shape side in pixels [default: 11 % of --size].",
+        show_default=False)] = None,
+    max_object: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--max-object", help="Largest shape side in pixels [default: 50 % of --size].",
+        show_default=False)] = None,
 ) -> None:
     """Synthesise a detection set of coloured shapes on textured backgrounds.
 
     Writes OUT/train.json, OUT/val.json and OUT/images/; a folder that already
     holds a dataset is refused.
-    Shapes have sides from 8 % to 50 % of the image and overlap, each staying
-    at least 60 % visible; some images have no object.
+    Shapes have sides from 11 % to 50 % of the image and overlap, each staying
+    at least 70 % visible; some images have no object.
     Boxes are the shapes' full extents. The same seed gives byte-identical JSON.
+    For large images with many small objects (to try data tile), give the
+    objects per image and their sides in pixels, e.g. --size 2000 --objects 150
+    --min-object 12 --max-object 40.
 
     Example: [bold]frcnn data synth demo/ --train 200 --val 50 --size 256 --seed 0[/]
     """
     from frcnn_cli.data.synth import synthesize
 
     paths = synthesize(out, train=train, val=val, size=size, seed=seed, num_classes=classes,
+                       max_objects=objects, min_object=min_object, max_object=max_object,
                        reporter=console.reporter())
     console.info(f"wrote {paths['train']} ({train} images) and {paths['val']} ({val} images)")
+
+
+ClassMapOption = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+    "--map", metavar="OLD=NEW[,OLD=NEW]",
+    help="Rename classes; two old names given one new name become one class (repeatable).",
+    show_default=False)]
+OneClassOption = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--one-class", metavar="NAME", help="Make every class this one class.",
+    show_default=False)]
 
 
 class Format(str, Enum):
@@ -69,6 +91,8 @@ def convert(
     images: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--images", help="COCO: the image folder, when not beside the JSON.",
         file_okay=False)] = None,
+    class_map: ClassMapOption = None,
+    one_class: OneClassOption = None,
 ) -> None:
     r"""Convert a VOC, COCO, YOLO or CSV dataset to the canonical COCO JSON.
 
@@ -82,14 +106,21 @@ def convert(
     CSV: image_path,xmin,ymin,xmax,ymax,label, paths relative to the CSV;
     empty box fields mean an image with no object; ids 1..K in sorted order.
     COCO: ids kept; area, iscrowd and sizes filled; paths made relative.
+    --map and --one-class rename and merge the classes read (--classes names
+    the old ones); the new ones are numbered by the format's rule: COCO keeps
+    the first old id of each, YOLO (and VOC or CSV with --classes) follows the
+    old order, VOC and CSV otherwise sort the names.
 
     Example: [bold]frcnn data convert VOCdevkit/VOC2007 -f voc --split test -o voc07-test.json[/]
     """
     from frcnn_cli.data.annotations import save_annotations
     from frcnn_cli.data.formats import read_dataset
+    from frcnn_cli.data.formats.classmap import parse_class_map
 
+    cmap = parse_class_map(class_map, one_class)
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    ann = read_dataset(src, fmt.value, split=split, classes=names, images=images)
+    ann = read_dataset(src, fmt.value, split=split, classes=names, images=images,
+                       class_map=cmap)
     path = save_annotations(ann, out, inputs=[src])
     _summary(ann)
     console.info(f"wrote {path}; look for broken images and boxes with: frcnn data check {path}")
@@ -272,6 +303,8 @@ def merge(
                                                  show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output COCO JSON file.",
                                       dir_okay=False)],
+    class_map: ClassMapOption = None,
+    one_class: OneClassOption = None,
 ) -> None:
     """Merge datasets into one, e.g. VOC 2007 + 2012 trainval to train on 07+12.
 
@@ -280,20 +313,23 @@ def merge(
     Image and annotation ids are renumbered 1..N; every other field (difficult,
     truncated, iscrowd, area, sizes) is kept. File names are rewritten relative
     to OUT's folder; absolute ones stay absolute. An image file listed in two
-    inputs is an error naming both.
+    inputs is an error naming both. --map and --one-class rename and merge
+    every input's classes first (a new name keeps its first old id).
 
     Example: [bold]frcnn data merge data/voc07.json data/voc12.json --out data/voc0712.json[/]
     """
     from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.data.formats.classmap import parse_class_map
     from frcnn_cli.data.merge import merge_annotations, partial_classes, save_merged
     from frcnn_cli.errors import InputError
     from frcnn_cli.files import prepare_output_file
 
+    cmap = parse_class_map(class_map, one_class)
     if len(inputs) < 2:
         raise InputError(f"give two or more annotation files to merge, got {len(inputs)}")
     out = prepare_output_file(out, inputs=inputs, what="--out")  # before the slow part
     datasets = [load_annotations(p) for p in inputs]
-    merged = merge_annotations(datasets, out.parent)
+    merged = merge_annotations(datasets, out.parent, class_map=cmap)
     path = save_merged(merged, out, inputs=itertools.chain(
         inputs, *(ann.image_files() for ann in datasets)))
     console.table(None, ["input", "images", "objects", "classes"],
@@ -301,7 +337,7 @@ def merge(
                      for p, a in zip(inputs, datasets, strict=True)),
                    ["total", len(merged.images), len(merged.annotations),
                     len(merged.categories)]])
-    partial = partial_classes(datasets)
+    partial = partial_classes(datasets, cmap)
     if partial:
         from rich.markup import escape
 
@@ -310,6 +346,55 @@ def merge(
                      + escape("; ".join(f"{name} ({', '.join(files)})"
                                         for name, files in partial.items())))
     console.info(f"wrote {path}; look for broken images and boxes with: frcnn data check {path}")
+
+
+@data_app.command("tile")
+def tile(
+    annotations: Annotated[Path, typer.Argument(help="COCO JSON file.", dir_okay=False)],
+    size: Annotated[int, typer.Option("--size", help="Tile side in pixels (at least 32).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output COCO JSON file; the tiles go "
+                                      "into <OUT stem>_tiles/ beside it.", dir_okay=False)],
+    overlap: Annotated[float, typer.Option(
+        "--overlap", help="Overlap of neighbouring tiles, a fraction of the side in [0, 1); "
+        "an object no larger than overlap x size pixels lies whole in some tile.")] = 0.2,
+    min_visible: Annotated[float, typer.Option(
+        "--min-visible", help="A box cut by a tile edge stays an object when this share of "
+        "its area is inside; below, it becomes an ignore region.")] = 0.5,
+    negatives: Annotated[str, typer.Option(
+        "--negatives", help="Empty tiles kept per tile with objects (a number, or 'all'). "
+        "Tiles with objects already hold most of the background; empty ones add the "
+        "object-free scenes a large image is mostly made of; 0.2 keeps about one tile in six "
+        "empty. Keep 'all' for a set you evaluate on.")] = "0.2",
+    seed: Annotated[int, typer.Option("--seed", help="Seed choosing the empty tiles.")] = 0,
+    max_pixels: Annotated[int, typer.Option(
+        "--max-pixels", help="Refuse images with more pixels than this; decoding takes 3 "
+        "bytes a pixel.", min=1)] = 2**30,
+) -> None:
+    """Cut images larger than --size into overlapping tiles, for training on large images
+    with small objects (aerial, satellite, microscopy, documents).
+
+    A side longer than SIZE is cut into SIZE-pixel tiles, the last one shifted
+    inward (never padded); a side no longer is not cut, so an image no larger
+    than SIZE stays whole (referenced, not copied). Tiles are written as lossless
+    PNG: the same pixels tiled prediction cuts from the decoded image, without a
+    second round of JPEG loss. A box cut below --min-visible becomes an ignore
+    region (iscrowd 1, tile_cut 1); each image records "tile": {source, x, y}.
+
+    Example: [bold]frcnn data tile aerial/train.json --size 800 --out aerial/train800.json[/]
+    """
+    from rich.markup import escape
+
+    from frcnn_cli.data.tiling import parse_negatives, tile_dataset
+
+    s = tile_dataset(annotations, out, size, overlap=overlap, min_visible=min_visible,
+                     negatives=parse_negatives(negatives), seed=seed, max_pixels=max_pixels,
+                     reporter=console.reporter())
+    console.info(f"{s.images} images -> {s.tiles} tiles ({s.whole_images} images kept whole), "
+                 f"{s.objects} objects kept, {s.ignore_regions} cut to ignore regions, "
+                 f"{s.empty_kept} of {s.empty_tiles} empty tiles kept")
+    for note in s.notes():
+        console.info(f"[yellow]note:[/] {escape(note)}")
+    console.info(f"wrote {s.path} and {s.folder}/")
 
 
 def _render_report(report, examples: int, only_errors: bool = False) -> None:

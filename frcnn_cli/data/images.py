@@ -4,18 +4,40 @@ Photos carry an EXIF orientation that viewers honour, so boxes drawn on them are
 rotated frame: :func:`read_image` and :func:`image_size` apply it too. Grayscale, palette,
 RGBA, CMYK and 16-bit files become 8-bit RGB. A missing, truncated or corrupt file raises a
 DataError naming it instead of a decoder's traceback.
+
+Large images (orthomosaics, satellite scenes, slide scans) are read up to
+:data:`MAX_PIXELS` pixels instead of Pillow's decompression-bomb limit (about 179 million);
+larger ones are refused before any pixel is decoded, naming the cap. Odd files:
+
+- 16-bit samples keep their high byte, ``v // 256``, gray and colour alike (Pillow decodes
+  16-bit colour so), mapping the full range 0..65535 to 0..255. Data that uses fewer bits
+  (12-bit microscopy or 11-bit satellite counts stored in 16) comes out dark: stretch it to
+  8 bits before training, and the same way before prediction.
+- A TIFF with bands beyond its colour ones that are not declared alpha (an RGB + near
+  infrared scene, say) is read as its first three bands, with a warning.
+- Files Pillow cannot decode at all (TIFFs of five or more 16-bit bands, float samples) are
+  refused with one line naming their bands and sample type.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from frcnn_cli.errors import DataError
+
+log = logging.getLogger("frcnn")
+
+# The most pixels an image may have to be decoded: 2^30, e.g. 32768 x 32768, 3 GiB as RGB.
+# Pillow's own limit (its decompression-bomb guard) refuses ~179 million, which an aerial
+# orthomosaic passes; the cap keeps the guard's purpose for files that claim absurd sizes.
+MAX_PIXELS = 2**30
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
                   ".pgm")
@@ -26,6 +48,14 @@ _SWAPS_SIDES = {5, 6, 7, 8}
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError,
                   Image.DecompressionBombError)
+
+# TIFF tags read to explain a file Pillow cannot decode.
+_TIFF_BITS, _TIFF_SAMPLES, _TIFF_SAMPLE_FORMAT = 258, 277, 339
+_SAMPLE_KINDS = {1: "unsigned", 2: "signed", 3: "float"}
+
+# Pillow's limit is a module global; it is lifted only while this module opens a file.
+_PIL_LIMIT_LOCK = threading.Lock()
+_warned_bands = False
 
 
 def opencv():
@@ -47,10 +77,11 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Decode an image file to a uint8 ``[H, W, 3]`` RGB array, EXIF orientation applied.
 
-    Raises DataError naming the file when it is missing, truncated or not an image.
+    Raises DataError naming the file when it is missing, truncated or not an image, or has
+    more than ``max_pixels`` pixels (None: no cap).
     """
     p = Path(path)
     if not p.is_file():
@@ -59,21 +90,64 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow warns about odd EXIF blocks or palette transparency; the pixels are fine.
             warnings.simplefilter("ignore")
-            with Image.open(p) as im:
+            with open_image(p, max_pixels) as im:
                 im.load()
+                _warn_dropped_bands(im, p)
                 ImageOps.exif_transpose(im, in_place=True)  # no copy of a large photo
                 return to_rgb(im)
     except _DECODE_ERRORS as e:
         raise DataError(f"cannot decode image {p}: {_reason(e, p)}") from None
 
 
+def open_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Open an image lazily (header read, pixels not decoded) with ``max_pixels`` as the
+    limit instead of Pillow's; use it as a context manager.
+
+    Raises DataError naming the file and the cap when the image has more pixels, and lets
+    Pillow's own errors through (:func:`read_image` turns those into DataError).
+    """
+    p = Path(path)
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            im = Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    width, height = im.size
+    if max_pixels is not None and width * height > max_pixels:
+        im.close()
+        raise DataError(f"image {p} has {width} x {height} = {width * height:,} pixels, more "
+                        f"than the cap of {max_pixels:,}; raise it with --max-pixels where a "
+                        "command has it, or cut the image into smaller files")
+    return im
+
+
+def _warn_dropped_bands(im: Image.Image, path: Path) -> None:
+    """Pillow decodes a TIFF's undeclared extra bands (RGB + near infrared, say) as RGB,
+    silently dropping them: say so, once per process (a dataset has many such files)."""
+    global _warned_bands
+    tags = getattr(im, "tag_v2", None)
+    if _warned_bands or tags is None:
+        return
+    samples = int(tags.get(_TIFF_SAMPLES, 1))
+    if samples > len(im.getbands()):
+        _warned_bands = True
+        log.warning("%s has %d bands; its first three are read as RGB and the rest ignored "
+                    "(further files like it are not reported)", path, samples)
+
+
 def to_rgb(im: Image.Image) -> np.ndarray:
     """A decoded PIL image as uint8 ``[H, W, 3]`` RGB.
 
-    16-bit and 32-bit integer images are scaled from their full range (0..65535) to 0..255;
-    float images in 0..1 are scaled by 255; alpha is dropped.
+    16-bit images keep their high byte (``v // 256``), as Pillow decodes 16-bit colour;
+    32-bit integer images are scaled from 0..65535 (``v / 257``); float images in 0..1 are
+    scaled by 255; alpha is dropped.
     """
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if im.mode.startswith("I;16"):
+        gray = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if im.mode in ("I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         if im.mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
             arr = arr * 255.0
@@ -86,12 +160,14 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.array(im, dtype=np.uint8)  # a writable copy
 
 
-def image_size(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]:
+def image_size(path: str | os.PathLike, decode: bool = False,
+               max_pixels: int | None = MAX_PIXELS) -> tuple[int, int]:
     """``(width, height)`` as :func:`read_image` would return it, from the header only, or
     after decoding the pixels too with ``decode=True`` (which finds truncated files).
 
     Raises DataError naming the file when it is missing, not an image or (with ``decode``)
-    truncated or corrupt.
+    truncated, corrupt or larger than ``max_pixels``. The header alone is read whatever its
+    size: it costs no memory.
     """
     p = Path(path)
     if not p.is_file():
@@ -99,7 +175,7 @@ def image_size(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(p) as im:
+            with open_image(p, max_pixels if decode else None) as im:
                 width, height = im.size
                 orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
                 if decode:
@@ -113,7 +189,34 @@ def image_size(path: str | os.PathLike, decode: bool = False) -> tuple[int, int]
 
 
 def _reason(e: BaseException, path: Path) -> str:
+    if isinstance(e, UnidentifiedImageError):
+        layout = _tiff_layout(path)
+        if layout is not None:
+            return layout
     text = str(e).splitlines()[0] if str(e) else type(e).__name__
     # Pillow names the path itself; keep the message short and name the file once.
     text = text.replace(f" '{path}'", "").replace(f" {str(path)!r}", "")
     return text.replace("cannot identify image file", "not an image file").split(" '/")[0]
+
+
+def _tiff_layout(path: Path) -> str | None:
+    """Why Pillow cannot read a TIFF, from its first directory: ``"a TIFF of 5 bands of
+    16-bit unsigned samples, ..."``; None for a file that is no TIFF."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(8)
+            if header[:4] not in (b"II*\x00", b"MM\x00*"):
+                return None
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(header)
+            f.seek(ifd.next)
+            ifd.load(f)
+    except (OSError, SyntaxError, ValueError, KeyError):
+        return None
+    samples = int(ifd.get(_TIFF_SAMPLES, 1))
+    bits = ifd.get(_TIFF_BITS, (1,))
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    kind = ifd.get(_TIFF_SAMPLE_FORMAT, (1,))
+    kind = _SAMPLE_KINDS.get(kind[0] if isinstance(kind, tuple) else kind, "unknown")
+    return (f"a TIFF of {samples} band(s) of {bits}-bit {kind} samples, which the decoder "
+            "does not read; save three bands as 8-bit RGB (e.g. gdal_translate -b 1 -b 2 "
+            "-b 3 -ot Byte -scale IN.tif OUT.tif)")

@@ -7,6 +7,10 @@ every other field of an image or annotation (``difficult``, ``truncated``, ``isc
 ``area``, ``width``, ``height``, ...) is kept. ``file_name`` is rewritten relative to the
 output's folder, so the merged file works wherever it is written; absolute names stay absolute.
 
+A class map (``--map``, ``--one-class``: :mod:`frcnn_cli.data.formats.classmap`) renames and
+merges each input's classes first, each new name keeping the id of its first old category, so
+``--map car=vehicle`` matches one input's ``car`` with another's ``vehicle``.
+
 An image file listed in two inputs is an error rather than kept once: its two records may
 disagree, and keeping both would count its objects twice (or leak a validation image into
 training). Top-level keys other than the three lists (``info``, ``licenses``) describe one
@@ -22,25 +26,29 @@ from pathlib import Path
 from typing import Any
 
 from frcnn_cli.data.annotations import _INDENT_LIMIT, Annotations, relative_name
+from frcnn_cli.data.formats.classmap import ClassMap, map_classes
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.files import prepare_output_file, write_json
 
 
-def merge_annotations(datasets: Sequence[Annotations], folder: str | os.PathLike
-                      ) -> Annotations:
+def merge_annotations(datasets: Sequence[Annotations], folder: str | os.PathLike,
+                      class_map: ClassMap | None = None) -> Annotations:
     """One dataset holding every image and object of ``datasets``, in their order.
 
     ``folder`` is where the merged JSON will be written: the result's ``root``, which its
-    relative ``file_name`` s are relative to. Raises InputError for fewer than two inputs or
-    one file given twice, and DataError, naming the files, for an image file in two inputs,
-    two categories of one input sharing a name, or an annotation whose image or category is
-    not in its file (``frcnn data check --fix`` drops those).
+    relative ``file_name`` s are relative to. ``class_map`` renames and merges classes in
+    every input first. Raises InputError for fewer than two inputs, one file given twice or a
+    mapped class no input has, and DataError, naming the files, for an image file in two
+    inputs, two categories of one input sharing a name, or an annotation whose image or
+    category is not in its file (``frcnn data check --fix`` drops those).
     """
     if len(datasets) < 2:
         raise InputError(f"merge needs two or more annotation files, got {len(datasets)}")
     folder = Path(folder)
     names = [_name(ann, i) for i, ann in enumerate(datasets)]
     _refuse_repeated_inputs(datasets)
+    if class_map is not None:
+        datasets = _map_each(datasets, class_map)
 
     categories: list[dict[str, Any]] = []
     id_of_name: dict[str, int] = {}
@@ -89,12 +97,27 @@ def merge_annotations(datasets: Sequence[Annotations], folder: str | os.PathLike
     return Annotations(images, annotations, categories, root=folder)
 
 
-def partial_classes(datasets: Sequence[Annotations]) -> dict[str, list[str]]:
-    """``{class name: [inputs that have it]}`` for the names some input lacks, in merged
-    order (a class an input lacks is unlabelled there: its objects count as background)."""
+def _map_each(datasets: Sequence[Annotations], class_map: ClassMap) -> list[Annotations]:
+    """Every input with ``class_map`` applied; a mapped name must be in some input."""
+    class_map.check_known((c["name"] for ann in datasets for c in ann.categories), "any input")
+    mapped = []
+    for ann in datasets:
+        have = {c["name"] for c in ann.categories}
+        own = ClassMap({old: new for old, new in class_map.renames.items() if old in have},
+                       class_map.one_class)
+        mapped.append(map_classes(ann, own, "keep"))
+    return mapped
+
+
+def partial_classes(datasets: Sequence[Annotations], class_map: ClassMap | None = None
+                    ) -> dict[str, list[str]]:
+    """``{class name: [inputs that have it]}`` for the names some input lacks (after
+    ``class_map``), in merged order (a class an input lacks is unlabelled there: its objects
+    count as background)."""
     holders: dict[str, list[str]] = {}
+    rename = class_map or (lambda name: name)
     for i, ann in enumerate(datasets):
-        for name in dict.fromkeys(c["name"] for c in ann.categories):
+        for name in dict.fromkeys(rename(c["name"]) for c in ann.categories):
             holders.setdefault(name, []).append(_name(ann, i))
     return {c: files for c, files in holders.items() if len(files) < len(datasets)}
 

@@ -8,6 +8,11 @@ more than 30 % of a shape already there or if two boxes would overlap at IoU abo
 test-time NMS threshold), so every object stays recognisable and findable. A box is the
 shape's full extent in pixels, occluded parts included, exactly as rasterised.
 
+Large images with many small objects, for tiling (``frcnn data tile``), come from the same
+drawing with pixel sizes instead of fractions: ``--size 2000 --objects 150 --min-object 12
+--max-object 40``. Each shape is drawn and checked in its own small window of the image, so
+the cost grows with the objects, not with the image's area times the objects.
+
 Generation is deterministic: image ``i`` of a split draws from its own random stream seeded by
 ``(seed, split, i)``, so the same seed gives byte-identical JSON (and pixels) on any machine
 with the same OpenCV, in one process or many.
@@ -50,15 +55,21 @@ class SynthConfig:
 
 
 _SPLIT_CODES = {"train": 1, "val": 2}
+_MIN_OBJECT = 6  # pixels: the smallest shape drawn
+_MAX_OBJECTS = 10000  # per image: the owner map is int16
 
 
 def synthesize(out: str | os.PathLike, train: int = 200, val: int = 50, size: int = 256,
                seed: int = 0, num_classes: int = 3, reporter: Reporter = SILENT,
-               workers: int | None = None) -> dict[str, Path]:
+               workers: int | None = None, max_objects: int | None = None,
+               min_object: int | None = None, max_object: int | None = None
+               ) -> dict[str, Path]:
     """Write ``OUT/train.json``, ``OUT/val.json`` and ``OUT/images/{train,val}/*.jpg``.
 
     Returns ``{"train": path, "val": path}``. ``workers`` processes draw the images (default:
-    up to 4, one per CPU); the result does not depend on it.
+    up to 4, one per CPU); the result does not depend on it. ``max_objects`` (shapes per
+    image, 1 to it) and ``min_object``/``max_object`` (shape sides in pixels) replace
+    :class:`SynthConfig`'s defaults when given.
     """
     if not 1 <= num_classes <= len(SHAPES):
         raise InputError(f"--classes must be between 1 and {len(SHAPES)}, got {num_classes}")
@@ -66,7 +77,8 @@ def synthesize(out: str | os.PathLike, train: int = 200, val: int = 50, size: in
         raise InputError(f"--size must be at least 32 pixels, got {size}")
     if train < 0 or val < 0:
         raise InputError("--train and --val must not be negative")
-    cfg = SynthConfig(size=size, num_classes=num_classes)
+    cfg = SynthConfig(size=size, num_classes=num_classes,
+                      **_object_options(size, max_objects, min_object, max_object))
     _refuse_existing_dataset(Path(out))
     folder = prepare_output_dir(out, what="output")
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -77,7 +89,7 @@ def synthesize(out: str | os.PathLike, train: int = 200, val: int = 50, size: in
             img_dir.mkdir(parents=True, exist_ok=True)
             jobs = [(cfg, seed, split, i, img_dir) for i in range(count)]
             records = []
-            if workers > 1 and count >= 64:
+            if workers > 1 and count > 1 and count * size**2 >= 64 * 256**2:
                 with ProcessPoolExecutor(workers) as pool:
                     for rec in pool.map(_write_image, jobs, chunksize=16):
                         records.append(rec)
@@ -89,6 +101,28 @@ def synthesize(out: str | os.PathLike, train: int = 200, val: int = 50, size: in
             ann = _assemble(records, cfg, folder)
             written[split] = save_annotations(ann, folder / f"{split}.json")
     return written
+
+
+def _object_options(size: int, max_objects: int | None, min_object: int | None,
+                    max_object: int | None) -> dict[str, Any]:
+    """SynthConfig fields for the options given, checked."""
+    fields: dict[str, Any] = {}
+    if max_objects is not None:
+        if not 1 <= max_objects <= _MAX_OBJECTS:
+            raise InputError(f"--objects must be between 1 and {_MAX_OBJECTS}, got {max_objects}")
+        fields["max_objects"] = max_objects
+    lo = min_object if min_object is not None else SynthConfig.min_side * size
+    hi = max_object if max_object is not None else SynthConfig.max_side * size
+    if (min_object is not None or max_object is not None) and \
+            not _MIN_OBJECT <= lo <= hi <= size - 2:
+        raise InputError(f"object sides must satisfy {_MIN_OBJECT} <= --min-object <= "
+                         f"--max-object <= --size - 2, got {lo:g} and {hi:g} for {size} px "
+                         "images")
+    if min_object is not None:
+        fields["min_side"] = min_object / size
+    if max_object is not None:
+        fields["max_side"] = max_object / size
+    return fields
 
 
 def _refuse_existing_dataset(folder: Path) -> None:
@@ -145,25 +179,31 @@ def draw_image(cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, 
     image, base = _background(s, rng)
     owner = np.full((s, s), -1, np.int16)  # which object each pixel shows (-1: background)
     full_area: list[int] = []
+    visible_area = np.zeros(0, np.int64)  # pixels each object still shows
     objects: list[dict] = []
+    boxes = np.zeros((0, 4))
     n = 0 if rng.random() < cfg.empty_fraction else int(rng.integers(1, cfg.max_objects + 1))
     colors: list[np.ndarray] = []
     for _ in range(n):
         cls = int(rng.integers(cfg.num_classes))
         color = _contrasting_color(base, colors, cfg, rng)
         for _attempt in range(15):
-            mask, box = _shape_mask(SHAPES[cls], cfg, rng)
-            if (_keeps_others_visible(owner, mask, full_area, cfg.min_visible)
-                    and _max_iou(box, [o["bbox"] for o in objects]) <= cfg.max_box_iou):
+            (x, y, mask), box = _shape_mask(SHAPES[cls], cfg, rng)
+            region = owner[y:y + mask.shape[0], x:x + mask.shape[1]]
+            hidden = np.bincount(region[mask] + 1, minlength=len(full_area) + 1)[1:]
+            if (np.all(visible_area - hidden >= cfg.min_visible * np.asarray(full_area))
+                    and _max_iou(box, boxes) <= cfg.max_box_iou):
                 break
         else:
             continue
         k = len(objects)
-        owner[mask] = k
-        image[mask] = color
+        region[mask] = k
+        image[y:y + mask.shape[0], x:x + mask.shape[1]][mask] = color
         full_area.append(int(mask.sum()))
+        visible_area = np.append(visible_area - hidden, full_area[-1])
         colors.append(color)
         objects.append({"category_id": cls + 1, "bbox": box})
+        boxes = np.vstack([boxes, box])
     noise = rng.normal(0.0, rng.uniform(3.0, 8.0), image.shape)
     image = np.clip(image + noise, 0, 255).astype(np.uint8)
     return image, objects
@@ -208,10 +248,10 @@ def _contrasting_color(base: np.ndarray, others: list[np.ndarray], cfg: SynthCon
     return np.where(base > 127, 0.0, 255.0).astype(np.float32)
 
 
-def _shape_mask(shape: str, cfg: SynthConfig,
-                rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
-    """A boolean ``[S, S]`` mask of one shape placed at random, and its tight box
-    ``[x, y, w, h]``."""
+def _shape_mask(shape: str, cfg: SynthConfig, rng: np.random.Generator
+                ) -> tuple[tuple[int, int, np.ndarray], list[float]]:
+    """One shape placed at random: ``(x, y, mask)``, a boolean mask of the window whose top
+    left pixel is ``(x, y)``, and the shape's tight box ``[x, y, w, h]`` in the image."""
     cv2 = opencv()
 
     s = cfg.size
@@ -225,20 +265,25 @@ def _shape_mask(shape: str, cfg: SynthConfig,
     y0 = int(rng.integers(0, s - h + 1))
     x1, y1 = x0 + w - 1, y0 + h - 1  # inclusive pixel extent
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    canvas = np.zeros((s, s), np.uint8)
+    # The shape is drawn in a window a little larger than its extent, at whole-pixel offsets:
+    # the same pixels as drawing it on the whole image.
+    left, top = max(0, x0 - 2), max(0, y0 - 2)
+    right, bottom = min(s, x1 + 3), min(s, y1 + 3)
+    canvas = np.zeros((bottom - top, right - left), np.uint8)
     if shape == "circle":
-        cv2.ellipse(canvas, (round(cx), round(cy)), ((w - 1) // 2, (h - 1) // 2), 0, 0, 360,
-                    1, -1)
+        cv2.ellipse(canvas, (round(cx) - left, round(cy) - top),
+                    ((w - 1) // 2, (h - 1) // 2), 0, 0, 360, 1, -1)
     elif shape == "square":
-        cv2.rectangle(canvas, (x0, y0), (x1, y1), 1, -1)
+        cv2.rectangle(canvas, (x0 - left, y0 - top), (x1 - left, y1 - top), 1, -1)
     else:
         for poly in _polygons(shape, x0, y0, x1, y1):
-            cv2.fillPoly(canvas, [np.round(poly).astype(np.int32)], 1)
+            points = np.round(poly).astype(np.int32) - np.array([left, top], np.int32)
+            cv2.fillPoly(canvas, [points], 1)
     mask = canvas.astype(bool)
     ys, xs = np.nonzero(mask)
-    bx, by = int(xs.min()), int(ys.min())
-    box = [float(bx), float(by), float(xs.max() + 1 - bx), float(ys.max() + 1 - by)]
-    return mask, box
+    bx, by = int(xs.min()) + left, int(ys.min()) + top
+    box = [float(bx), float(by), float(xs.max() + left + 1 - bx), float(ys.max() + top + 1 - by)]
+    return (left, top, mask), box
 
 
 def _polygons(shape: str, x0: int, y0: int, x1: int, y1: int) -> list[np.ndarray]:
@@ -261,22 +306,14 @@ def _polygons(shape: str, x0: int, y0: int, x1: int, y1: int) -> list[np.ndarray
     return [np.stack([px, py], axis=1)]
 
 
-def _max_iou(box: list[float], others: list[list[float]]) -> float:
-    """Largest IoU of ``box`` with ``others`` (all ``[x, y, w, h]``); 0 without others."""
-    best = 0.0
+def _max_iou(box: list[float], others: np.ndarray) -> float:
+    """Largest IoU of ``box`` with ``others`` ``(M, 4)`` (all ``[x, y, w, h]``); 0 without
+    others."""
+    if not len(others):
+        return 0.0
     x, y, w, h = box
-    for ox, oy, ow, oh in others:
-        iw = max(0.0, min(x + w, ox + ow) - max(x, ox))
-        ih = max(0.0, min(y + h, oy + oh) - max(y, oy))
-        inter = iw * ih
-        best = max(best, inter / (w * h + ow * oh - inter))
-    return best
-
-
-def _keeps_others_visible(owner: np.ndarray, mask: np.ndarray, full_area: list[int],
-                          min_visible: float) -> bool:
-    """Whether drawing ``mask`` on top leaves every earlier object ``min_visible`` visible."""
-    if not full_area:
-        return True
-    counts = np.bincount(owner[~mask].ravel() + 1, minlength=len(full_area) + 1)[1:]
-    return bool(np.all(counts >= min_visible * np.asarray(full_area)))
+    ox, oy, ow, oh = others.T
+    iw = np.maximum(0.0, np.minimum(x + w, ox + ow) - np.maximum(x, ox))
+    ih = np.maximum(0.0, np.minimum(y + h, oy + oh) - np.maximum(y, oy))
+    inter = iw * ih
+    return float(np.max(inter / (w * h + ow * oh - inter)))
