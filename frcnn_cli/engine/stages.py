@@ -78,8 +78,7 @@ def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
 
 def proposal_coverage(boxes: list[torch.Tensor], ann) -> dict[str, float | int] | None:
     """The proposals file's ``meta["coverage"]`` (see engine/proposals.py), logged."""
-    from frcnn_cli.evaluation.inference import counted_objects
-    from frcnn_cli.evaluation.recall import proposal_recall
+    from frcnn_cli.evaluation.recall import counted_objects, proposal_recall
 
     top = max([1, *map(len, boxes)])  # every proposal of every image
     result = proposal_recall([b.numpy() for b in boxes], counted_objects(ann), [top])

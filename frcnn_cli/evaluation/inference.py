@@ -25,7 +25,7 @@ from frcnn_cli.data.annotations import Annotations, load_annotations
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
-from frcnn_cli.evaluation.recall import TOP_N, RecallResult, proposal_recall
+from frcnn_cli.evaluation.recall import TOP_N, RecallResult, counted_objects, proposal_recall
 from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
@@ -115,18 +115,6 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
     if detections is not None:
         detections.extend(dets)
     return evaluate_detections(ann, dets, metric, source="model detections")
-
-
-def counted_objects(ann: Annotations) -> list[np.ndarray]:
-    """Each image's objects that count for recall (not difficult, not crowd), ``(G, 4)`` x1 y1
-    x2 y2 in original pixels, in dataset order."""
-    objects = []
-    for im in ann.images:
-        kept = [a["bbox"] for a in ann.objects(im["id"])
-                if not a.get("difficult", 0) and not a.get("iscrowd", 0)]
-        xywh = np.asarray(kept, dtype=np.float64).reshape(-1, 4)
-        objects.append(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
-    return objects
 
 
 @torch.inference_mode()
