@@ -48,6 +48,7 @@ def evaluate(
         "300/1000/2000 proposals instead of mAP (the paper's Section 4); writes recall.json and "
         "recall.png (to --json and --plot, default: the checkpoint's folder).")] = False,
     device: options.Device = "auto",
+    precision: options.PrecisionOption = options.Precision.fp32,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", min=1, help="Images per forward pass. One gives exactly the "
         "detections of predict, the Python API and the exported files; more is faster on a "
@@ -74,8 +75,10 @@ def evaluate(
         raise InputError("eval needs --data ANN.json, the dataset to evaluate on")
     if (checkpoint is None) == (detections is None):
         raise InputError("give a checkpoint or --detections DETS.json (exactly one of them)")
-    if detections is not None and (proposals or save_detections is not None):
-        flag = "--proposals" if proposals else "--save-detections"
+    if detections is not None and (proposals or save_detections is not None
+                                   or precision is not options.Precision.fp32):
+        flag = ("--proposals" if proposals else "--save-detections"
+                if save_detections is not None else "--precision")
         raise InputError(f"{flag} needs a checkpoint: it runs the model")
     if proposals and save_detections is not None:
         raise InputError("--proposals runs only the RPN; drop --save-detections")
@@ -118,16 +121,18 @@ def evaluate(
         return
 
     from frcnn_cli import load_model
-    from frcnn_cli.devices import resolve_device
+    from frcnn_cli.devices import autocast, resolve_device
 
     torch_device = resolve_device(device)
+    autocast(torch_device, precision.value)  # fp16 on a CPU is refused before any work
     model = load_model(checkpoint, device=torch_device)
     if proposals:
         from frcnn_cli.evaluation.inference import evaluate_proposals
         from frcnn_cli.evaluation.plots import plot_recall_curve
         from frcnn_cli.files import write_json
 
-        rec = evaluate_proposals(model, ann, torch_device, console.reporter(), batch_size)
+        rec = evaluate_proposals(model, ann, torch_device, console.reporter(), batch_size,
+                                 precision=precision.value)
         _recall_table(rec, data)
         write_json(json_out, {"checkpoint": str(checkpoint), "data": str(data),
                               **rec.to_dict()})
@@ -141,7 +146,7 @@ def evaluate(
     chosen = metric.value if metric is not None else model.recipe.eval.metric
     dets: list = []
     result = evaluate_model(model, ann, chosen, torch_device, console.reporter(), batch_size,
-                            detections=dets)
+                            detections=dets, precision=precision.value)
     if save_detections is not None:
         write_detections(save_detections, dets)
         console.info(f"wrote {len(dets)} detections to {save_detections}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,3 +19,14 @@ Device = Annotated[str, typer.Option(
     "--device", "-d", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 JsonOut = Annotated[Optional[Path], typer.Option(  # noqa: UP045
     "--json", help="Also write the result as JSON to this file.", dir_okay=False)]
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+PrecisionOption = Annotated[Precision, typer.Option(
+    "--precision", help="fp32, or autocast to bf16 (CPU or GPU) or fp16 (GPU); the prediction "
+    "layers stay in fp32.")]

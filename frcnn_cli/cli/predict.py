@@ -29,6 +29,7 @@ def predict(
         "--score-thresh", "-t", min=0.0, max=1.0,
         help="Keep detections scoring at least this (drawn and saved).")] = 0.5,
     device: options.Device = "auto",
+    precision: options.PrecisionOption = options.Precision.fp32,
 ) -> None:
     """Detect objects in images; write OUT/detections.json and annotated copies.
 
@@ -53,13 +54,15 @@ def predict(
     prepare_output_dir(out, inputs, "--out folder")
 
     from frcnn_cli import load_model
-    from frcnn_cli.devices import resolve_device
+    from frcnn_cli.devices import autocast, resolve_device
     from frcnn_cli.evaluation.detections import save_detections
     from frcnn_cli.evaluation.predict import predict_files
 
     torch_device = resolve_device(device)
+    autocast(torch_device, precision.value)  # fp16 on a CPU is refused before any work
     model = load_model(checkpoint, device=torch_device)
-    report = predict_files(model, jobs, torch_device, score_thresh, console.reporter())
+    report = predict_files(model, jobs, torch_device, score_thresh, console.reporter(),
+                           precision.value)
     for source, reason in report.skipped:
         log.warning("skipped: %s", reason if str(source) in reason else f"{source}: {reason}")
     if not report.written:

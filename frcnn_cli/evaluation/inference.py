@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from frcnn_cli.data.annotations import Annotations, load_annotations
+from frcnn_cli.devices import autocast
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
@@ -59,16 +60,19 @@ def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> None
 
 
 def _batches(model, ann: Annotations, device: torch.device, reporter: Reporter,
-             batch_size: int, description: str, **settings: Any) -> Iterator[Any]:
+             batch_size: int, description: str, precision: str = "fp32",
+             **settings: Any) -> Iterator[Any]:
     """Yield ``(output, image_id)`` for every image of ``ann``: ``model.detect`` on the images
-    at their own size, with ``settings``; boxes in file pixels, as numpy arrays."""
+    at their own size, with ``settings``, in ``precision`` (fp32, or autocast to bf16/fp16);
+    boxes in file pixels, as numpy arrays."""
     from frcnn_cli.data.dataset import build_test_loader
 
     loader = build_test_loader(ann, model.recipe, batch_size=batch_size)
     with reporter.task(description, total=len(ann.images)) as task:
         for images, targets in loader:
             inputs = [im.to(device, non_blocking=True) for im in images]
-            outputs = model.detect(inputs, **settings)
+            with autocast(device, precision):
+                outputs = model.detect(inputs, **settings)
             for output, target in zip(outputs, targets, strict=True):
                 yield ({k: v.detach().float().cpu().numpy() for k, v in output.items()},
                        target["image_id"])
@@ -84,7 +88,8 @@ def _annotations(annotations: Annotations | str | os.PathLike) -> Annotations:
 @torch.inference_mode()
 def predict_dataset(model, annotations: Annotations | str | os.PathLike,
                     device: str | torch.device = "cpu", reporter: Reporter = SILENT,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+                    batch_size: int = DEFAULT_BATCH_SIZE,
+                    precision: str = "fp32") -> list[dict[str, Any]]:
     """Detections of ``model`` on every image of a dataset, as COCO results in file pixels.
 
     The model is put in eval mode on ``device``; its labels are mapped back to the dataset's
@@ -95,7 +100,8 @@ def predict_dataset(model, annotations: Annotations | str | os.PathLike,
     check_classes(model.classes, ann)
     model.eval().to(device)
     results: list[dict[str, Any]] = []
-    for out, image_id in _batches(model, ann, device, reporter, batch_size, "detect"):
+    for out, image_id in _batches(model, ann, device, reporter, batch_size, "detect",
+                                  precision):
         results.extend(to_coco_results(out["boxes"], out["scores"], out["labels"], image_id,
                                        model.classes))
     return results
@@ -104,14 +110,15 @@ def predict_dataset(model, annotations: Annotations | str | os.PathLike,
 def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: str = "voc07",
                    device: str | torch.device = "cpu", reporter: Reporter = SILENT,
                    batch_size: int = DEFAULT_BATCH_SIZE,
-                   detections: list[dict[str, Any]] | None = None) -> EvalResult:
+                   detections: list[dict[str, Any]] | None = None,
+                   precision: str = "fp32") -> EvalResult:
     """Run ``model`` over a dataset and score it (``metric``: voc07, voc or coco).
 
     ``annotations`` is an Annotations or a path to a COCO JSON file. Pass a list as
     ``detections`` to also receive the detections (COCO results, file pixels) in it.
     """
     ann = _annotations(annotations)
-    dets = predict_dataset(model, ann, device, reporter, batch_size)
+    dets = predict_dataset(model, ann, device, reporter, batch_size, precision)
     if detections is not None:
         detections.extend(dets)
     return evaluate_detections(ann, dets, metric, source="model detections")
@@ -121,7 +128,7 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
 def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
                        device: str | torch.device = "cpu", reporter: Reporter = SILENT,
                        batch_size: int = DEFAULT_BATCH_SIZE,
-                       top_n: tuple[int, ...] = TOP_N) -> RecallResult:
+                       top_n: tuple[int, ...] = TOP_N, precision: str = "fp32") -> RecallResult:
     """Recall of the RPN's top N proposals (default 300, 1000, 2000) on a dataset.
 
     Proposals are taken once with room for the largest N (the pre-NMS count stays the
@@ -136,7 +143,7 @@ def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
     index = {im["id"]: i for i, im in enumerate(ann.images)}
     proposals: list[np.ndarray] = [np.zeros((0, 4))] * len(ann.images)
     for out, image_id in _batches(model, ann, device, reporter, batch_size, "proposals",
-                                  rpn_only=True, **settings):
+                                  precision, rpn_only=True, **settings):
         order = np.argsort(-out["scores"].reshape(-1), kind="stable")
         proposals[index[image_id]] = out["boxes"].reshape(-1, 4)[order]
     result = proposal_recall(proposals, counted_objects(ann), top_n)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from frcnn_cli.data.images import IMAGE_SUFFIXES, is_image_file, read_image
+from frcnn_cli.devices import autocast
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.draw import draw_detections
@@ -117,7 +118,8 @@ def _resolved(path: Path) -> Path:
 
 @torch.inference_mode()
 def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = "cpu",
-                  score_thresh: float = 0.5, reporter: Reporter = SILENT) -> PredictReport:
+                  score_thresh: float = 0.5, reporter: Reporter = SILENT,
+                  precision: str = "fp32") -> PredictReport:
     """Run ``model`` on each job's image, keep detections scoring at least ``score_thresh``,
     write the drawing to ``job.output`` and collect the detections in file pixels.
 
@@ -137,7 +139,8 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
                 task.update(advance=1)
                 continue
             image = torch.from_numpy(pixels).permute(2, 0, 1).to(device)  # uint8, file size
-            out = model.detect([image], score_thresh=detect_thresh)[0]
+            with autocast(device, precision):
+                out = model.detect([image], score_thresh=detect_thresh)[0]
             out = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
             labels = out["labels"].astype(np.int64)
             results = to_coco_results(out["boxes"], out["scores"], labels, job.image_id,

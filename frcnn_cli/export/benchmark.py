@@ -42,12 +42,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from frcnn_cli.devices import PRECISIONS
+
 STAGES = ("preprocess", "backbone", "rpn", "roi_head", "postprocess")
 STAGE_TITLES = {"preprocess": "preprocess (resize, normalise)", "backbone": "backbone",
                 "rpn": "RPN and proposals", "roi_head": "RoI pooling and head",
                 "postprocess": "postprocess (class NMS)"}
 PARTS = ("backbone", "rpn", "roi_heads")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
