@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_cli.boxes import is_degenerate
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import image_size
@@ -98,7 +99,7 @@ def dataset_stats(ann: Annotations, recipe: Recipe | None = None) -> DatasetStat
             difficult[cat] += bool(a.get("difficult", 0))
             crowd[cat] += bool(a.get("iscrowd", 0))
             _, _, w, h = a["bbox"]
-            if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0):
+            if is_degenerate(a["bbox"]):
                 stats.invalid_boxes += 1
                 continue
             area = w * h
