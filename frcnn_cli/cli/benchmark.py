@@ -70,8 +70,10 @@ def benchmark(
         require_file(checkpoint, "checkpoint")
     if json_out is not None:
         from frcnn_cli.files import prepare_output_file
+        from frcnn_cli.outputs import BENCHMARK
 
-        prepare_output_file(json_out, [p for p in (checkpoint, image) if p], "--json file")
+        prepare_output_file(json_out, BENCHMARK, [p for p in (checkpoint, image) if p],
+                            "--json file")
 
     import torch
 

@@ -121,7 +121,7 @@ def convert(
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     ann = read_dataset(src, fmt.value, split=split, classes=names, images=images,
                        class_map=cmap)
-    path = save_annotations(ann, out, inputs=[src])
+    path = save_annotations(ann, out, inputs=[src], written_by="data convert")
     _summary(ann)
     console.info(f"wrote {path}; look for broken images and boxes with: frcnn data check {path}")
 
@@ -169,8 +169,10 @@ def check(
 
     if fix is not None:  # refuse a bad output path before the slow part
         from frcnn_cli.files import prepare_output_file
+        from frcnn_cli.outputs import dataset_kind
 
-        prepare_output_file(fix, inputs=[annotations], what="--fix output")
+        prepare_output_file(fix, dataset_kind("data check --fix"), inputs=[annotations],
+                            what="--fix output")
     ann = load_annotations(annotations)
     report = check_dataset(ann, decode=not fast, reporter=console.reporter())
     console.info(f"{annotations}: {len(ann.images)} images, {len(ann.annotations)} objects, "
@@ -184,7 +186,8 @@ def check(
         return
     fixed, changes = fix_dataset(ann, report)
     # the images --fix drops are inputs too
-    path = save_annotations(fixed, fix, inputs=itertools.chain([annotations], ann.image_files()))
+    path = save_annotations(fixed, fix, inputs=itertools.chain([annotations], ann.image_files()),
+                            written_by="data check --fix")
     if changes:
         console.table(f"changes in {path}", ["change", "count"],
                       [[what, n] for what, n in changes.items()])
@@ -218,16 +221,19 @@ def stats(
     """
     from frcnn_cli import config
     from frcnn_cli.data.annotations import load_annotations
-    from frcnn_cli.data.stats import dataset_stats, plot_stats
+    from frcnn_cli.data.stats import PLOT_FILES, dataset_stats, plot_stats
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, write_json
+    from frcnn_cli.outputs import DATA_STATS, PLOT
 
     if json_out is not None:
-        prepare_output_file(json_out, inputs=[annotations], what="--json output")
-    folder = prepare_output_dir(plot, inputs=[annotations], what="--plot") \
+        prepare_output_file(json_out, DATA_STATS, inputs=[annotations], what="--json output")
+    folder = prepare_output_dir(plot, inputs=[annotations], what="--plot",
+                                writes=[(name, PLOT) for name in PLOT_FILES]) \
         if plot is not None else None
     ann = load_annotations(annotations)
     if json_out is not None:
-        prepare_output_file(json_out, inputs=ann.image_files(), what="--json output")
+        prepare_output_file(json_out, DATA_STATS, inputs=ann.image_files(),
+                            what="--json output")
     r = config.load_recipe(recipe)
     st = dataset_stats(ann, r)
     console.info(f"{annotations}: {st.num_images} images ({st.images_without_objects} without "
@@ -271,18 +277,17 @@ def split(
     """
     from frcnn_cli.data.annotations import load_annotations, save_annotations
     from frcnn_cli.data.split import class_counts, split_annotations
-    from frcnn_cli.files import prepare_output_dir
+    from frcnn_cli.files import prepare_output_dir, prepare_output_file
+    from frcnn_cli.outputs import dataset_kind
 
+    kind = dataset_kind("data split")
     folder = prepare_output_dir(out, what="--out")
     ann = load_annotations(annotations)
     train, val = split_annotations(ann, val_fraction, seed)
-    # check both outputs before writing either
-    from frcnn_cli.files import prepare_output_file
-
-    for name in ("train.json", "val.json"):
-        prepare_output_file(folder / name, inputs=itertools.chain([annotations],
-                                                                  ann.image_files()))
-    paths = [save_annotations(part, folder / name,
+    for name in ("train.json", "val.json"):  # check both outputs before writing either
+        prepare_output_file(folder / name, kind, inputs=itertools.chain([annotations],
+                                                                        ann.image_files()))
+    paths = [save_annotations(part, folder / name, written_by="data split",
                               inputs=itertools.chain([annotations], ann.image_files()))
              for part, name in ((train, "train.json"), (val, "val.json"))]
     tc, vc = class_counts(train), class_counts(val)
@@ -320,14 +325,15 @@ def merge(
     """
     from frcnn_cli.data.annotations import load_annotations
     from frcnn_cli.data.formats.classmap import parse_class_map
-    from frcnn_cli.data.merge import merge_annotations, partial_classes, save_merged
+    from frcnn_cli.data.merge import WRITER, merge_annotations, partial_classes, save_merged
     from frcnn_cli.errors import InputError
     from frcnn_cli.files import prepare_output_file
+    from frcnn_cli.outputs import dataset_kind
 
     cmap = parse_class_map(class_map, one_class)
     if len(inputs) < 2:
         raise InputError(f"give two or more annotation files to merge, got {len(inputs)}")
-    out = prepare_output_file(out, inputs=inputs, what="--out")  # before the slow part
+    out = prepare_output_file(out, dataset_kind(WRITER), inputs=inputs, what="--out")
     datasets = [load_annotations(p) for p in inputs]
     merged = merge_annotations(datasets, out.parent, class_map=cmap)
     path = save_merged(merged, out, inputs=itertools.chain(

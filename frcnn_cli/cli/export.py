@@ -81,6 +81,7 @@ def export(
     --format checkpoint --out runs/a/model-svd.pt[/]
     """
     from frcnn_cli.files import prepare_output_file, require_file
+    from frcnn_cli.outputs import EXPORT
 
     require_file(checkpoint, "checkpoint")
     if opset is not None and fmt is not Format.onnx:
@@ -101,7 +102,7 @@ def export(
     if data is not None:
         require_file(data, "dataset")
     inputs = [checkpoint, *(check_images or []), *([data] if data else [])]
-    prepare_output_file(out, inputs, "--out file")
+    prepare_output_file(out, EXPORT, inputs, "--out file")
 
     from frcnn_cli import load_model
 
@@ -120,7 +121,7 @@ def export(
             from frcnn_cli.data.annotations import load_annotations
 
             ann = load_annotations(data)
-            prepare_output_file(out, ann.image_files(), "--out file")
+            prepare_output_file(out, EXPORT, ann.image_files(), "--out file")
         console.info(f"truncated SVD of fc6 (rank {svd})"
                      + (f" and fc7 (rank {fc7})" if fc7 else "") + " ...")
         model, report = truncated.compress_and_measure(model, svd, fc7, ann, torch_device,

@@ -31,6 +31,7 @@ from typing import Any
 from frcnn_cli.boxes import is_number, require_xywh
 from frcnn_cli.errors import DataError
 from frcnn_cli.files import prepare_output_file, require_file, write_json
+from frcnn_cli.outputs import dataset_kind, dataset_marker
 
 # Files with more images than this are written without indentation (COCO-sized sets).
 _INDENT_LIMIT = 5000
@@ -250,15 +251,20 @@ def _require_id(obj: dict[str, Any], key: str, where: str) -> None:
 
 
 def save_annotations(ann: Annotations, path: str | os.PathLike,
-                     inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                     inputs: Iterable[str | os.PathLike] = (),
+                     written_by: str = "save_annotations") -> Path:
     """Write ``ann`` to ``path`` atomically, ``file_name`` made relative to ``path``'s folder.
 
-    ``inputs`` are files the output must not replace; the dataset's own file and its image
-    files always are.
+    ``written_by`` names the command in the file's first entry (``"frcnn": {"written_by":
+    ...}``); an existing ``path`` is replaced only when that same command wrote it
+    (:func:`frcnn_cli.outputs.dataset_kind`). ``inputs`` are files the output must not
+    replace; the dataset's own file and its image files always are.
     """
     guard = itertools.chain(inputs, [ann.path] if ann.path is not None else [],
                             ann.image_files())
-    out = prepare_output_file(path, inputs=guard, what="annotation file")
+    out = prepare_output_file(path, dataset_kind(written_by), inputs=guard,
+                              what="annotation file")
     data = ann.to_dict(folder=out.parent)
+    data = {**dataset_marker(written_by), **{k: v for k, v in data.items() if k != "frcnn"}}
     indent = 2 if len(ann.images) <= _INDENT_LIMIT else None
     return write_json(out, data, indent=indent)
