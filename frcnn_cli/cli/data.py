@@ -11,7 +11,7 @@ import typer
 
 from frcnn_cli.cli import console, options
 
-data_app = typer.Typer(help="Make, convert, check, describe, split and merge datasets "
+data_app = options.Typer(help="Make, convert, check, describe, split and merge datasets "
                        "(COCO JSON).",
                        no_args_is_help=True)
 
@@ -298,7 +298,7 @@ def split(
                  f"({len(val.images)} images)")
     missing = [c["name"] for c in ann.classes if tc[c["id"]][1] == 0 or vc[c["id"]][1] == 0]
     if missing:
-        console.info(f"[yellow]on one side only[/] (too few images): {', '.join(missing)}")
+        console.info(("on one side only", "yellow"), f" (too few images): {', '.join(missing)}")
 
 
 @data_app.command("merge")
@@ -345,12 +345,9 @@ def merge(
                     len(merged.categories)]])
     partial = partial_classes(datasets, cmap)
     if partial:
-        from rich.markup import escape
-
-        console.info("[yellow]note:[/] classes in only some inputs (unlabelled, so "
+        console.info(("note:", "yellow"), " classes in only some inputs (unlabelled, so "
                      "background, in the others): "
-                     + escape("; ".join(f"{name} ({', '.join(files)})"
-                                        for name, files in partial.items())))
+                     + "; ".join(f"{name} ({', '.join(files)})" for name, files in partial.items()))
     console.info(f"wrote {path}; look for broken images and boxes with: frcnn data check {path}")
 
 
@@ -388,8 +385,6 @@ def tile(
 
     Example: [bold]frcnn data tile aerial/train.json --size 800 --out aerial/train800.json[/]
     """
-    from rich.markup import escape
-
     from frcnn_cli.data.tiling import parse_negatives, tile_dataset
 
     s = tile_dataset(annotations, out, size, overlap=overlap, min_visible=min_visible,
@@ -399,15 +394,13 @@ def tile(
                  f"{s.objects} objects kept, {s.ignore_regions} cut to ignore regions, "
                  f"{s.empty_kept} of {s.empty_tiles} empty tiles kept")
     for note in s.notes():
-        console.info(f"[yellow]note:[/] {escape(note)}")
+        console.info(("note:", "yellow"), f" {note}")
     console.info(f"wrote {s.path} and {s.folder}/")
 
 
 def _render_report(report, examples: int, only_errors: bool = False) -> None:
     """One block per kind: a coloured heading with the count and what --fix does, then
     examples on their own lines (never cut, so every file name can be copied)."""
-    from rich.markup import escape
-
     from frcnn_cli.data.check import ERROR, INFO, KINDS, WARNING
 
     style = {ERROR: "bold red", WARNING: "yellow", INFO: "cyan"}
@@ -415,17 +408,16 @@ def _render_report(report, examples: int, only_errors: bool = False) -> None:
     if only_errors:
         groups = {k: v for k, v in groups.items() if KINDS[k][0] == ERROR}
     if not groups:
-        console.info("[green]no problems found[/]")
+        console.info(("no problems found", "green"))
         return
     for kind, issues in groups.items():
         severity, remedy = KINDS[kind]
-        console.console.print(f"[{style[severity]}]{severity}[/] [bold]{kind}[/] "
-                              f"({len(issues)}) [dim]--fix: {remedy}[/]", highlight=False)
+        console.result((severity, style[severity]), " ", (kind, "bold"), f" ({len(issues)}) ",
+                       (f"--fix: {remedy}", "dim"))
         for issue in issues[:examples]:
-            console.console.print(f"  {escape(issue.message)}", soft_wrap=True,
-                                  highlight=False)
+            console.result(f"  {issue.message}")
         if len(issues) > examples:
-            console.console.print(f"  ... and {len(issues) - examples} more", highlight=False)
+            console.result(f"  ... and {len(issues) - examples} more")
     console.info(f"{report.count(ERROR)} error(s), {report.count(WARNING)} warning(s), "
                  f"{report.count(INFO)} note(s)")
 
