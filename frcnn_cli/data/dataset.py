@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,15 +47,12 @@ from frcnn_cli.data.transforms import (
     hflip_boxes,
     valid_boxes,
 )
+from frcnn_cli.data.usable import SizeMismatch, check_size
 from frcnn_cli.errors import DataError, FrcnnError, InputError
 
 log = logging.getLogger("frcnn")
 
 _MAX_SKIPS = 10  # unreadable images skipped in a row before training gives up
-
-
-class SizeMismatch(DataError):
-    """An image file whose size is not the one its record states."""
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -215,62 +211,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         p = self.proposals[image_id]
         p = p.numpy() if isinstance(p, torch.Tensor) else np.asarray(p)
         return clip_boxes(p.astype(np.float32).reshape(-1, 4), height, width)
-
-
-def check_size(annotations: Annotations, record: dict[str, Any], width: int, height: int
-               ) -> None:
-    """SizeMismatch unless an image file of ``width`` x ``height`` pixels is the size its
-    ``record`` states (when it states one). The boxes are in the pixels of the stated size: a
-    file of another size would have them cut to it in training, and detections scored
-    against them in evaluation, without a word."""
-    stated = (record.get("width"), record.get("height"))
-    if stated[0] and stated[1] and (width, height) != stated:
-        path = annotations.image_path(record)
-        turned = " (EXIF orientation turns it)" if (height, width) == stated else ""
-        raise SizeMismatch(f"image {record['id']} ({path}) is {width}x{height} pixels but the "
-                           f"JSON says {stated[0]}x{stated[1]}{turned}; its boxes would not fit "
-                           "it. 'frcnn data check --fix OUT.json' sets the sizes from the "
-                           "files, once the boxes are known to be in them")
-
-
-def check_sizes(annotations: Annotations, workers: int | None = None) -> None:
-    """:func:`check_size` of every image from its file's header (cheap: no pixel is decoded),
-    so that training refuses a wrong size before it starts. Missing or unreadable files are
-    left to the loader, which skips them with a warning."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from frcnn_cli.data.images import image_size
-
-    def probe(record: dict[str, Any]) -> tuple[int, int] | None:
-        try:
-            return image_size(annotations.image_path(record))
-        except DataError:
-            return None
-
-    records = [im for im in annotations.images if im.get("width") and im.get("height")]
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        for record, size in zip(records, pool.map(probe, records), strict=True):
-            if size is not None:
-                check_size(annotations, record, *size)
-
-
-def training_objects(annotations: Annotations, recipe: Recipe) -> int:
-    """How many objects training learns from: those not left out as difficult or crowd
-    (``recipe.data``) whose box is usable (finite, with area, not wholly outside its image as
-    the JSON states its size). An unknown category counts: the loader refuses it by name."""
-    from frcnn_cli.boxes import box_problem
-
-    data, count = recipe.data, 0
-    for im in annotations.images:
-        extent = (float(im["width"]), float(im["height"])) \
-            if im.get("width") and im.get("height") else None
-        for a in annotations.objects(im["id"]):
-            if (a.get("difficult", 0) and not data.use_difficult) \
-                    or (a.get("iscrowd", 0) and not data.use_crowd):
-                continue
-            problem = box_problem(a["bbox"], extent)
-            count += problem is None or problem[0] == "box partly outside image"
-    return count
 
 
 # --------------------------------------------------------------------------- loaders

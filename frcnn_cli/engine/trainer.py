@@ -44,7 +44,7 @@ from frcnn_cli.engine.run_config import (
     stored_run,
     write_config,
 )
-from frcnn_cli.errors import DataError, FrcnnError, InputError, TrainingError
+from frcnn_cli.errors import FrcnnError, InputError, TrainingError
 from frcnn_cli.files import FolderLock, prepare_output_dir, require_file, write_json
 from frcnn_cli.progress import SILENT, Reporter
 
@@ -247,12 +247,9 @@ class Run:
         self.train_ann = load_annotations(require_file(self.args.train, "training annotations"))
         self.val_ann = load_annotations(require_file(self.args.val, "validation annotations")) \
             if self.args.val else None
-        _refuse_nothing_to_learn(self.train_ann, self.recipe)
-        from frcnn_cli.data.dataset import check_sizes
+        from frcnn_cli.data.usable import check_training_sets
 
-        for ann in (self.train_ann, self.val_ann):
-            if ann is not None:
-                check_sizes(ann)  # a wrong size refused now, not hours into the run
+        check_training_sets(self.train_ann, self.val_ann, self.recipe)  # before the run folder
 
     def _prepare_folder(self, resume: bool) -> FolderLock | None:
         """Take the run folder (never an input; for a new run only a missing or empty one)
@@ -412,24 +409,6 @@ def _last_good(last_path: Path) -> str:
         except FrcnnError:
             pass
     return "no checkpoint was written yet."
-
-
-def _refuse_nothing_to_learn(ann, recipe: Recipe) -> None:
-    """A training set without one object training can use trains nothing: say so, before the
-    run folder is made."""
-    from frcnn_cli.data.dataset import training_objects
-
-    if not ann.images:
-        raise DataError(f"the training set has no images ({ann.path}); training needs at least "
-                        "one image with an object")
-    if training_objects(ann, recipe):
-        return
-    n = len(ann.annotations)
-    why = "no annotations" if not n else (
-        f"its {n} annotation(s) are all difficult, crowd or unusable boxes (see frcnn data "
-        "check; data.use_difficult and data.use_crowd keep the first two)")
-    raise DataError(f"training set {ann.path or ''} has no object to learn from "
-                    f"({len(ann.images)} images, {why}); training needs at least one")
 
 
 def _read_eval(out: Path) -> float | None:
