@@ -63,8 +63,10 @@ def benchmark(
         require_file(checkpoint, "checkpoint")
     if json_out is not None:
         from frcnn_cli.files import prepare_output_file
+        from frcnn_cli.outputs import BENCHMARK
 
-        prepare_output_file(json_out, [p for p in (checkpoint, image) if p], "--json file")
+        prepare_output_file(json_out, BENCHMARK, [p for p in (checkpoint, image) if p],
+                            "--json file")
 
     import torch
 
@@ -74,8 +76,8 @@ def benchmark(
 
     torch_device = resolve_device(device)
     if precision is options.Precision.fp16 and torch_device.type == "cpu":
-        console.info("[yellow]note:[/] fp16 on the CPU is emulated and slow; bf16 is the "
-                      "CPU's reduced precision")
+        console.info(("note:", "yellow"), " fp16 on the CPU is emulated and slow; bf16 is the "
+                     "CPU's reduced precision")
     models, source = models_to_time(checkpoint, recipe, overrides or [], classes,
                                     compare is not None)
     picture = benchmark_image(image, size)
@@ -128,8 +130,8 @@ def _report(result) -> None:
         f"{k} {v / 1e9:.1f}" for k, v in ours.part_flops.items()) + f"; memory: "
                  f"{result.memory_kind}")
     if compare:
-        console.info(f"ratio frcnn / torchvision (median total time): "
-                     f"[bold]{result.ratio():.3f}[/]")
+        console.info("ratio frcnn / torchvision (median total time): ",
+                     (f"{result.ratio():.3f}", "bold"))
 
 
 def register(app: typer.Typer) -> None:

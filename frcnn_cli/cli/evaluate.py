@@ -70,6 +70,7 @@ def evaluate(
     Example: [bold]frcnn eval runs/a/model.pt --data demo/val.json --proposals[/]
     """
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, require_file
+    from frcnn_cli.outputs import DETECTIONS, EVAL_RESULT, PLOT, RECALL_RESULT
 
     if data is None:
         raise InputError("eval needs --data ANN.json, the dataset to evaluate on")
@@ -93,13 +94,13 @@ def evaluate(
         folder = checkpoint.parent
         json_out = json_out or folder / "recall.json"
         png = (plot or folder) / "recall.png"
-        prepare_output_file(json_out, inputs, "--json file")
-        prepare_output_file(png, inputs, "recall plot")
+        prepare_output_file(json_out, RECALL_RESULT, inputs, "--json file")
+        prepare_output_file(png, PLOT, inputs, "recall plot")
     else:
         if json_out is not None:
-            prepare_output_file(json_out, inputs, "--json file")
+            prepare_output_file(json_out, EVAL_RESULT, inputs, "--json file")
         if save_detections is not None:
-            prepare_output_file(save_detections, inputs, "--save-detections file")
+            prepare_output_file(save_detections, DETECTIONS, inputs, "--save-detections file")
         if plot is not None:
             prepare_output_dir(plot, inputs, "--plot folder")
 
@@ -107,9 +108,17 @@ def evaluate(
 
     ann = load_annotations(data)
     # the dataset's images are inputs too: no output may replace one
-    for path, what in ((json_out, "--json file"), (save_detections, "--save-detections file")):
+    for path, kind, what in ((json_out, RECALL_RESULT if proposals else EVAL_RESULT,
+                              "--json file"),
+                             (save_detections, DETECTIONS, "--save-detections file")):
         if path is not None:
-            prepare_output_file(path, ann.image_files(), what)
+            prepare_output_file(path, kind, ann.image_files(), what)
+    if plot is not None and not proposals:
+        from frcnn_cli.evaluation.evaluate import class_names
+        from frcnn_cli.evaluation.plots import pr_plot_names
+
+        prepare_output_dir(plot, inputs, "--plot folder",
+                           writes=[(n, PLOT) for n in pr_plot_names(class_names(ann))])
     if detections is not None:
         from frcnn_cli.evaluation.detections import load_detections
         from frcnn_cli.evaluation.evaluate import evaluate_detections

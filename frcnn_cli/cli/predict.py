@@ -44,6 +44,7 @@ def predict(
     """
     from frcnn_cli.evaluation.predict import describe_suffixes, find_images, plan_outputs
     from frcnn_cli.files import prepare_output_dir, require_file
+    from frcnn_cli.outputs import DETECTIONS, DRAWING
 
     require_file(checkpoint, "checkpoint")
     found = find_images(inputs, exclude=out)
@@ -51,7 +52,8 @@ def predict(
         raise InputError(f"no images found in {', '.join(map(str, inputs))} (looked for "
                          f"{describe_suffixes()})")
     jobs = plan_outputs(found, out)
-    prepare_output_dir(out, inputs, "--out folder")
+    prepare_output_dir(out, inputs, "--out folder", writes=[
+        ("detections.json", DETECTIONS), *((job.output.relative_to(out), DRAWING) for job in jobs)])
 
     from frcnn_cli import load_model
     from frcnn_cli.devices import autocast, resolve_device

@@ -72,9 +72,10 @@ def _refuse_with_resume(resume: Path | None, **given) -> None:
 
 
 def _report(result) -> None:
-    console.result(f"[bold green]done[/]: {result.iterations} iterations -> {result.model_path}")
+    console.result(("done", "bold green"), f": {result.iterations} iterations -> "
+                   f"{result.model_path}")
     if result.val_map is not None:
-        console.result(f"validation mAP: [bold]{result.val_map:.4f}[/]")
+        console.result("validation mAP: ", (f"{result.val_map:.4f}", "bold"))
 
 
 def _run(args, resume: Path | None, device: str) -> None:
@@ -188,7 +189,8 @@ def propose(
     obj = read_proposals(path)
     n = len(obj["counts"])
     mean = float(obj["counts"].float().mean()) if n else 0.0
-    console.result(f"[bold green]done[/]: {n} images, {mean:.0f} proposals per image -> {path}")
+    console.result(("done", "bold green"),
+                   f": {n} images, {mean:.0f} proposals per image -> {path}")
 
 
 def train_alt(
@@ -219,9 +221,9 @@ def train_alt(
         args = _args("train-alt", recipe, train, val, out, overrides, iters, device, seed,
                      checkpoint_every, amp, backbone_weights, init=init)
         result = run_alt(args, console.reporter())
-    console.result(f"[bold green]done[/]: final shared model -> {result.model_path}")
+    console.result(("done", "bold green"), f": final shared model -> {result.model_path}")
     if result.val_map is not None:
-        console.result(f"validation mAP: [bold]{result.val_map:.4f}[/]")
+        console.result("validation mAP: ", (f"{result.val_map:.4f}", "bold"))
 
 
 def register(app: typer.Typer) -> None:

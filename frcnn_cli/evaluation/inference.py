@@ -25,7 +25,7 @@ from frcnn_cli.data.annotations import Annotations, load_annotations
 from frcnn_cli.devices import autocast
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluation.detections import to_coco_results
-from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
+from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections, without_degenerate
 from frcnn_cli.evaluation.recall import TOP_N, RecallResult, counted_objects, proposal_recall
 from frcnn_cli.progress import SILENT, Reporter
 
@@ -34,29 +34,41 @@ log = logging.getLogger("frcnn")
 DEFAULT_BATCH_SIZE = 1
 
 
-def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> None:
-    """The model's categories must be the dataset's (by id); a name that differs is warned
-    about, a missing id is a DataError (its detections could not be scored)."""
+def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> list[dict[str, Any]]:
+    """The dataset's categories for the model's labels 1..K (``classes[label - 1]``).
+
+    A checkpoint knows its classes by name: when the dataset has the same ids with the same
+    names they are the model's own; when it numbers the same names otherwise, each label is
+    matched to the category of its name (with a one-line note). A class name of the model
+    that the dataset lacks (or has twice) is a DataError: its detections could not be scored.
+    """
     names = {c["id"]: c["name"] for c in ann.classes}
-    missing = [c for c in model_classes if c["id"] not in names]
-    if missing:
-        where = f" {ann.path}" if ann.path is not None else ""
-        ours = ", ".join(f"{c['id']}:{c['name']}" for c in model_classes)
-        theirs = ", ".join(f"{c['id']}:{c['name']}" for c in ann.classes)
-        raise DataError(f"the model's classes ({ours}) are not the dataset{where}'s "
-                        f"({theirs}); was it trained on another label set?")
-    renamed = [c for c in model_classes if names[c["id"]] != c["name"]]
-    if renamed:
-        c = renamed[0]
-        log.warning("category %s is '%s' in the model but '%s' in the dataset", c["id"],
-                    c["name"], names[c["id"]])
-    known = {c["id"] for c in model_classes}
+    classes = list(model_classes)
+    if any(names.get(c["id"]) != c["name"] for c in model_classes):
+        ids: dict[str, list[Any]] = {}
+        for c in ann.classes:
+            ids.setdefault(c["name"], []).append(c["id"])
+        unmatched = [c["name"] for c in model_classes if len(ids.get(c["name"], [])) != 1]
+        if unmatched or len({c["name"] for c in model_classes}) < len(model_classes):
+            where = f" {ann.path}" if ann.path is not None else ""
+            ours = ", ".join(f"{c['id']}:{c['name']}" for c in model_classes)
+            theirs = ", ".join(f"{c['id']}:{c['name']}" for c in ann.classes)
+            raise DataError(f"the model's classes ({ours}) are not the dataset{where}'s "
+                            f"({theirs}); was it trained on another label set?")
+        classes = [{"id": ids[c["name"]][0], "name": c["name"]} for c in model_classes]
+        moved = ", ".join(f"{c['name']} {c['id']} -> {m['id']}"
+                          for c, m in zip(model_classes, classes, strict=True)
+                          if c["id"] != m["id"])
+        log.warning("note: the dataset numbers the model's classes differently (%s); "
+                    "detections are matched to its categories by name", moved)
+    known = {c["id"] for c in classes}
     present = {a["category_id"] for a in ann.annotations}
     unknown = [name for i, name in names.items() if i not in known and i in present]
     if unknown:
         log.warning("the model was not trained on %s, which the dataset has: %s AP 0",
                     ", ".join(f"'{n}'" for n in unknown), "they score" if len(unknown) > 1
                     else "it scores")
+    return classes
 
 
 def _batches(model, ann: Annotations, device: torch.device, reporter: Reporter,
@@ -92,18 +104,19 @@ def predict_dataset(model, annotations: Annotations | str | os.PathLike,
                     precision: str = "fp32") -> list[dict[str, Any]]:
     """Detections of ``model`` on every image of a dataset, as COCO results in file pixels.
 
-    The model is put in eval mode on ``device``; its labels are mapped back to the dataset's
-    category ids (DataError if the model knows a category the dataset does not).
+    The model is put in eval mode on ``device``; its labels are mapped to the dataset's
+    category ids by :func:`check_classes` (by name; DataError if the model knows a class the
+    dataset does not).
     """
     ann = _annotations(annotations)
     device = torch.device(device)
-    check_classes(model.classes, ann)
+    classes = check_classes(model.classes, ann)
     model.eval().to(device)
     results: list[dict[str, Any]] = []
     for out, image_id in _batches(model, ann, device, reporter, batch_size, "detect",
                                   precision):
         results.extend(to_coco_results(out["boxes"], out["scores"], out["labels"], image_id,
-                                       model.classes))
+                                       classes))
     return results
 
 
@@ -135,7 +148,7 @@ def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
     recipe's test value unless it is smaller); since NMS keeps boxes by falling score, the top
     300 of those are the 300 a smaller setting would give.
     """
-    ann = _annotations(annotations)
+    ann = without_degenerate(_annotations(annotations))
     device = torch.device(device)
     model.eval().to(device)
     settings = {"pre_nms_top_n": max(model.recipe.rpn.pre_nms_top_n_test, max(top_n)),
