@@ -163,29 +163,3 @@ def test_bf16_autocast_keeps_boxes_in_fp32(one_thread):
             low = model([image])[0]
     assert low["boxes"].dtype == torch.float32 and low["scores"].dtype == torch.float32
     assert len(low["boxes"]) > 0 and len(full["boxes"]) > 0
-
-
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # torchvision's meta registrations
-def test_exports_with_dynamic_height_and_width(one_thread):
-    """torch.export traces one image of any size: the graph later export work builds on."""
-    from torch.export import Dim
-
-    class OneImage(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, image):
-            d = self.model([image])[0]
-            return d["boxes"], d["scores"], d["labels"]
-
-    wrapped = OneImage(_model().eval())
-    dims = {"image": {1: Dim("h", min=32, max=1024), 2: Dim("w", min=32, max=1024)}}
-    program = torch.export.export(wrapped, (torch.rand(3, 128, 160),), dynamic_shapes=dims,
-                                  strict=False)
-    for shape in [(3, 128, 160), (3, 90, 200)]:
-        image = torch.rand(*shape)
-        with torch.no_grad():
-            got, want = program.module()(image), wrapped(image)
-        for a, b in zip(got, want, strict=True):
-            assert a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-4)

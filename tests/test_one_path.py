@@ -86,6 +86,9 @@ def test_every_path_gives_the_same_detections(cli, trained_shapes, sized, tmp_pa
     reference = {i: (d["boxes"].numpy(), d["scores"].numpy(), classes[d["labels"].numpy() - 1])
                  for i, d in python.items()}
     assert sum(len(r[0]) for r in reference.values()) >= 20, "too few detections to compare"
+    # the fourth image holds no object and the model finds none in it: every path must agree
+    # on an empty answer too (the exported graphs' data-dependent sizes at zero)
+    assert min(len(r[0]) for r in reference.values()) == 0
     assert {ann.images[0]["width"], ann.images[1]["width"]} == {128, 320}
 
     dets = tmp_path / "dets.json"
@@ -106,6 +109,7 @@ def test_every_path_gives_the_same_detections(cli, trained_shapes, sized, tmp_pa
         assert r.exit_code == 0, r.output
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     scripted = torch.jit.load(str(ts_file))
+    _assert_onnx_interface(onnx_file, model)
 
     for im in ann.images:
         i, image = im["id"], _raw(ann.image_path(im))
@@ -119,6 +123,22 @@ def test_every_path_gives_the_same_detections(cli, trained_shapes, sized, tmp_pa
         with torch.inference_mode():
             boxes, scores, labels = (t.numpy() for t in scripted(image))
         _assert_same(ref, (boxes, scores, classes[labels - 1]), f"torchscript {i}")
+
+
+def _assert_onnx_interface(path, model):
+    """One input `image` [3, H, W] with H and W dynamic; boxes, scores, labels out; the class
+    names in the metadata; NMS, RoI pooling and the resize inside the graph."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    image = proto.graph.input[0]
+    assert image.name == "image"
+    dims = image.type.tensor_type.shape.dim
+    assert dims[0].dim_value == 3 and dims[1].dim_param and dims[2].dim_param
+    assert [o.name for o in proto.graph.output] == ["boxes", "scores", "labels"]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["classes"]) == model.classes and meta["recipe"] == "shapes"
+    assert {"NonMaxSuppression", "MaxRoiPool", "Resize"} <= {n.op_type for n in proto.graph.node}
 
 
 def test_propose_gives_the_models_proposals(cli, trained_shapes, sized, tmp_path):
