@@ -25,6 +25,7 @@ from frcnn_cli.data.annotations import Annotations, load_annotations
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
+from frcnn_cli.evaluation.proposal_sources import ExternalProposals, detect, proposals_for
 from frcnn_cli.evaluation.recall import TOP_N, RecallResult, counted_objects, proposal_recall
 from frcnn_cli.progress import SILENT, Reporter
 
@@ -59,16 +60,19 @@ def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> None
 
 
 def _batches(model, ann: Annotations, device: torch.device, reporter: Reporter,
-             batch_size: int, description: str, **settings: Any) -> Iterator[Any]:
+             batch_size: int, description: str, proposals: ExternalProposals | None = None,
+             **settings: Any) -> Iterator[Any]:
     """Yield ``(output, image_id)`` for every image of ``ann``: ``model.detect`` on the images
-    at their own size, with ``settings``; boxes in file pixels, as numpy arrays."""
+    at their own size, with ``settings`` (and on ``proposals``' boxes when given); boxes in
+    file pixels, as numpy arrays."""
     from frcnn_cli.data.dataset import build_test_loader
 
     loader = build_test_loader(ann, model.recipe, batch_size=batch_size)
     with reporter.task(description, total=len(ann.images)) as task:
         for images, targets in loader:
             inputs = [im.to(device, non_blocking=True) for im in images]
-            outputs = model.detect(inputs, **settings)
+            outputs = detect(model, inputs, [t["image_id"] for t in targets], proposals,
+                             **settings)
             for output, target in zip(outputs, targets, strict=True):
                 yield ({k: v.detach().float().cpu().numpy() for k, v in output.items()},
                        target["image_id"])
@@ -84,18 +88,23 @@ def _annotations(annotations: Annotations | str | os.PathLike) -> Annotations:
 @torch.inference_mode()
 def predict_dataset(model, annotations: Annotations | str | os.PathLike,
                     device: str | torch.device = "cpu", reporter: Reporter = SILENT,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+                    batch_size: int = DEFAULT_BATCH_SIZE,
+                    proposals: ExternalProposals | None = None) -> list[dict[str, Any]]:
     """Detections of ``model`` on every image of a dataset, as COCO results in file pixels.
 
     The model is put in eval mode on ``device``; its labels are mapped back to the dataset's
-    category ids (DataError if the model knows a category the dataset does not).
+    category ids (DataError if the model knows a category the dataset does not). It detects
+    on ``proposals``' boxes when given, else on those its checkpoint names (Selective Search
+    for a detector trained on it), else on its RPN's.
     """
     ann = _annotations(annotations)
     device = torch.device(device)
     check_classes(model.classes, ann)
     model.eval().to(device)
+    proposals = proposals if proposals is not None else proposals_for(model)
     results: list[dict[str, Any]] = []
-    for out, image_id in _batches(model, ann, device, reporter, batch_size, "detect"):
+    for out, image_id in _batches(model, ann, device, reporter, batch_size, "detect",
+                                  proposals):
         results.extend(to_coco_results(out["boxes"], out["scores"], out["labels"], image_id,
                                        model.classes))
     return results
@@ -104,14 +113,16 @@ def predict_dataset(model, annotations: Annotations | str | os.PathLike,
 def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: str = "voc07",
                    device: str | torch.device = "cpu", reporter: Reporter = SILENT,
                    batch_size: int = DEFAULT_BATCH_SIZE,
-                   detections: list[dict[str, Any]] | None = None) -> EvalResult:
+                   detections: list[dict[str, Any]] | None = None,
+                   proposals: ExternalProposals | None = None) -> EvalResult:
     """Run ``model`` over a dataset and score it (``metric``: voc07, voc or coco).
 
     ``annotations`` is an Annotations or a path to a COCO JSON file. Pass a list as
     ``detections`` to also receive the detections (COCO results, file pixels) in it.
+    ``proposals``: as :func:`predict_dataset`.
     """
     ann = _annotations(annotations)
-    dets = predict_dataset(model, ann, device, reporter, batch_size)
+    dets = predict_dataset(model, ann, device, reporter, batch_size, proposals)
     if detections is not None:
         detections.extend(dets)
     return evaluate_detections(ann, dets, metric, source="model detections")
