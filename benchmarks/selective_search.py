@@ -87,9 +87,10 @@ def main() -> int:
           str(out / "ss-val.pt"), output=out / "ss-val.pt")
     frcnn("train-alt", "--recipe", "shapes", "--train", train, "--val", val, "--out",
           str(out / "alt"), "--seed", "0", *iters, *sets, output=out / "alt" / "model.pt")
-    frcnn("train-detector", "--recipe", "shapes", "--train", train, "--val", val,
-          "--proposals", str(out / "ss-train.pt"), "--out", str(out / "fast-rcnn"), "--stage",
-          "1", "--seed", "0", *iters, *sets, output=out / "fast-rcnn" / "model.pt")
+    # no --val: step 6 evaluates it (a validation would search the images once more)
+    frcnn("train-detector", "--recipe", "shapes", "--train", train, "--proposals",
+          str(out / "ss-train.pt"), "--out", str(out / "fast-rcnn"), "--stage", "1", "--seed",
+          "0", *iters, *sets, output=out / "fast-rcnn" / "model.pt")
     rpn_files = {"step-1 RPN": (out / "alt" / "stage1-rpn" / "model.pt", out / "rpn1-val.pt"),
                  "final RPN": (out / "alt" / "model.pt", out / "rpn-val.pt")}
     for checkpoint, file in rpn_files.values():
