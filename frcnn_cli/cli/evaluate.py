@@ -26,7 +26,7 @@ def evaluate(
         help="Model checkpoint (RUN/model.pt); leave out with --detections. With "
         "--compare-proposals: the first proposals file.", show_default=False)] = None,
     more_files: Annotated[Optional[list[Path]], typer.Argument(  # noqa: UP045
-        help="With --compare-proposals: the other proposals files.", metavar="[PROPOSALS]...",
+        help="With --compare-proposals: the other proposals files.", metavar="PROPOSALS",
         show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--data", help="Dataset to evaluate on (COCO JSON).", dir_okay=False,

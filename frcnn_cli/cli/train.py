@@ -205,7 +205,8 @@ def propose(
         "--workers", "-w", min=1, help="Selective Search: processes searching images at "
         "once (default 1).", show_default=False)] = None,
     device: options.Device = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="RPN: images per "
+                                            "forward pass.")] = 1,
 ) -> None:
     """Proposals for every image of a dataset, in one file: a checkpoint's RPN with the
     training proposal settings (12000 -> NMS -> 2000), or Selective Search.
@@ -228,6 +229,8 @@ def propose(
     search = method is Method.selective_search
     if search and checkpoint is not None:
         raise InputError("--method selective-search needs no checkpoint; drop it")
+    if search and batch_size != 1:
+        raise InputError("--batch-size is the RPN's; Selective Search takes --workers")
     if not search:
         if checkpoint is None:
             raise InputError("propose needs a checkpoint (its RPN proposes) or --method "
