@@ -26,7 +26,7 @@ lint: install
 # predictions drawn on validation images -> ONNX export checked against PyTorch.
 # Rerunning it keeps what is already done (the data and every finished stage).
 demo: install
-	@test -f $(DEMO)/data/train.json || \
+	test -f $(DEMO)/data/train.json || \
 		$(FRCNN) data synth $(DEMO)/data --train 600 --val 100 --size 256 --seed 0
 	$(FRCNN) train-alt --recipe shapes --train $(DEMO)/data/train.json --out $(DEMO)/run
 	$(FRCNN) eval $(DEMO)/run/model.pt --data $(DEMO)/data/val.json --metric voc07 \

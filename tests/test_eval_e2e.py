@@ -35,10 +35,9 @@ def by_image(dets):
     return out
 
 
-def test_eval_checkpoint(model_path, shapes_data, tmp_path):
-    val = shapes_data / "val.json"
+def test_eval_checkpoint(model_path, shapes_four, tmp_path):
     out, dets, plots = tmp_path / "eval.json", tmp_path / "dets.json", tmp_path / "plots"
-    r = run("eval", model_path, "--data", val, "--json", out, "--save-detections", dets,
+    r = run("eval", model_path, "--data", shapes_four, "--json", out, "--save-detections", dets,
             "--plot", plots, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "VOC2007 11-point" in r.output  # the recipe's eval.metric
@@ -47,11 +46,12 @@ def test_eval_checkpoint(model_path, shapes_data, tmp_path):
     result = json.loads(out.read_text())
     assert result["metric"] == "voc07" and set(result["per_class"]) == {
         "circle", "square", "triangle"}
-    assert 0.0 <= result["mAP"] <= 1.0
+    # the model learnt these images: an untrained model, or boxes, labels or category ids
+    # mapped wrongly anywhere between the model and the file, score near 0
+    assert result["mAP"] > 0.8, result
 
-    ann = load_annotations(val)
+    ann = load_annotations(shapes_four)
     saved = load_detections(dets)
-    assert saved, "a model with the recipe's 0.05 threshold gives detections"
     sizes = {im["id"]: (im["width"], im["height"]) for im in ann.images}
     for d in saved:
         x, y, w, h = d["bbox"]
@@ -62,7 +62,7 @@ def test_eval_checkpoint(model_path, shapes_data, tmp_path):
     # the saved detections score the same again, in-process and through --detections
     assert evaluate_detections(ann, saved, "voc07").mAP == result["mAP"]
     again = tmp_path / "again.json"
-    r = run("eval", "--detections", dets, "--data", val, "--json", again)
+    r = run("eval", "--detections", dets, "--data", shapes_four, "--json", again)
     assert r.exit_code == 0 and json.loads(again.read_text()) == result
     assert (plots / "pr_all.png").stat().st_size > 0
 

@@ -2,9 +2,9 @@
 file under onnxruntime and the TorchScript file give the same detections on images of
 different sizes, and `frcnn propose` gives the proposals of `load_model()`.
 
-The images are the validation files brought to sizes smaller and larger than the model's
-input scale (160 px for the shorter side), square and not, so the model resizes each of them
-up or down itself."""
+The images are the four the model learnt, each brought to two sizes smaller or larger than the
+model's input scale (160 px for the shorter side), square and not, so the model resizes each
+of them up or down itself."""
 
 import json
 
@@ -27,20 +27,23 @@ SIZES = [(96, 128), (240, 320), (300, 200), (160, 160), (128, 400), (180, 180), 
 
 
 @pytest.fixture(scope="module")
-def sized(shapes_data, tmp_path_factory):
-    """The validation set with every image at its own size (lossless PNG), boxes scaled."""
-    ann = load_annotations(shapes_data / "val.json")
+def sized(shapes_four, tmp_path_factory):
+    """The four images at two sizes each (lossless PNG), boxes scaled."""
+    ann = load_annotations(shapes_four)
     folder = tmp_path_factory.mktemp("sized")
     (folder / "images").mkdir()
     images, anns = [], []
-    for im, (h, w) in zip(ann.images, SIZES, strict=True):
-        name = f"images/{im['id']}.png"
+    for n, (h, w) in enumerate(SIZES, start=1):
+        im = ann.images[(n - 1) % len(ann.images)]
+        name = f"images/{n}.png"
         Image.open(ann.image_path(im)).convert("RGB").resize((w, h), Image.BILINEAR).save(
             folder / name)
-        images.append({**im, "file_name": name, "width": w, "height": h})
+        images.append({**im, "id": n, "file_name": name, "width": w, "height": h})
         fx, fy = w / im["width"], h / im["height"]
-        anns += [{**a, "bbox": [a["bbox"][0] * fx, a["bbox"][1] * fy, a["bbox"][2] * fx,
-                                a["bbox"][3] * fy]} for a in ann.objects(im["id"])]
+        anns += [{**a, "id": len(anns) + k, "image_id": n,
+                  "bbox": [a["bbox"][0] * fx, a["bbox"][1] * fy, a["bbox"][2] * fx,
+                           a["bbox"][3] * fy]}
+                 for k, a in enumerate(ann.objects(im["id"]), start=1)]
     path = folder / "val.json"
     path.write_text(json.dumps({"images": images, "annotations": anns,
                                 "categories": ann.categories}))

@@ -280,8 +280,7 @@ def _command_exists(name: str) -> bool:
 @pytest.mark.parametrize("command", ["export", "benchmark"])
 def test_export_and_benchmark_refuse_a_payload_checkpoint(cli, command, good_checkpoint, marker,
                                                           tmp_path):
-    if not _command_exists(command):
-        pytest.skip(f"frcnn {command} is not in this checkout yet")
+    assert _command_exists(command), command  # a removed command must not pass unnoticed
     evil_checkpoint = make_evil_checkpoint(good_checkpoint, tmp_path / "evil.pt", marker)
     args = (("export", evil_checkpoint, "--format", "onnx", "--out", tmp_path / "m.onnx")
             if command == "export" else ("benchmark", evil_checkpoint, "--device", "cpu"))

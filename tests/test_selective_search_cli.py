@@ -250,6 +250,13 @@ def test_compare_proposals_command(cli, faster_rcnn, ss_val, shapes_data, tmp_pa
     assert ss["recall"]["0.5"]["2000"] == pytest.approx(ss_cover["iou_0.5"], abs=1e-4)
     assert sorted(p.name for p in plots.iterdir()) == ["recall_vs_iou.png",
                                                        "recall_vs_proposals.png"]
+    # it replaces its own JSON and plots, and refuses another result in the JSON's place
+    r = cli("eval", "--data", data, "--compare-proposals", ss_val, "--json", out, "--plot", plots)
+    assert r.exit_code == 0 and len(json.loads(out.read_text())["sources"]) == 1, r.output
+    other = tmp_path / "eval.json"
+    other.write_text(json.dumps({"metric": "voc07", "mAP": 0.5, "per_class": {}}))
+    r = cli("eval", "--data", data, "--compare-proposals", ss_val, "--json", other)
+    assert r.exit_code == 2 and "eval result" in said(r) and "mAP" in other.read_text()
     for args, reason in (([ss_val, "--metric", "voc07"], "drop --metric"),
                          ([], "needs the proposal files")):
         r = cli("eval", "--data", data, "--compare-proposals", *args)

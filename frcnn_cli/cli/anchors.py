@@ -93,8 +93,9 @@ def anchors(
 
     if json_out is not None:
         from frcnn_cli.files import prepare_output_file, write_json
+        from frcnn_cli.outputs import ANCHORS
 
-        write_json(prepare_output_file(json_out, [data]), result)
+        write_json(prepare_output_file(json_out, ANCHORS, [data], "--json file"), result)
         console.info(f"wrote {json_out}")
 
 

@@ -14,10 +14,9 @@ import traceback
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from frcnn_cli import __version__
-from frcnn_cli.cli import console
+from frcnn_cli.cli import console, options
 from frcnn_cli.errors import FrcnnError
 
 # Each module registers its commands on ``app`` with ``register(app)``.
@@ -25,7 +24,7 @@ COMMAND_MODULES = ["recipe", "data", "anchors", "evaluate", "predict", "train", 
                    "benchmark"]
 
 
-class FrcnnGroup(TyperGroup):
+class FrcnnGroup(options.Group):
     """Top-level group that turns library errors into the CLI's exit codes."""
 
     def invoke(self, ctx: Any) -> Any:
@@ -55,7 +54,7 @@ class FrcnnGroup(TyperGroup):
             raise typer.Exit(1) from None
 
 
-app = typer.Typer(
+app = options.Typer(
     name="frcnn",
     cls=FrcnnGroup,
     help="Train, evaluate and export Faster R-CNN detectors (Ren et al., NIPS 2015).",

@@ -14,12 +14,6 @@ from frcnn_cli.errors import InputError
 PANEL = "Export and speed"
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
 class Compare(str, Enum):
     torchvision = "torchvision"
 
@@ -34,8 +28,7 @@ def benchmark(
         "--classes", min=1, help="With --recipe: object classes (VOC: 20).")] = 20,
     device: Annotated[str, typer.Option(
         "--device", "-d", help="cpu, cuda or cuda:N.")] = "cpu",
-    precision: Annotated[Precision, typer.Option(
-        "--precision", help="fp32, or autocast to bf16 / fp16.")] = Precision.fp32,
+    precision: options.PrecisionOption = options.Precision.fp32,
     image_size: Annotated[str, typer.Option(
         "--image-size", metavar="HxW", help="Size of the test image before the model's "
         "resize.")] = "375x500",
@@ -70,8 +63,10 @@ def benchmark(
         require_file(checkpoint, "checkpoint")
     if json_out is not None:
         from frcnn_cli.files import prepare_output_file
+        from frcnn_cli.outputs import BENCHMARK
 
-        prepare_output_file(json_out, [p for p in (checkpoint, image) if p], "--json file")
+        prepare_output_file(json_out, BENCHMARK, [p for p in (checkpoint, image) if p],
+                            "--json file")
 
     import torch
 
@@ -80,9 +75,9 @@ def benchmark(
     from frcnn_cli.export.benchmark import benchmark_image, models_to_time
 
     torch_device = resolve_device(device)
-    if precision is Precision.fp16 and torch_device.type == "cpu":
-        console.info("[yellow]note:[/] fp16 on the CPU is emulated and slow; bf16 is the "
-                      "CPU's reduced precision")
+    if precision is options.Precision.fp16 and torch_device.type == "cpu":
+        console.info(("note:", "yellow"), " fp16 on the CPU is emulated and slow; bf16 is the "
+                     "CPU's reduced precision")
     models, source = models_to_time(checkpoint, recipe, overrides or [], classes,
                                     compare is not None)
     picture = benchmark_image(image, size)
@@ -135,8 +130,8 @@ def _report(result) -> None:
         f"{k} {v / 1e9:.1f}" for k, v in ours.part_flops.items()) + f"; memory: "
                  f"{result.memory_kind}")
     if compare:
-        console.info(f"ratio frcnn / torchvision (median total time): "
-                     f"[bold]{result.ratio():.3f}[/]")
+        console.info("ratio frcnn / torchvision (median total time): ",
+                     (f"{result.ratio():.3f}", "bold"))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,9 @@
 """Everything the CLI prints goes through here: messages, tables and progress.
 
+Text is printed as it is, never read as rich markup: file names, class names and error
+messages hold square brackets (``images/[draft] shot.jpg``, ``[x, y, w, h]``) that markup
+would swallow. Style comes as ``(text, style)`` parts: ``info(("note:", "yellow"), " ...")``.
+
 On a terminal, progress is a rich bar with the task's metrics; when output is not a terminal
 (CI logs, ``| tee``), a plain line every few seconds; with ``--quiet``, nothing but errors and
 results.
@@ -53,35 +57,42 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> None:
     logger.propagate = False
 
 
-def info(message: str) -> None:
-    """A message for the user (suppressed by --quiet)."""
+Part = str | tuple[str, str]  # plain text, or (text, rich style)
+
+
+def info(*parts: Part) -> None:
+    """A message for the user (suppressed by --quiet): ``parts`` as plain text (see the
+    module doc)."""
     if not state.quiet:
-        console.print(message)
+        console.print(Text.assemble(*parts), soft_wrap=True)
 
 
-def result(message: str) -> None:
+def result(*parts: Part) -> None:
     """A command's outcome (where it wrote, the figure it measured): printed even with --quiet,
     once under torchrun (by the main process)."""
     if os.environ.get("RANK", "0") == "0":
-        console.print(message)
+        console.print(Text.assemble(*parts), soft_wrap=True)
 
 
 def error(message: str) -> None:
-    """One red line on stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False,
+    """One red line on stderr; ``message`` as plain text."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False,
                       soft_wrap=True)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]],
           justify_numbers: bool = True) -> Table:
-    """Build and print a rich table; numbers are right-aligned and floats shown with 4 digits."""
-    t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+    """Build and print a rich table; numbers are right-aligned and floats shown with 4 digits.
+    Cells and the title are plain text; a ``(text, style)`` cell is styled."""
+    t = Table(title=Text(title) if title is not None else None, title_justify="left",
+              show_edge=False, header_style="bold")
     first = rows[0] if rows else []
     for i, col in enumerate(columns):
         numeric = justify_numbers and i < len(first) and isinstance(first[i], (int, float))
-        t.add_column(col, justify="right" if numeric else "left")
+        t.add_column(Text(col), justify="right" if numeric else "left")
     for row in rows:
-        t.add_row(*[_fmt(v) for v in row])
+        t.add_row(*[Text(v[0], style=v[1]) if isinstance(v, tuple) else Text(_fmt(v))
+                    for v in row])
     console.print(t)
     return t
 
@@ -171,7 +182,7 @@ class ConsoleReporter(Reporter):
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             _RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            TextColumn("{task.fields[fields]}"), console=console, transient=False)
+            TextColumn("{task.fields[fields]}", markup=False), console=console, transient=False)
         progress.start()
         task_id = progress.add_task(description, total=total, completed=completed, fields="")
         return _RichTask(progress, task_id)

@@ -11,7 +11,7 @@ import typer
 
 from frcnn_cli.cli import console, options
 
-data_app = typer.Typer(help="Make, convert, check, describe, split and merge datasets "
+data_app = options.Typer(help="Make, convert, check, describe, split and merge datasets "
                        "(COCO JSON).",
                        no_args_is_help=True)
 
@@ -121,7 +121,7 @@ def convert(
     names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     ann = read_dataset(src, fmt.value, split=split, classes=names, images=images,
                        class_map=cmap)
-    path = save_annotations(ann, out, inputs=[src])
+    path = save_annotations(ann, out, inputs=[src], written_by="data convert")
     _summary(ann)
     console.info(f"wrote {path}; look for broken images and boxes with: frcnn data check {path}")
 
@@ -169,8 +169,10 @@ def check(
 
     if fix is not None:  # refuse a bad output path before the slow part
         from frcnn_cli.files import prepare_output_file
+        from frcnn_cli.outputs import dataset_kind
 
-        prepare_output_file(fix, inputs=[annotations], what="--fix output")
+        prepare_output_file(fix, dataset_kind("data check --fix"), inputs=[annotations],
+                            what="--fix output")
     ann = load_annotations(annotations)
     report = check_dataset(ann, decode=not fast, reporter=console.reporter())
     console.info(f"{annotations}: {len(ann.images)} images, {len(ann.annotations)} objects, "
@@ -184,7 +186,8 @@ def check(
         return
     fixed, changes = fix_dataset(ann, report)
     # the images --fix drops are inputs too
-    path = save_annotations(fixed, fix, inputs=itertools.chain([annotations], ann.image_files()))
+    path = save_annotations(fixed, fix, inputs=itertools.chain([annotations], ann.image_files()),
+                            written_by="data check --fix")
     if changes:
         console.table(f"changes in {path}", ["change", "count"],
                       [[what, n] for what, n in changes.items()])
@@ -218,16 +221,19 @@ def stats(
     """
     from frcnn_cli import config
     from frcnn_cli.data.annotations import load_annotations
-    from frcnn_cli.data.stats import dataset_stats, plot_stats
+    from frcnn_cli.data.stats import PLOT_FILES, dataset_stats, plot_stats
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, write_json
+    from frcnn_cli.outputs import DATA_STATS, PLOT
 
     if json_out is not None:
-        prepare_output_file(json_out, inputs=[annotations], what="--json output")
-    folder = prepare_output_dir(plot, inputs=[annotations], what="--plot") \
+        prepare_output_file(json_out, DATA_STATS, inputs=[annotations], what="--json output")
+    folder = prepare_output_dir(plot, inputs=[annotations], what="--plot",
+                                writes=[(name, PLOT) for name in PLOT_FILES]) \
         if plot is not None else None
     ann = load_annotations(annotations)
     if json_out is not None:
-        prepare_output_file(json_out, inputs=ann.image_files(), what="--json output")
+        prepare_output_file(json_out, DATA_STATS, inputs=ann.image_files(),
+                            what="--json output")
     r = config.load_recipe(recipe)
     st = dataset_stats(ann, r)
     console.info(f"{annotations}: {st.num_images} images ({st.images_without_objects} without "
@@ -271,18 +277,17 @@ def split(
     """
     from frcnn_cli.data.annotations import load_annotations, save_annotations
     from frcnn_cli.data.split import class_counts, split_annotations
-    from frcnn_cli.files import prepare_output_dir
+    from frcnn_cli.files import prepare_output_dir, prepare_output_file
+    from frcnn_cli.outputs import dataset_kind
 
+    kind = dataset_kind("data split")
     folder = prepare_output_dir(out, what="--out")
     ann = load_annotations(annotations)
     train, val = split_annotations(ann, val_fraction, seed)
-    # check both outputs before writing either
-    from frcnn_cli.files import prepare_output_file
-
-    for name in ("train.json", "val.json"):
-        prepare_output_file(folder / name, inputs=itertools.chain([annotations],
-                                                                  ann.image_files()))
-    paths = [save_annotations(part, folder / name,
+    for name in ("train.json", "val.json"):  # check both outputs before writing either
+        prepare_output_file(folder / name, kind, inputs=itertools.chain([annotations],
+                                                                        ann.image_files()))
+    paths = [save_annotations(part, folder / name, written_by="data split",
                               inputs=itertools.chain([annotations], ann.image_files()))
              for part, name in ((train, "train.json"), (val, "val.json"))]
     tc, vc = class_counts(train), class_counts(val)
@@ -293,7 +298,7 @@ def split(
                  f"({len(val.images)} images)")
     missing = [c["name"] for c in ann.classes if tc[c["id"]][1] == 0 or vc[c["id"]][1] == 0]
     if missing:
-        console.info(f"[yellow]on one side only[/] (too few images): {', '.join(missing)}")
+        console.info(("on one side only", "yellow"), f" (too few images): {', '.join(missing)}")
 
 
 @data_app.command("merge")
@@ -320,14 +325,15 @@ def merge(
     """
     from frcnn_cli.data.annotations import load_annotations
     from frcnn_cli.data.formats.classmap import parse_class_map
-    from frcnn_cli.data.merge import merge_annotations, partial_classes, save_merged
+    from frcnn_cli.data.merge import WRITER, merge_annotations, partial_classes, save_merged
     from frcnn_cli.errors import InputError
     from frcnn_cli.files import prepare_output_file
+    from frcnn_cli.outputs import dataset_kind
 
     cmap = parse_class_map(class_map, one_class)
     if len(inputs) < 2:
         raise InputError(f"give two or more annotation files to merge, got {len(inputs)}")
-    out = prepare_output_file(out, inputs=inputs, what="--out")  # before the slow part
+    out = prepare_output_file(out, dataset_kind(WRITER), inputs=inputs, what="--out")
     datasets = [load_annotations(p) for p in inputs]
     merged = merge_annotations(datasets, out.parent, class_map=cmap)
     path = save_merged(merged, out, inputs=itertools.chain(
@@ -339,12 +345,9 @@ def merge(
                     len(merged.categories)]])
     partial = partial_classes(datasets, cmap)
     if partial:
-        from rich.markup import escape
-
-        console.info("[yellow]note:[/] classes in only some inputs (unlabelled, so "
+        console.info(("note:", "yellow"), " classes in only some inputs (unlabelled, so "
                      "background, in the others): "
-                     + escape("; ".join(f"{name} ({', '.join(files)})"
-                                        for name, files in partial.items())))
+                     + "; ".join(f"{name} ({', '.join(files)})" for name, files in partial.items()))
     console.info(f"wrote {path}; look for broken images and boxes with: frcnn data check {path}")
 
 
@@ -382,8 +385,6 @@ def tile(
 
     Example: [bold]frcnn data tile aerial/train.json --size 800 --out aerial/train800.json[/]
     """
-    from rich.markup import escape
-
     from frcnn_cli.data.tiling import parse_negatives, tile_dataset
 
     s = tile_dataset(annotations, out, size, overlap=overlap, min_visible=min_visible,
@@ -393,15 +394,13 @@ def tile(
                  f"{s.objects} objects kept, {s.ignore_regions} cut to ignore regions, "
                  f"{s.empty_kept} of {s.empty_tiles} empty tiles kept")
     for note in s.notes():
-        console.info(f"[yellow]note:[/] {escape(note)}")
+        console.info(("note:", "yellow"), f" {note}")
     console.info(f"wrote {s.path} and {s.folder}/")
 
 
 def _render_report(report, examples: int, only_errors: bool = False) -> None:
     """One block per kind: a coloured heading with the count and what --fix does, then
     examples on their own lines (never cut, so every file name can be copied)."""
-    from rich.markup import escape
-
     from frcnn_cli.data.check import ERROR, INFO, KINDS, WARNING
 
     style = {ERROR: "bold red", WARNING: "yellow", INFO: "cyan"}
@@ -409,17 +408,16 @@ def _render_report(report, examples: int, only_errors: bool = False) -> None:
     if only_errors:
         groups = {k: v for k, v in groups.items() if KINDS[k][0] == ERROR}
     if not groups:
-        console.info("[green]no problems found[/]")
+        console.info(("no problems found", "green"))
         return
     for kind, issues in groups.items():
         severity, remedy = KINDS[kind]
-        console.console.print(f"[{style[severity]}]{severity}[/] [bold]{kind}[/] "
-                              f"({len(issues)}) [dim]--fix: {remedy}[/]", highlight=False)
+        console.result((severity, style[severity]), " ", (kind, "bold"), f" ({len(issues)}) ",
+                       (f"--fix: {remedy}", "dim"))
         for issue in issues[:examples]:
-            console.console.print(f"  {escape(issue.message)}", soft_wrap=True,
-                                  highlight=False)
+            console.result(f"  {issue.message}")
         if len(issues) > examples:
-            console.console.print(f"  ... and {len(issues) - examples} more", highlight=False)
+            console.result(f"  ... and {len(issues) - examples} more")
     console.info(f"{report.count(ERROR)} error(s), {report.count(WARNING)} warning(s), "
                  f"{report.count(INFO)} note(s)")
 

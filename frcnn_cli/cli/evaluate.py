@@ -61,6 +61,7 @@ def evaluate(
         "average recall for 100/300/1000/2000 per image; --json and --plot (recall_vs_iou.png, "
         "recall_vs_proposals.png) write them.")] = False,
     device: options.Device = "auto",
+    precision: options.PrecisionOption = options.Precision.fp32,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", min=1, help="Images per forward pass. One gives exactly the "
         "detections of predict, the Python API and the exported files; more is faster on a "
@@ -88,6 +89,7 @@ def evaluate(
     Example: [bold]frcnn eval --data demo/val.json --compare-proposals ss.pt rpn.pt --plot p/[/]
     """
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, require_file
+    from frcnn_cli.outputs import DETECTIONS, EVAL_RESULT, PLOT, RECALL_RESULT
 
     if data is None:
         raise InputError("eval needs --data ANN.json, the dataset to evaluate on")
@@ -97,7 +99,9 @@ def evaluate(
         given = [flag for flag, v in (("--detections", detections), ("--metric", metric),
                                       ("--save-detections", save_detections),
                                       ("--proposals", proposals),
-                                      ("--proposal-file", proposal_file)) if v]
+                                      ("--proposal-file", proposal_file),
+                                      ("--precision", precision is not options.Precision.fp32))
+                 if v]
         if given:
             raise InputError(f"--compare-proposals compares proposal files; drop "
                              f"{', '.join(given)}")
@@ -114,8 +118,10 @@ def evaluate(
                             "--compare-proposals)"))
     if (checkpoint is None) == (detections is None):
         raise InputError("give a checkpoint or --detections DETS.json (exactly one of them)")
-    if detections is not None and (proposals or save_detections is not None):
-        flag = "--proposals" if proposals else "--save-detections"
+    if detections is not None and (proposals or save_detections is not None
+                                   or precision is not options.Precision.fp32):
+        flag = ("--proposals" if proposals else "--save-detections"
+                if save_detections is not None else "--precision")
         raise InputError(f"{flag} needs a checkpoint: it runs the model")
     if proposals and save_detections is not None:
         raise InputError("--proposals runs only the RPN; drop --save-detections")
@@ -132,13 +138,13 @@ def evaluate(
         folder = checkpoint.parent
         json_out = json_out or folder / "recall.json"
         png = (plot or folder) / "recall.png"
-        prepare_output_file(json_out, inputs, "--json file")
-        prepare_output_file(png, inputs, "recall plot")
+        prepare_output_file(json_out, RECALL_RESULT, inputs, "--json file")
+        prepare_output_file(png, PLOT, inputs, "recall plot")
     else:
         if json_out is not None:
-            prepare_output_file(json_out, inputs, "--json file")
+            prepare_output_file(json_out, EVAL_RESULT, inputs, "--json file")
         if save_detections is not None:
-            prepare_output_file(save_detections, inputs, "--save-detections file")
+            prepare_output_file(save_detections, DETECTIONS, inputs, "--save-detections file")
         if plot is not None:
             prepare_output_dir(plot, inputs, "--plot folder")
 
@@ -146,9 +152,17 @@ def evaluate(
 
     ann = load_annotations(data)
     # the dataset's images are inputs too: no output may replace one
-    for path, what in ((json_out, "--json file"), (save_detections, "--save-detections file")):
+    for path, kind, what in ((json_out, RECALL_RESULT if proposals else EVAL_RESULT,
+                              "--json file"),
+                             (save_detections, DETECTIONS, "--save-detections file")):
         if path is not None:
-            prepare_output_file(path, ann.image_files(), what)
+            prepare_output_file(path, kind, ann.image_files(), what)
+    if plot is not None and not proposals:
+        from frcnn_cli.evaluation.evaluate import class_names
+        from frcnn_cli.evaluation.plots import pr_plot_names
+
+        prepare_output_dir(plot, inputs, "--plot folder",
+                           writes=[(n, PLOT) for n in pr_plot_names(class_names(ann))])
     if detections is not None:
         from frcnn_cli.evaluation.detections import load_detections
         from frcnn_cli.evaluation.evaluate import evaluate_detections
@@ -160,9 +174,10 @@ def evaluate(
         return
 
     from frcnn_cli import load_model
-    from frcnn_cli.devices import resolve_device
+    from frcnn_cli.devices import autocast, resolve_device
 
     torch_device = resolve_device(device)
+    autocast(torch_device, precision.value)  # fp16 on a CPU is refused before any work
     model = load_model(checkpoint, device=torch_device)
     if proposals and model.proposal_source:
         raise InputError(f"{checkpoint} is a Fast R-CNN detector trained on "
@@ -173,7 +188,8 @@ def evaluate(
         from frcnn_cli.evaluation.plots import plot_recall_curve
         from frcnn_cli.files import write_json
 
-        rec = evaluate_proposals(model, ann, torch_device, console.reporter(), batch_size)
+        rec = evaluate_proposals(model, ann, torch_device, console.reporter(), batch_size,
+                                 precision=precision.value)
         _recall_table(rec, data)
         write_json(json_out, {"checkpoint": str(checkpoint), "data": str(data),
                               **rec.to_dict()})
@@ -190,7 +206,7 @@ def evaluate(
     dets: list = []
     source = proposals_for(model, proposal_file, ann)
     result = evaluate_model(model, ann, chosen, torch_device, console.reporter(), batch_size,
-                            detections=dets, proposals=source)
+                            detections=dets, precision=precision.value, proposals=source)
     if save_detections is not None:
         write_detections(save_detections, dets)
         console.info(f"wrote {len(dets)} detections to {save_detections}")

@@ -81,6 +81,7 @@ def export(
     --format checkpoint --out runs/a/model-svd.pt[/]
     """
     from frcnn_cli.files import prepare_output_file, require_file
+    from frcnn_cli.outputs import EXPORT
 
     require_file(checkpoint, "checkpoint")
     if opset is not None and fmt is not Format.onnx:
@@ -101,7 +102,7 @@ def export(
     if data is not None:
         require_file(data, "dataset")
     inputs = [checkpoint, *(check_images or []), *([data] if data else [])]
-    prepare_output_file(out, inputs, "--out file")
+    prepare_output_file(out, EXPORT, inputs, "--out file")
 
     from frcnn_cli import load_model
 
@@ -124,7 +125,7 @@ def export(
             from frcnn_cli.data.annotations import load_annotations
 
             ann = load_annotations(data)
-            prepare_output_file(out, ann.image_files(), "--out file")
+            prepare_output_file(out, EXPORT, ann.image_files(), "--out file")
         console.info(f"truncated SVD of fc6 (rank {svd})"
                      + (f" and fc7 (rank {fc7})" if fc7 else "") + " ...")
         model, report = truncated.compress_and_measure(model, svd, fc7, ann, torch_device,
@@ -133,7 +134,7 @@ def export(
     if fmt is Format.checkpoint:  # with --svd, checked above
         size = truncated.save_compressed(model, checkpoint, out).stat().st_size
         m = model.recipe.model
-        console.info(f"[bold green]wrote[/] {out} ({size / 2**20:.1f} MiB; its recipe has "
+        console.info(("wrote", "bold green"), f" {out} ({size / 2**20:.1f} MiB; its recipe has "
                      f"model.svd_fc6={m.svd_fc6}, model.svd_fc7={m.svd_fc7})")
         return
 
@@ -151,7 +152,7 @@ def export(
 
     with atomic_open(out, "wb") as f:
         f.write(blob)
-    console.info(f"[bold green]wrote[/] {out} ({len(blob) / 2**20:.1f} MiB)")
+    console.info(("wrote", "bold green"), f" {out} ({len(blob) / 2**20:.1f} MiB)")
 
 
 def _check(model, run, check_images: list[Path] | None, what: str) -> None:
@@ -164,7 +165,7 @@ def _check(model, run, check_images: list[Path] | None, what: str) -> None:
                                               "box diff (px)", "score diff", "agree"],
                   [[r.image, f"{r.height}x{r.width}", r.detections, r.exported,
                     f"{r.max_box_diff:.2g}", f"{r.max_score_diff:.2g}",
-                    "yes" if r.ok else "[bold red]NO[/]"] for r in results])
+                    "yes" if r.ok else ("NO", "bold red")] for r in results])
     bad = [r for r in results if not r.ok]
     if bad:
         r = bad[0]
@@ -173,7 +174,7 @@ def _check(model, run, check_images: list[Path] | None, what: str) -> None:
                           f"unmatched, box diff {r.max_box_diff:.3g} px, score diff "
                           f"{r.max_score_diff:.3g}); nothing written")
     if not any(r.detections for r in results):
-        console.info("[yellow]note:[/] the model detects nothing in these images, so only the "
+        console.info(("note:", "yellow"), " the model detects nothing in these images, so only the "
                      "empty case was compared; pass --check-image with pictures of its classes")
 
 
@@ -186,7 +187,7 @@ def _print_svd(report, ann) -> None:
                     f"{x.relative_error:.3f}"] for x in report.layers])
     for x in report.layers:
         if x.rank >= x.break_even:
-            console.info(f"[yellow]note:[/] {x.name} at rank {x.rank} has as many weights as "
+            console.info(("note:", "yellow"), f" {x.name} at rank {x.rank} has as many weights as "
                          f"the full layer or more; it saves work only below rank "
                          f"{x.break_even}")
     timing = report.timing

@@ -29,6 +29,7 @@ def predict(
         "--score-thresh", "-t", min=0.0, max=1.0,
         help="Keep detections scoring at least this (drawn and saved).")] = 0.5,
     device: options.Device = "auto",
+    precision: options.PrecisionOption = options.Precision.fp32,
 ) -> None:
     """Detect objects in images; write OUT/detections.json and annotated copies.
 
@@ -47,6 +48,7 @@ def predict(
     """
     from frcnn_cli.evaluation.predict import describe_suffixes, find_images, plan_outputs
     from frcnn_cli.files import prepare_output_dir, require_file
+    from frcnn_cli.outputs import DETECTIONS, DRAWING
 
     require_file(checkpoint, "checkpoint")
     found = find_images(inputs, exclude=out)
@@ -54,19 +56,22 @@ def predict(
         raise InputError(f"no images found in {', '.join(map(str, inputs))} (looked for "
                          f"{describe_suffixes()})")
     jobs = plan_outputs(found, out)
-    prepare_output_dir(out, inputs, "--out folder")
+    prepare_output_dir(out, inputs, "--out folder", writes=[
+        ("detections.json", DETECTIONS), *((job.output.relative_to(out), DRAWING) for job in jobs)])
 
     from frcnn_cli import load_model
     from frcnn_cli.cli.proposal_eval import timing
-    from frcnn_cli.devices import resolve_device
+    from frcnn_cli.devices import autocast, resolve_device
     from frcnn_cli.evaluation.detections import save_detections
     from frcnn_cli.evaluation.predict import predict_files
     from frcnn_cli.evaluation.proposal_sources import proposals_for
 
     torch_device = resolve_device(device)
+    autocast(torch_device, precision.value)  # fp16 on a CPU is refused before any work
     model = load_model(checkpoint, device=torch_device)
     search = proposals_for(model)  # Selective Search for a detector trained on it, else None
-    report = predict_files(model, jobs, torch_device, score_thresh, console.reporter(), search)
+    report = predict_files(model, jobs, torch_device, score_thresh, console.reporter(),
+                           precision.value, search)
     for source, reason in report.skipped:
         log.warning("skipped: %s", reason if str(source) in reason else f"{source}: {reason}")
     if not report.written:

@@ -15,8 +15,10 @@ def compare(files: list[Path], data: Path, json_out: Path | None, plot: Path | N
     AR for 100/300/1000/2000 proposals per image, a table per measure, and the JSON and
     plots."""
     from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.evaluation.plots import COMPARISON_PLOTS
     from frcnn_cli.evaluation.recall import compare_proposal_files
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, require_file
+    from frcnn_cli.outputs import PLOT, PROPOSAL_COMPARISON
 
     if not files:
         raise InputError("--compare-proposals needs the proposal files to compare "
@@ -26,10 +28,13 @@ def compare(files: list[Path], data: Path, json_out: Path | None, plot: Path | N
         require_file(file, "proposals file")
     inputs = [data, *files]
     if json_out is not None:
-        prepare_output_file(json_out, inputs, "--json file")
+        prepare_output_file(json_out, PROPOSAL_COMPARISON, inputs, "--json file")
     if plot is not None:
-        prepare_output_dir(plot, inputs, "--plot folder")
+        prepare_output_dir(plot, inputs, "--plot folder",
+                           writes=[(name, PLOT) for name in COMPARISON_PLOTS])
     ann = load_annotations(data)
+    if json_out is not None:  # the dataset's images are inputs too
+        prepare_output_file(json_out, PROPOSAL_COMPARISON, ann.image_files(), "--json file")
     comparison = compare_proposal_files(files, ann)
     summary = comparison.to_dict()
     names = _names(files)

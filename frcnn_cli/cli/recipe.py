@@ -9,7 +9,7 @@ import typer
 from frcnn_cli import config
 from frcnn_cli.cli import console, options
 
-recipe_app = typer.Typer(help="List, show and document recipes.", no_args_is_help=True)
+recipe_app = options.Typer(help="List, show and document recipes.", no_args_is_help=True)
 
 
 @recipe_app.command("list")
@@ -18,7 +18,7 @@ def list_recipes() -> None:
 
     Example: [bold]frcnn recipe list[/]
     """
-    rows = [[name, r.model.backbone if r is not None else "[red]invalid[/]", line]
+    rows = [[name, r.model.backbone if r is not None else ("invalid", "red"), line]
             for name, r, line in config.recipe_summaries()]
     console.table(None, ["recipe", "backbone", "description"], rows)
 

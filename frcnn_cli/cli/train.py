@@ -73,9 +73,10 @@ def _refuse_with_resume(resume: Path | None, **given) -> None:
 
 
 def _report(result) -> None:
-    console.result(f"[bold green]done[/]: {result.iterations} iterations -> {result.model_path}")
+    console.result(("done", "bold green"), f": {result.iterations} iterations -> "
+                   f"{result.model_path}")
     if result.val_map is not None:
-        console.result(f"validation mAP: [bold]{result.val_map:.4f}[/]")
+        console.result("validation mAP: ", (f"{result.val_map:.4f}", "bold"))
 
 
 def _run(args, resume: Path | None, device: str) -> None:
@@ -257,8 +258,8 @@ def propose(
     mean = float(obj["counts"].float().mean()) if n else 0.0
     seconds = obj["meta"].get("seconds_per_image")
     speed = f", {seconds:.3g} s per image" if seconds is not None else ""
-    console.result(f"[bold green]done[/]: {n} images, {mean:.0f} proposals per image{speed} "
-                   f"-> {path}")
+    console.result(("done", "bold green"),
+                   f": {n} images, {mean:.0f} proposals per image{speed} -> {path}")
 
 
 def train_alt(
@@ -289,9 +290,9 @@ def train_alt(
         args = _args("train-alt", recipe, train, val, out, overrides, iters, device, seed,
                      checkpoint_every, amp, backbone_weights, init=init)
         result = run_alt(args, console.reporter())
-    console.result(f"[bold green]done[/]: final shared model -> {result.model_path}")
+    console.result(("done", "bold green"), f": final shared model -> {result.model_path}")
     if result.val_map is not None:
-        console.result(f"validation mAP: [bold]{result.val_map:.4f}[/]")
+        console.result("validation mAP: ", (f"{result.val_map:.4f}", "bold"))
 
 
 def register(app: typer.Typer) -> None:

@@ -11,9 +11,10 @@ relative to the JSON file's folder, so a dataset can be moved as one folder.
         ann.image_path(image)        # Path of the file
         ann.objects(image["id"])     # its annotations
 
-Loading checks the structure (types and required keys) and fills ``area`` and ``iscrowd``;
-value problems (boxes outside the image, unknown categories, duplicates) are the business of
-:mod:`frcnn_cli.data.check`, which can report them because loading keeps them.
+Loading checks the structure (types and required keys, one id per image) and fills ``area``
+and ``iscrowd``; value problems (boxes outside the image, unknown categories, duplicate
+boxes) are the business of :mod:`frcnn_cli.data.check`, which can report them because
+loading keeps them.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frcnn_cli.boxes import is_number, require_xywh
 from frcnn_cli.errors import DataError
 from frcnn_cli.files import prepare_output_file, require_file, write_json
+from frcnn_cli.outputs import dataset_kind, dataset_marker
 
 # Files with more images than this are written without indentation (COCO-sized sets).
 _INDENT_LIMIT = 5000
@@ -141,10 +144,10 @@ def load_annotations(path: str | os.PathLike) -> Annotations:
     """Read a COCO detection JSON file.
 
     Raises InputError when the file is missing and DataError, naming the file and the entry,
-    when it is not JSON or lacks the structure of a detection set (``images``, ``categories``,
-    an ``annotations`` list whose entries have ``image_id``, ``category_id`` and a 4-number
-    ``bbox``). ``area`` (w * h) and ``iscrowd`` (0) are filled where missing, and annotations
-    without an ``id`` get fresh ones after the largest.
+    when it is not JSON or lacks the structure of a detection set (``images`` with unique
+    ``id`` s, ``categories``, an ``annotations`` list whose entries have ``image_id``,
+    ``category_id`` and a 4-number ``bbox``). ``area`` (w * h) and ``iscrowd`` (0) are filled
+    where missing, and annotations without an ``id`` get fresh ones after the largest.
     """
     p = require_file(path, "annotation file")
     try:
@@ -180,8 +183,9 @@ def annotations_from_dict(data: Any, root: str | os.PathLike = ".", source: str 
         if not isinstance(im.get("file_name"), str) or not im["file_name"]:
             raise DataError(f"{where} needs a 'file_name' string")
         for key in ("width", "height"):
-            if im.get(key) is not None and not _is_number(im[key]):
+            if im.get(key) is not None and not is_number(im[key]):
                 raise DataError(f"{where}: '{key}' must be a number, got {im[key]!r}")
+    _refuse_repeated_image_ids(images, source)
     for i, c in enumerate(cats):
         where = f"{source}: categories[{i}]"
         _require_dict(c, where)
@@ -200,17 +204,26 @@ def annotations_from_dict(data: Any, root: str | os.PathLike = ".", source: str 
         _require_id(a, "id", where)
         _require_id(a, "image_id", where)
         _require_id(a, "category_id", where)
-        box = a.get("bbox")
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(_is_number(v) for v in box)):
-            raise DataError(f"{where} (id {a['id']}): 'bbox' must be [x, y, w, h] numbers, "
-                            f"got {box!r}")
+        box = require_xywh(a.get("bbox"), f"{where} (id {a['id']})")
         a.setdefault("iscrowd", 0)
         if a.get("area") is None:
             w, h = box[2], box[3]
             a["area"] = float(w * h) if math.isfinite(w * h) else 0.0
     extra = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
     return Annotations(images, anns, cats, Path(root), path, extra)
+
+
+def _refuse_repeated_image_ids(images: list[dict[str, Any]], source: str) -> None:
+    """Annotations name their image by id: two images with one id would share (and lose)
+    objects in every command, so a set where that happens is refused outright."""
+    first: dict[Any, str] = {}
+    for im in images:
+        if im["id"] in first:
+            raise DataError(f"{source}: image id {im['id']} is used twice, by "
+                            f"{first[im['id']]} and {im['file_name']}; annotations name their "
+                            "image by id, so each image needs its own: give one of them a new "
+                            "id (and its annotations that image_id)")
+        first[im["id"]] = im["file_name"]
 
 
 def _list(data: dict[str, Any], key: str, source: str) -> list[Any]:
@@ -229,10 +242,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _require_id(obj: dict[str, Any], key: str, where: str) -> None:
     if not _is_int(obj.get(key)):
         raise DataError(f"{where}: '{key}' must be an integer, got {obj.get(key)!r}")
@@ -242,15 +251,20 @@ def _require_id(obj: dict[str, Any], key: str, where: str) -> None:
 
 
 def save_annotations(ann: Annotations, path: str | os.PathLike,
-                     inputs: Iterable[str | os.PathLike] = ()) -> Path:
+                     inputs: Iterable[str | os.PathLike] = (),
+                     written_by: str = "save_annotations") -> Path:
     """Write ``ann`` to ``path`` atomically, ``file_name`` made relative to ``path``'s folder.
 
-    ``inputs`` are files the output must not replace; the dataset's own file and its image
-    files always are.
+    ``written_by`` names the command in the file's first entry (``"frcnn": {"written_by":
+    ...}``); an existing ``path`` is replaced only when that same command wrote it
+    (:func:`frcnn_cli.outputs.dataset_kind`). ``inputs`` are files the output must not
+    replace; the dataset's own file and its image files always are.
     """
     guard = itertools.chain(inputs, [ann.path] if ann.path is not None else [],
                             ann.image_files())
-    out = prepare_output_file(path, inputs=guard, what="annotation file")
+    out = prepare_output_file(path, dataset_kind(written_by), inputs=guard,
+                              what="annotation file")
     data = ann.to_dict(folder=out.parent)
+    data = {**dataset_marker(written_by), **{k: v for k, v in data.items() if k != "frcnn"}}
     indent = 2 if len(ann.images) <= _INDENT_LIMIT else None
     return write_json(out, data, indent=indent)

@@ -14,7 +14,9 @@ kind and severity:
 
 :func:`fix_dataset` returns a cleaned copy and the list of what it changed: sizes set from
 the files, boxes clipped to their image, degenerate, tiny, duplicate, orphaned and
-unknown-category boxes dropped, missing or unreadable images dropped, duplicate ids renumbered.
+unknown-category boxes dropped, missing or unreadable images dropped, duplicate annotation ids
+renumbered. Duplicate image ids cannot be fixed (which image an annotation means is lost);
+:func:`frcnn_cli.data.annotations.load_annotations` refuses such a file.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_cli.boxes import box_problem
 from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import image_size
 from frcnn_cli.errors import DataError
@@ -46,7 +49,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "box outside image": (ERROR, "dropped"),
     "unknown category": (ERROR, "dropped"),
     "orphan annotation": (ERROR, "dropped"),
-    "duplicate image id": (ERROR, "renumbered"),
+    "duplicate image id": (ERROR, "not fixable: which image an annotation means is lost"),
     "duplicate annotation id": (ERROR, "renumbered"),
     "duplicate category id": (ERROR, "merged when the names agree"),
     "box partly outside image": (WARNING, "clipped"),
@@ -59,8 +62,6 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 DUPLICATE_IOU = 0.95
-MIN_SIDE = 1.0  # pixels: a box narrower or lower is not an object to learn
-_SLACK = 1e-3  # pixels a box may poke out of its image (float rounding)
 PLURAL = {"degenerate box": "degenerate boxes", "box outside image": "boxes outside their image",
            "tiny box": "boxes under a pixel"}
 
@@ -215,28 +216,6 @@ def _check_boxes(ann: Annotations, report: CheckReport) -> None:
                    "of its class")
 
 
-def box_problem(bbox: list[float], extent: tuple[float, float] | None
-                ) -> tuple[str, str] | None:
-    """The kind and description of what is wrong with one ``[x, y, w, h]`` box in an image of
-    ``extent = (width, height)`` (None: unknown), or None when it is fine."""
-    x, y, w, h = bbox
-    shown = "[" + ", ".join(f"{v:g}" for v in bbox) + "]"
-    if not all(math.isfinite(v) for v in bbox):
-        return "degenerate box", f"box {shown} is not finite"
-    if w <= 0 or h <= 0:
-        return "degenerate box", f"box {shown} has a zero or negative side"
-    if extent is not None:
-        width, height = extent
-        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            return "box outside image", f"box {shown} lies outside the {width:g}x{height:g} image"
-        if x < -_SLACK or y < -_SLACK or x + w > width + _SLACK or y + h > height + _SLACK:
-            return ("box partly outside image",
-                    f"box {shown} reaches outside the {width:g}x{height:g} image")
-    if w < MIN_SIDE or h < MIN_SIDE:
-        return "tiny box", f"box {shown} is under a pixel wide or high"
-    return None
-
-
 def _duplicate_boxes(ann: Annotations) -> list[tuple[Any, Any]]:
     """``(image_id, annotation id)`` of each box that repeats an earlier one of its image and
     class (IoU >= DUPLICATE_IOU)."""
@@ -284,9 +263,9 @@ def fix_dataset(ann: Annotations, report: CheckReport) -> tuple[Annotations, dic
         seen_cats.setdefault(c["id"], c["name"])
         kept_cats.append(c)
 
-    # images: drop unreadable ones, set sizes from the files, renumber repeated ids
-    kept_images, first_of_id, next_id = [], {}, 1 + max(
-        (im["id"] for im in images), default=0)
+    # images: drop unreadable ones, set sizes from the files. Repeated image ids stay: which
+    # image an annotation means is lost, so the copy keeps the error for the user.
+    kept_images, first_of_id = [], {}
     for i, im in enumerate(images):
         size = report.measured.get(i)
         if size is None and i in report.measured:
@@ -295,12 +274,7 @@ def fix_dataset(ann: Annotations, report: CheckReport) -> tuple[Annotations, dic
         if size is not None and (im.get("width"), im.get("height")) != tuple(size):
             im["width"], im["height"] = size
             changes["image sizes set from the files"] += 1
-        if im["id"] in first_of_id:
-            im["id"] = next_id
-            next_id += 1
-            changes["repeated image ids renumbered"] += 1
-        else:
-            first_of_id[im["id"]] = im
+        first_of_id.setdefault(im["id"], im)
         kept_images.append(im)
     extent = {im["id"]: (float(im["width"]), float(im["height"])) for im in kept_images
               if im.get("width") and im.get("height")}

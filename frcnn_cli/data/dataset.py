@@ -22,7 +22,9 @@ or ``data.use_crowd`` says otherwise; test mode keeps every object, flagged. Box
 clipped to the image and those under a pixel wide or high are dropped (training warns once
 with the count of such boxes: degenerate, tiny or outside their image). An image that cannot
 be decoded stops a test run with a DataError naming it; in training it is skipped with a
-warning and the next image takes its place.
+warning and the next image takes its place. An image whose decoded size is not the one its
+record states (``width``, ``height``) stops training and testing alike: its boxes belong to
+another picture of it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from frcnn_cli.data.transforms import (
     hflip_boxes,
     valid_boxes,
 )
+from frcnn_cli.data.usable import SizeMismatch, check_size
 from frcnn_cli.errors import DataError, FrcnnError, InputError
 
 log = logging.getLogger("frcnn")
@@ -108,7 +111,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _warn_unusable_boxes(self) -> None:
         """Say once how many boxes training will ignore: not finite, without area, or outside
         the image (as the JSON states its size); a broken set must not train silently."""
-        from frcnn_cli.data.check import PLURAL, box_problem
+        from frcnn_cli.boxes import box_problem
+        from frcnn_cli.data.check import PLURAL
 
         counts: dict[str, int] = {}
         for im in self.images:
@@ -135,6 +139,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             i = (index + skip) % len(self.images)
             try:
                 return self._sample(i, np.random.default_rng(seed))
+            except SizeMismatch:
+                raise  # the set is wrong, not one file: skipping would hide it
             except DataError as e:
                 if i not in self._warned:
                     self._warned.add(i)
@@ -147,6 +153,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         record = self.images[index]
         pixels = read_image(self.annotations.image_path(record))
         orig_h, orig_w = pixels.shape[:2]
+        self._check_size(record, orig_w, orig_h)
         objects = self._objects[index]
         boxes = clip_boxes(objects["boxes"], orig_h, orig_w)
         keep = valid_boxes(boxes)
@@ -180,6 +187,9 @@ class DetectionDataset(torch.utils.data.Dataset):
             target["difficult"] = torch.from_numpy(flags["difficult"])
             target["iscrowd"] = torch.from_numpy(flags["iscrowd"])
         return image, target
+
+    def _check_size(self, record: dict[str, Any], width: int, height: int) -> None:
+        check_size(self.annotations, record, width, height)
 
     def _augment(self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                  proposals: np.ndarray | None, rng: np.random.Generator

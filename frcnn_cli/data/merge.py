@@ -29,6 +29,9 @@ from frcnn_cli.data.annotations import _INDENT_LIMIT, Annotations, relative_name
 from frcnn_cli.data.formats.classmap import ClassMap, map_classes
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.files import prepare_output_file, write_json
+from frcnn_cli.outputs import dataset_kind, dataset_marker
+
+WRITER = "data merge"  # the command named in the sets it writes (frcnn_cli.outputs)
 
 
 def merge_annotations(datasets: Sequence[Annotations], folder: str | os.PathLike,
@@ -127,10 +130,11 @@ def save_merged(merged: Annotations, path: str | os.PathLike,
     """Write a merged set to ``path`` (in the folder it was merged for) atomically, its
     ``file_name`` s as they are: unlike :func:`save_annotations`, absolute names stay absolute.
     ``inputs`` (the input files and their images) are files the output must not replace."""
-    out = prepare_output_file(path, inputs=itertools.chain(inputs, merged.image_files()),
-                              what="--out")
+    out = prepare_output_file(path, dataset_kind(WRITER),
+                              inputs=itertools.chain(inputs, merged.image_files()), what="--out")
     indent = 2 if len(merged.images) <= _INDENT_LIMIT else None
-    return write_json(out, merged.to_dict(), indent=indent)
+    data = {k: v for k, v in merged.to_dict().items() if k != "frcnn"}
+    return write_json(out, {**dataset_marker(WRITER), **data}, indent=indent)
 
 
 def _name(ann: Annotations, index: int) -> str:

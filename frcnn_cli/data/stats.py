@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_cli.boxes import is_degenerate
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import image_size
@@ -98,7 +99,7 @@ def dataset_stats(ann: Annotations, recipe: Recipe | None = None) -> DatasetStat
             difficult[cat] += bool(a.get("difficult", 0))
             crowd[cat] += bool(a.get("iscrowd", 0))
             _, _, w, h = a["bbox"]
-            if not (math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0):
+            if is_degenerate(a["bbox"]):
                 stats.invalid_boxes += 1
                 continue
             area = w * h
@@ -132,21 +133,28 @@ def _scale(ann: Annotations, im: dict[str, Any], min_size: int, max_size: int
     return resize_scale(h, w, min_size, max_size)
 
 
+PLOT_FILES = ("classes.png", "objects_per_image.png", "box_sizes.png", "aspect_ratios.png")
+
+
 def plot_stats(stats: DatasetStats, folder: str | os.PathLike) -> list[Path]:
-    """Write histograms as PNG files into ``folder``; returns their paths."""
+    """Write histograms as PNG files (:data:`PLOT_FILES`) into ``folder``; returns their
+    paths. A file there that is not an earlier plot is refused (InputError)."""
     import matplotlib
+
+    from frcnn_cli.files import prepare_output_dir
+    from frcnn_cli.outputs import PLOT, PLOT_SOFTWARE
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    folder = Path(folder)
+    folder = prepare_output_dir(folder, writes=[(name, PLOT) for name in PLOT_FILES])
     written = []
 
     def save(fig: Any, name: str) -> None:
         path = folder / name
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, metadata={"Software": PLOT_SOFTWARE})
         plt.close(fig)
         written.append(path)
 

@@ -99,7 +99,8 @@ def synthesize(out: str | os.PathLike, train: int = 200, val: int = 50, size: in
                     records.append(_write_image(job))
                     task.update(advance=1)
             ann = _assemble(records, cfg, folder)
-            written[split] = save_annotations(ann, folder / f"{split}.json")
+            written[split] = save_annotations(ann, folder / f"{split}.json",
+                                              written_by="data synth")
     return written
 
 

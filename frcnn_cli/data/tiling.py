@@ -48,6 +48,7 @@ from frcnn_cli.data.annotations import (
 from frcnn_cli.data.images import MAX_PIXELS, image_size, opencv, read_image
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.files import prepare_output_file
+from frcnn_cli.outputs import dataset_kind
 from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
@@ -212,7 +213,8 @@ def tile_dataset(annotations: str | os.PathLike, out: str | os.PathLike, size: i
     if negatives is not None and not (negatives >= 0):
         raise InputError(f"--negatives must be 0 or more (or all), got {negatives}")
     ann = load_annotations(annotations)
-    out = prepare_output_file(out, inputs=[annotations, *ann.image_files()], what="--out")
+    out = prepare_output_file(out, dataset_kind("data tile"),
+                              inputs=[annotations, *ann.image_files()], what="--out")
     folder = out.parent / f"{out.stem}_tiles"
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise InputError(f"{folder} already exists and holds files; data tile never replaces "
@@ -228,7 +230,7 @@ def tile_dataset(annotations: str | os.PathLike, out: str | os.PathLike, size: i
     summary.tiles = len(result.images)
     summary.ignore_regions = sum(1 for a in result.annotations if a.get("tile_cut"))
     summary.objects = sum(1 for a in result.annotations if not a.get("iscrowd"))
-    save_annotations(result, out, inputs=[annotations])
+    save_annotations(result, out, inputs=[annotations], written_by="data tile")
     return summary
 
 

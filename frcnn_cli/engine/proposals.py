@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from frcnn_cli.boxes import bad_xyxy_rows
 from frcnn_cli.checkpoint import PROPOSALS_FORMAT, VERSION, load_safe, save_safe
 from frcnn_cli.errors import CheckpointError, DataError
 from frcnn_cli.progress import SILENT, Reporter
@@ -112,6 +113,14 @@ def read_proposals(path: str | os.PathLike) -> dict[str, Any]:
     counts, boxes = obj["counts"], obj["boxes"]
     if int(counts.sum()) != len(boxes) or len(obj["image_ids"]) != len(counts):
         raise CheckpointError(f"proposals file {path} is inconsistent (counts do not add up)")
+    bad = bad_xyxy_rows(boxes)
+    if bad.any():
+        k = int(bad.nonzero()[0, 0])
+        image = int(torch.searchsorted(counts.cumsum(0), k, right=True))
+        raise CheckpointError(f"proposals file {path}: box {boxes[k].tolist()} of image id "
+                              f"{int(obj['image_ids'][image])} is not finite or has a negative "
+                              "side (x1 y1 x2 y2 expected); make the file again with frcnn "
+                              "propose")
     return obj
 
 

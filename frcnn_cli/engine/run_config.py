@@ -1,6 +1,7 @@
-"""A run's arguments and result, the schedule and batch they take from the recipe, and
-``RUN/config.yaml``: the arguments and resolved recipe a run stores when it starts, and that
-``--resume`` reads back."""
+"""A run's arguments and result, the schedule and batch they take from the recipe,
+``RUN/config.yaml`` (the arguments and resolved recipe a run stores when it starts, and that
+``--resume`` reads back), and the run folder itself: which folders a run may take, and the
+lock it holds on its folder while it writes there."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from frcnn_cli import config as config_mod
 from frcnn_cli.config import Recipe, scaled_steps
 from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.errors import InputError
-from frcnn_cli.files import write_text
+from frcnn_cli.files import LOCK_NAME, FolderLock, lock_folder, write_text
 
 
 @dataclass
@@ -84,7 +85,14 @@ def read_config(run_dir: str | Path) -> tuple[RunArgs, dict[str, Any]]:
     if not Path(run_dir).is_dir():
         raise InputError(f"run folder not found: {run_dir}")
     if not path.is_file():
-        raise InputError(f"{run_dir} is not a run folder (no config.yaml)")
+        held = _contents(Path(run_dir))
+        if "model.pt" in held:
+            raise InputError(f"{run_dir} is not a run folder: it holds {_listed(held)} but no "
+                             "config.yaml or last.pt, so there is nothing to resume; evaluate "
+                             f"the model with frcnn eval {Path(run_dir) / 'model.pt'}, or start "
+                             "a new run in an empty --out")
+        raise InputError(f"{run_dir} is not a run folder (no config.yaml"
+                         + (f"; it holds {_listed(held)})" if held else "; it is empty)"))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return RunArgs(**data["args"]), data["recipe"]
@@ -101,3 +109,76 @@ def stored_run(run_dir: str | Path, device: str | None = None) -> tuple[RunArgs,
     if device is not None:
         args.device = device
     return args, config_mod.recipe_from_dict(recipe, f"{run_dir}/config.yaml")
+
+
+# --------------------------------------------------------------------------- the run folder
+
+
+def claim_run_folder(out: Path, command: str, resume: bool) -> FolderLock:
+    """Lock ``out`` for this run: a new run takes only a missing or empty folder, a resumed
+    one the folder of its run. Refused with InputError when another process holds it (see
+    :func:`frcnn_cli.files.lock_folder`) or the folder does not suit; nothing is created in
+    a folder that is refused."""
+    if resume:
+        _require_resumable(out)
+    else:
+        refuse_unless_empty(out, command)
+    lock = lock_folder(out, "run folder", f"frcnn {command}")
+    try:  # another run may have started, or finished, between the check and the lock
+        if resume:
+            _require_resumable(out)
+        else:
+            refuse_unless_empty(out, command)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def refuse_unless_empty(out: Path, command: str) -> None:
+    """InputError saying what ``out`` holds and what to do, unless it is missing or empty."""
+    held = _contents(out)
+    if not held:
+        return
+    if "config.yaml" in held and "last.pt" in held:
+        raise InputError(f"{out} already holds a run; resume it with frcnn "
+                         f"{_stored_command(out, command)} --resume {out} or choose another "
+                         "--out")
+    if "config.yaml" in held:
+        raise InputError(f"{out} holds a run that stopped before its first checkpoint "
+                         f"({_listed(held)}; no last.pt): there is nothing to resume; delete "
+                         "the folder or choose another --out")
+    if "model.pt" in held:
+        raise InputError(f"{out} holds {_listed(held)} but no run (no config.yaml or last.pt): "
+                         "there is nothing to resume, and a new run starts only in a missing "
+                         "or empty folder; move model.pt away or choose another --out")
+    raise InputError(f"{out} is not empty (it holds {_listed(held)}); a new run starts only in "
+                     "a missing or empty folder, so nothing there is written over: choose "
+                     "another --out")
+
+
+def _require_resumable(out: Path) -> None:
+    if not (out / "last.pt").is_file():
+        raise InputError(f"{out} holds a run that stopped before its first checkpoint (no "
+                         "last.pt): there is nothing to resume; start it again in an empty "
+                         "--out")
+
+
+def _contents(folder: Path) -> list[str]:
+    """The names in ``folder`` (folders with a trailing /), its lock file aside."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                  if p.name != LOCK_NAME)
+
+
+def _listed(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _stored_command(out: Path, default: str) -> str:
+    try:
+        return read_config(out)[0].command
+    except InputError:
+        return default

@@ -251,9 +251,11 @@ def propose_selective_search(data: str | os.PathLike, out: str | os.PathLike,
     from frcnn_cli.engine.proposals import save_proposals
     from frcnn_cli.engine.stages import proposal_coverage
     from frcnn_cli.files import prepare_output_file, require_file
+    from frcnn_cli.outputs import PROPOSALS
 
     ann = load_annotations(require_file(data, "annotations"))
-    prepare_output_file(out, itertools.chain([data], ann.image_files()), "proposals file")
+    prepare_output_file(out, PROPOSALS, itertools.chain([data], ann.image_files()),
+                        "proposals file")
     found = selective_search_dataset(ann, mode, max_proposals, max_side, workers, reporter)
     coverage = proposal_coverage([found.proposals[i][0] for i in found.image_ids], ann)
     return save_proposals(found.proposals, found.image_ids, out,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -29,10 +30,17 @@ from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.proposals import generate_proposals, save_proposals
-from frcnn_cli.engine.run_config import RunArgs, RunResult, stored_run, write_config
+from frcnn_cli.engine.run_config import (
+    RunArgs,
+    RunResult,
+    refuse_unless_empty,
+    stored_run,
+    write_config,
+)
 from frcnn_cli.engine.trainer import resume_run, train_run, training_device
 from frcnn_cli.errors import InputError
-from frcnn_cli.files import prepare_output_file, require_file
+from frcnn_cli.files import LOCK_NAME, lock_folder, prepare_output_file, require_file
+from frcnn_cli.outputs import PROPOSALS
 from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
@@ -58,7 +66,8 @@ def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
         dev = torch.device("cuda", dist.local_rank)
     ann = load_annotations(require_file(data, "annotations"))
     if dist.is_main:
-        prepare_output_file(out, itertools.chain([checkpoint, data], ann.image_files()),
+        prepare_output_file(out, PROPOSALS,
+                            itertools.chain([checkpoint, data], ann.image_files()),
                             "proposals file")
     model = load_model(require_file(checkpoint, "checkpoint"), device=dev)
     mine, seconds = generate_proposals(model, ann, dev, reporter if dist.is_main else SILENT,
@@ -112,6 +121,18 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
         if src:
             require_file(src, what)  # before RUN/config.yaml fixes the run's arguments
     is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main and not (root / "config.yaml").is_file():
+        refuse_unless_empty(root, "train-alt")  # before anything is made there
+    lock = lock_folder(root, "run folder", "frcnn train-alt") if is_main else None
+    try:
+        return _train_stages(root, args, reporter, is_main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_stages(root: Path, args: RunArgs, reporter: Reporter, is_main: bool) -> RunResult:
+    """:func:`train_alt` once the run folder ``root`` is locked."""
     args, recipe = _start_or_continue(root, args, is_main)
     init = args.init or "imagenet"
 
@@ -121,6 +142,8 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
             log.info("%s: finished earlier, kept", out.name)
             return RunResult(out=out, iterations=-1, model_path=out / "model.pt")
         resume = (out / "last.pt").is_file()
+        if not resume and is_main:
+            _clear_unstarted(out)
         log.info("%s: %s", out.name, "resuming" if resume else "training")
         if resume:
             return resume_run(out, reporter, device=args.device)
@@ -185,10 +208,35 @@ def _start_or_continue(root: Path, args: RunArgs, is_main: bool) -> tuple[RunArg
         return stored, recipe
     recipe = config_mod.load_recipe(args.recipe, args.overrides)
     if is_main:
-        root.mkdir(parents=True, exist_ok=True)
+        refuse_unless_empty(root, "train-alt")  # as found once locked
         write_config(root, replace(args, command="train-alt"), recipe,
                      stages={kind.value: str(root / kind.value) for kind in RunKind.steps()})
     return args, recipe
+
+
+# What a stage writes before its first checkpoint: a stage stopped that early starts again.
+_BEFORE_FIRST_CHECKPOINT = {"config.yaml", "metrics.jsonl", "plots"}
+
+
+def _clear_unstarted(stage_dir: Path) -> None:
+    """Remove what a stage of this run wrote before it was stopped ahead of its first
+    checkpoint (``config.yaml``, ``metrics.jsonl``, ``plots/``), so that it starts again in
+    an empty folder; anything else there is left for the stage's own refusal."""
+    if not stage_dir.is_dir():
+        return
+    names = {p.name for p in stage_dir.iterdir() if p.name != LOCK_NAME}
+    if not names or not names <= _BEFORE_FIRST_CHECKPOINT:
+        return
+    plots = stage_dir / "plots"
+    if plots.is_dir() and any(p.suffix != ".png" or p.is_dir() for p in plots.iterdir()):
+        return
+    log.info("%s: stopped before its first checkpoint; starting it again", stage_dir.name)
+    for name in names:
+        path = stage_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _refuse_other_arguments(root: Path, stored: RunArgs, args: RunArgs) -> None:

@@ -38,13 +38,14 @@ from frcnn_cli.engine.rng import rng_state, seed_everything, set_rng_state
 from frcnn_cli.engine.run_config import (
     RunArgs,
     RunResult,
+    claim_run_folder,
     images_per_batch,
     schedule_for,
     stored_run,
     write_config,
 )
 from frcnn_cli.errors import FrcnnError, InputError, TrainingError
-from frcnn_cli.files import prepare_output_dir, require_file, write_json
+from frcnn_cli.files import FolderLock, prepare_output_dir, require_file, write_json
 from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
@@ -55,11 +56,14 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
     """Train one run as ``args`` says (``recipe``: the resolved recipe, else loaded from
     ``args.recipe`` and ``args.overrides``); see the module docstring for what it writes."""
     run = Run(args, reporter, recipe, resume)
-    if resume:
-        run.resume()
-    else:
-        run.start()
-    return run.result(_read_eval(run.out)) if run.done else run.train()
+    try:
+        if resume:
+            run.resume()
+        else:
+            run.start()
+        return run.result(_read_eval(run.out)) if run.done else run.train()
+    finally:
+        run.close()
 
 
 def resume_run(run_dir: str | Path, reporter: Reporter = SILENT,
@@ -89,7 +93,15 @@ class Run:
         self._load_annotations()
         self.out = Path(args.out)
         self.last_path, self.model_path = self.out / "last.pt", self.out / "model.pt"
-        self._prepare_folder(resume)
+        self.lock = self._prepare_folder(resume)
+        try:
+            self._set_up(args, steps)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, args: RunArgs, steps: list[int]) -> None:
+        """The proposals, model, optimizer and logs, once the folder is this run's."""
         # Selective Search's settings when it made --proposals, and its search of --val
         self.proposal_source = self.val_proposals = None
         self.proposals = self._load_proposals()
@@ -103,6 +115,11 @@ class Run:
         self.hold = HoldInterrupts()  # so that a stop, and the state saved, fall between steps
         self.iteration = self.start_iter = 0
         self.best_map, self.last_losses, self.done = -1.0, {}, False
+
+    def close(self) -> None:
+        """Release the run folder (its lock); the run's files stay."""
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------------ start or resume
 
@@ -233,19 +250,22 @@ class Run:
         self.train_ann = load_annotations(require_file(self.args.train, "training annotations"))
         self.val_ann = load_annotations(require_file(self.args.val, "validation annotations")) \
             if self.args.val else None
+        from frcnn_cli.data.usable import check_training_sets
 
-    def _prepare_folder(self, resume: bool) -> None:
-        """Create the run folder (never over an input); refuse a new run over an old one."""
+        check_training_sets(self.train_ann, self.val_ann, self.recipe)  # before the run folder
+
+    def _prepare_folder(self, resume: bool) -> FolderLock | None:
+        """Take the run folder (never an input; for a new run only a missing or empty one)
+        and lock it while the run writes there (main process)."""
         args = self.args
         inputs = [args.train, args.val, args.proposals,
                   args.init if args.init not in (None, "imagenet") else None]
-        if self.dist.is_main:
-            prepare_output_dir(self.out, inputs, "run folder")
-            if not resume and (self.last_path.exists() or self.model_path.exists()):
-                raise InputError(f"{self.out} already holds a run; resume it with --resume "
-                                 f"{self.out} or choose another --out")
-        if resume and not self.last_path.exists():
-            raise InputError(f"{self.out} has no last.pt to resume from")
+        if not self.dist.is_main:
+            if resume and not self.last_path.exists():
+                raise InputError(f"{self.out} has no last.pt to resume from")
+            return None
+        prepare_output_dir(self.out, inputs, "run folder")
+        return claim_run_folder(self.out, args.command, resume)
 
     def _load_proposals(self):
         """Steps 2 and 4 train on the proposals of ``--proposals``; other runs on none."""

@@ -48,7 +48,8 @@ def evaluate_coco(ann: Annotations, detections: list[dict[str, Any]]) -> CocoRes
         gt = COCO()
         gt.dataset = {
             "images": [dict(im) for im in ann.images],
-            "annotations": [dict(a) for a in ann.annotations],
+            # fresh ids: pycocotools keeps one object per id, and a set may repeat one
+            "annotations": [{**a, "id": i} for i, a in enumerate(ann.annotations, start=1)],
             "categories": [dict(c) for c in ann.categories],
         }
         gt.createIndex()

@@ -15,10 +15,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
+from frcnn_cli.boxes import is_number, require_xywh
 from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.errors import DataError
 from frcnn_cli.files import require_file, write_json
@@ -107,13 +108,12 @@ def detection_arrays(ann: Annotations, detections: list[dict[str, Any]],
     dataset's images or a ``category_id`` that is not one of its categories.
     """
     n = len(detections)
-    try:
-        image_ids = [d["image_id"] for d in detections]
-        category_ids = [d["category_id"] for d in detections]
-        boxes = np.array([d["bbox"] for d in detections], dtype=np.float64).reshape(n, 4)
-        scores = np.array([d["score"] for d in detections], dtype=np.float64).reshape(n)
-    except (TypeError, KeyError, ValueError):
-        _raise_first_malformed(detections, source)
+    for k, d in enumerate(detections):
+        _check_entry(d, k, source)
+    image_ids = [d["image_id"] for d in detections]
+    category_ids = [d["category_id"] for d in detections]
+    boxes = np.array([d["bbox"] for d in detections], dtype=np.float64).reshape(n, 4)
+    scores = np.array([d["score"] for d in detections], dtype=np.float64).reshape(n)
     bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
     bad |= ~np.isfinite(scores)
     if bad.any():
@@ -160,26 +160,19 @@ def ground_truth_arrays(ann: Annotations) -> GroundTruthArrays:
     return GroundTruthArrays(images, classes, boxes, ignore)
 
 
-def _raise_first_malformed(detections: list[Any], source: str) -> NoReturn:
-    for k, d in enumerate(detections):
-        if not isinstance(d, dict):
-            raise DataError(f"{source}: detection {k} is a {type(d).__name__}, not an object "
-                            "{image_id, category_id, bbox, score}")
-        missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in d]
-        if missing:
-            raise DataError(f"{source}: detection {k} lacks {', '.join(map(repr, missing))}")
-        box, score = d["bbox"], d["score"]
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(_is_number(v) for v in box)):
-            raise DataError(f"{source}: detection {k}: 'bbox' must be [x, y, w, h] numbers, "
-                            f"got {box!r}")
-        if not _is_number(score):
-            raise DataError(f"{source}: detection {k}: 'score' must be a number, got {score!r}")
-    raise DataError(f"{source}: malformed detections")
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _check_entry(d: Any, k: int, source: str) -> None:
+    """DataError naming detection ``k`` unless it is ``{image_id, category_id, bbox, score}``
+    with a box the annotation loader would take (:func:`frcnn_cli.boxes.require_xywh`)."""
+    if not isinstance(d, dict):
+        raise DataError(f"{source}: detection {k} is a {type(d).__name__}, not an object "
+                        "{image_id, category_id, bbox, score}")
+    missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in d]
+    if missing:
+        raise DataError(f"{source}: detection {k} lacks {', '.join(map(repr, missing))}")
+    require_xywh(d["bbox"], f"{source}: detection {k}")
+    if not is_number(d["score"]):
+        raise DataError(f"{source}: detection {k}: 'score' must be a number, got "
+                        f"{d['score']!r}")
 
 
 def _lookup(mapping: dict[Any, int], key: Any) -> int:

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from frcnn_cli.data.annotations import Annotations, load_annotations
+from frcnn_cli.devices import autocast
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluation.detections import to_coco_results
-from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
+from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections, without_degenerate
 from frcnn_cli.evaluation.proposal_sources import ExternalProposals, detect, proposals_for
 from frcnn_cli.evaluation.recall import TOP_N, RecallResult, counted_objects, proposal_recall
 from frcnn_cli.progress import SILENT, Reporter
@@ -34,45 +35,58 @@ log = logging.getLogger("frcnn")
 DEFAULT_BATCH_SIZE = 1
 
 
-def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> None:
-    """The model's categories must be the dataset's (by id); a name that differs is warned
-    about, a missing id is a DataError (its detections could not be scored)."""
+def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> list[dict[str, Any]]:
+    """The dataset's categories for the model's labels 1..K (``classes[label - 1]``).
+
+    A checkpoint knows its classes by name: when the dataset has the same ids with the same
+    names they are the model's own; when it numbers the same names otherwise, each label is
+    matched to the category of its name (with a one-line note). A class name of the model
+    that the dataset lacks (or has twice) is a DataError: its detections could not be scored.
+    """
     names = {c["id"]: c["name"] for c in ann.classes}
-    missing = [c for c in model_classes if c["id"] not in names]
-    if missing:
-        where = f" {ann.path}" if ann.path is not None else ""
-        ours = ", ".join(f"{c['id']}:{c['name']}" for c in model_classes)
-        theirs = ", ".join(f"{c['id']}:{c['name']}" for c in ann.classes)
-        raise DataError(f"the model's classes ({ours}) are not the dataset{where}'s "
-                        f"({theirs}); was it trained on another label set?")
-    renamed = [c for c in model_classes if names[c["id"]] != c["name"]]
-    if renamed:
-        c = renamed[0]
-        log.warning("category %s is '%s' in the model but '%s' in the dataset", c["id"],
-                    c["name"], names[c["id"]])
-    known = {c["id"] for c in model_classes}
+    classes = list(model_classes)
+    if any(names.get(c["id"]) != c["name"] for c in model_classes):
+        ids: dict[str, list[Any]] = {}
+        for c in ann.classes:
+            ids.setdefault(c["name"], []).append(c["id"])
+        unmatched = [c["name"] for c in model_classes if len(ids.get(c["name"], [])) != 1]
+        if unmatched or len({c["name"] for c in model_classes}) < len(model_classes):
+            where = f" {ann.path}" if ann.path is not None else ""
+            ours = ", ".join(f"{c['id']}:{c['name']}" for c in model_classes)
+            theirs = ", ".join(f"{c['id']}:{c['name']}" for c in ann.classes)
+            raise DataError(f"the model's classes ({ours}) are not the dataset{where}'s "
+                            f"({theirs}); was it trained on another label set?")
+        classes = [{"id": ids[c["name"]][0], "name": c["name"]} for c in model_classes]
+        moved = ", ".join(f"{c['name']} {c['id']} -> {m['id']}"
+                          for c, m in zip(model_classes, classes, strict=True)
+                          if c["id"] != m["id"])
+        log.warning("note: the dataset numbers the model's classes differently (%s); "
+                    "detections are matched to its categories by name", moved)
+    known = {c["id"] for c in classes}
     present = {a["category_id"] for a in ann.annotations}
     unknown = [name for i, name in names.items() if i not in known and i in present]
     if unknown:
         log.warning("the model was not trained on %s, which the dataset has: %s AP 0",
                     ", ".join(f"'{n}'" for n in unknown), "they score" if len(unknown) > 1
                     else "it scores")
+    return classes
 
 
 def _batches(model, ann: Annotations, device: torch.device, reporter: Reporter,
-             batch_size: int, description: str, proposals: ExternalProposals | None = None,
-             **settings: Any) -> Iterator[Any]:
+             batch_size: int, description: str, precision: str = "fp32",
+             proposals: ExternalProposals | None = None, **settings: Any) -> Iterator[Any]:
     """Yield ``(output, image_id)`` for every image of ``ann``: ``model.detect`` on the images
-    at their own size, with ``settings`` (and on ``proposals``' boxes when given); boxes in
-    file pixels, as numpy arrays."""
+    at their own size, with ``settings``, in ``precision`` (fp32, or autocast to bf16/fp16),
+    and on ``proposals``' boxes when given; boxes in file pixels, as numpy arrays."""
     from frcnn_cli.data.dataset import build_test_loader
 
     loader = build_test_loader(ann, model.recipe, batch_size=batch_size)
     with reporter.task(description, total=len(ann.images)) as task:
         for images, targets in loader:
             inputs = [im.to(device, non_blocking=True) for im in images]
-            outputs = detect(model, inputs, [t["image_id"] for t in targets], proposals,
-                             **settings)
+            with autocast(device, precision):
+                outputs = detect(model, inputs, [t["image_id"] for t in targets], proposals,
+                                 **settings)
             for output, target in zip(outputs, targets, strict=True):
                 yield ({k: v.detach().float().cpu().numpy() for k, v in output.items()},
                        target["image_id"])
@@ -89,24 +103,25 @@ def _annotations(annotations: Annotations | str | os.PathLike) -> Annotations:
 def predict_dataset(model, annotations: Annotations | str | os.PathLike,
                     device: str | torch.device = "cpu", reporter: Reporter = SILENT,
                     batch_size: int = DEFAULT_BATCH_SIZE,
+                    precision: str = "fp32",
                     proposals: ExternalProposals | None = None) -> list[dict[str, Any]]:
     """Detections of ``model`` on every image of a dataset, as COCO results in file pixels.
 
-    The model is put in eval mode on ``device``; its labels are mapped back to the dataset's
-    category ids (DataError if the model knows a category the dataset does not). It detects
-    on ``proposals``' boxes when given, else on those its checkpoint names (Selective Search
-    for a detector trained on it), else on its RPN's.
+    The model is put in eval mode on ``device``; its labels are mapped to the dataset's
+    category ids by :func:`check_classes` (by name; DataError if the model knows a class the
+    dataset does not). It detects on ``proposals``' boxes when given, else on those its
+    checkpoint names (Selective Search for a detector trained on it), else on its RPN's.
     """
     ann = _annotations(annotations)
     device = torch.device(device)
-    check_classes(model.classes, ann)
+    classes = check_classes(model.classes, ann)
     model.eval().to(device)
     proposals = proposals if proposals is not None else proposals_for(model)
     results: list[dict[str, Any]] = []
     for out, image_id in _batches(model, ann, device, reporter, batch_size, "detect",
-                                  proposals):
+                                  precision, proposals):
         results.extend(to_coco_results(out["boxes"], out["scores"], out["labels"], image_id,
-                                       model.classes))
+                                       classes))
     return results
 
 
@@ -114,6 +129,7 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
                    device: str | torch.device = "cpu", reporter: Reporter = SILENT,
                    batch_size: int = DEFAULT_BATCH_SIZE,
                    detections: list[dict[str, Any]] | None = None,
+                   precision: str = "fp32",
                    proposals: ExternalProposals | None = None) -> EvalResult:
     """Run ``model`` over a dataset and score it (``metric``: voc07, voc or coco).
 
@@ -122,7 +138,7 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
     ``proposals``: as :func:`predict_dataset`.
     """
     ann = _annotations(annotations)
-    dets = predict_dataset(model, ann, device, reporter, batch_size, proposals)
+    dets = predict_dataset(model, ann, device, reporter, batch_size, precision, proposals)
     if detections is not None:
         detections.extend(dets)
     return evaluate_detections(ann, dets, metric, source="model detections")
@@ -132,14 +148,14 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
 def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
                        device: str | torch.device = "cpu", reporter: Reporter = SILENT,
                        batch_size: int = DEFAULT_BATCH_SIZE,
-                       top_n: tuple[int, ...] = TOP_N) -> RecallResult:
+                       top_n: tuple[int, ...] = TOP_N, precision: str = "fp32") -> RecallResult:
     """Recall of the RPN's top N proposals (default 300, 1000, 2000) on a dataset.
 
     Proposals are taken once with room for the largest N (the pre-NMS count stays the
     recipe's test value unless it is smaller); since NMS keeps boxes by falling score, the top
     300 of those are the 300 a smaller setting would give.
     """
-    ann = _annotations(annotations)
+    ann = without_degenerate(_annotations(annotations))
     device = torch.device(device)
     model.eval().to(device)
     settings = {"pre_nms_top_n": max(model.recipe.rpn.pre_nms_top_n_test, max(top_n)),
@@ -147,7 +163,7 @@ def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
     index = {im["id"]: i for i, im in enumerate(ann.images)}
     proposals: list[np.ndarray] = [np.zeros((0, 4))] * len(ann.images)
     for out, image_id in _batches(model, ann, device, reporter, batch_size, "proposals",
-                                  rpn_only=True, **settings):
+                                  precision, rpn_only=True, **settings):
         order = np.argsort(-out["scores"].reshape(-1), kind="stable")
         proposals[index[image_id]] = out["boxes"].reshape(-1, 4)[order]
     result = proposal_recall(proposals, counted_objects(ann), top_n)

@@ -3,7 +3,8 @@ the comparison of proposal methods (recall vs IoU and vs the number of proposals
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global backend switch),
 so this works on machines without a display and leaves other users of matplotlib alone.
-Files are written atomically.
+Files are written atomically, tagged (PNG Software text) so that a later run may replace them
+and nothing else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from frcnn_cli.files import atomic_open
+from frcnn_cli.files import atomic_open, prepare_output_file
+from frcnn_cli.outputs import PLOT, PLOT_SOFTWARE
 
 if TYPE_CHECKING:
     from frcnn_cli.evaluation.evaluate import EvalResult
@@ -30,8 +32,11 @@ def _figure(width: float = 5.0, height: float = 4.0):
 
 
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG, tagged as frcnn's plot; a file there that is not an earlier plot
+    is refused (InputError) and left alone."""
+    prepare_output_file(path, PLOT, what="plot")
     with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", bbox_inches="tight")
+        fig.savefig(f, format="png", bbox_inches="tight", metadata={"Software": PLOT_SOFTWARE})
     return path
 
 
@@ -40,23 +45,33 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "class"
 
 
-def plot_pr_curves(result: EvalResult, folder: str | os.PathLike) -> list[Path]:
-    """Write ``pr_<class>.png`` for every class with objects and ``pr_all.png`` with all of
-    them on one chart; returns the paths written."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    where = "IoU 0.5" if result.metric == "coco" else "IoU > 0.5"
-    written, used = [], set()
-    for name, curve in result.curves.items():
-        fig = _figure()
-        ax = fig.add_subplot()
-        ax.plot(curve.recall, curve.precision, drawstyle="steps-post", color="tab:blue")
-        _pr_axes(ax, f"{name}: AP {result.per_class[name]:.4f} ({result.metric})", where)
+def pr_plot_names(class_names: list[str]) -> list[str]:
+    """The files :func:`plot_pr_curves` writes for these classes: ``pr_<class>.png`` each, in
+    order, then ``pr_all.png``."""
+    names, used = [], set()
+    for name in class_names:
         stem = safe_name(name)
         while stem in used:  # two names that differ only in punctuation
             stem += "_"
         used.add(stem)
-        written.append(_save(fig, folder / f"pr_{stem}.png"))
+        names.append(f"pr_{stem}.png")
+    return [*names, "pr_all.png"]
+
+
+def plot_pr_curves(result: EvalResult, folder: str | os.PathLike) -> list[Path]:
+    """Write ``pr_<class>.png`` for every class with objects and ``pr_all.png`` with all of
+    them on one chart (:func:`pr_plot_names`); returns the paths written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    where = "IoU 0.5" if result.metric == "coco" else "IoU > 0.5"
+    written = []
+    for (name, curve), file in zip(result.curves.items(), pr_plot_names(list(result.curves)),
+                                   strict=False):
+        fig = _figure()
+        ax = fig.add_subplot()
+        ax.plot(curve.recall, curve.precision, drawstyle="steps-post", color="tab:blue")
+        _pr_axes(ax, f"{name}: AP {result.per_class[name]:.4f} ({result.metric})", where)
+        written.append(_save(fig, folder / file))
 
     many = len(result.curves) > 6
     fig = _figure(8.0 if many else 6.0, 5.0)
@@ -108,6 +123,10 @@ def plot_recall_curve(result: RecallResult, path: str | os.PathLike) -> Path:
     return _save(fig, Path(path))
 
 
+# the files plot_proposal_comparison writes
+COMPARISON_PLOTS = ("recall_vs_iou.png", "recall_vs_proposals.png")
+
+
 def plot_proposal_comparison(comparison: ProposalComparison, folder: str | os.PathLike,
                              top_n: int = 300) -> list[Path]:
     """Write ``recall_vs_iou.png`` (recall against IoU for the top ``top_n`` proposals of each
@@ -133,7 +152,7 @@ def plot_proposal_comparison(comparison: ProposalComparison, folder: str | os.Pa
     ax.set_title(f"recall of the top {top_n} proposals per image", fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="lower left")
-    written = [_save(fig, folder / "recall_vs_iou.png")]
+    written = [_save(fig, folder / COMPARISON_PLOTS[0])]
 
     fig = _figure(10.0, 4.5)
     for k, iou in enumerate(COMPARE_IOUS):
@@ -152,7 +171,7 @@ def plot_proposal_comparison(comparison: ProposalComparison, folder: str | os.Pa
         first = comparison.results[0]
         fig.suptitle(f"proposal recall, {first.num_objects} objects in {first.num_images} "
                      "images", fontsize="medium")
-    written.append(_save(fig, folder / "recall_vs_proposals.png"))
+    written.append(_save(fig, folder / COMPARISON_PLOTS[1]))
     return written
 
 

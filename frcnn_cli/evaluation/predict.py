@@ -5,7 +5,9 @@ Output naming keeps every input safe and every output findable:
 * a file given directly is written as ``OUT/<its name>``; a folder is walked (image suffixes
   only, hidden entries skipped) and ``FOLDER/a/b.jpg`` is written as ``OUT/a/b.jpg``;
 * two inputs that would get one name are told apart with ``-2``, ``-3`` before the suffix;
-* formats Pillow cannot write back (GIF, PGM, ...) are written as PNG;
+* formats Pillow cannot write back or that cannot carry the tag saying frcnn drew them
+  (BMP, GIF, PGM, ...) are written as PNG;
+* an existing file is replaced only when it is such a drawing (``frcnn_cli.outputs``);
 * an output that would land on an input file is refused before anything runs (so ``--out``
   cannot be an input folder, nor the folder of an input image);
 * when ``OUT`` lies inside an input folder, the walk skips it: a second run does not predict
@@ -24,16 +26,19 @@ import numpy as np
 import torch
 
 from frcnn_cli.data.images import IMAGE_SUFFIXES, is_image_file, read_image
+from frcnn_cli.devices import autocast
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.draw import draw_detections
 from frcnn_cli.evaluation.proposal_sources import ExternalProposals, detect, proposals_for
 from frcnn_cli.files import atomic_open
+from frcnn_cli.outputs import drawing_metadata
 from frcnn_cli.progress import SILENT, Reporter
 
 # Suffixes written back in their own format; anything else becomes PNG.
-_WRITABLE = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
-             ".tiff": "TIFF", ".webp": "WEBP"}
+# (BMP holds no tag saying frcnn drew it, so a second run could not replace it: PNG too.)
+_WRITABLE = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
+             ".webp": "WEBP"}
 
 
 @dataclass
@@ -119,6 +124,7 @@ def _resolved(path: Path) -> Path:
 @torch.inference_mode()
 def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = "cpu",
                   score_thresh: float = 0.5, reporter: Reporter = SILENT,
+                  precision: str = "fp32",
                   proposals: ExternalProposals | None = None) -> PredictReport:
     """Run ``model`` on each job's image, keep detections scoring at least ``score_thresh``,
     write the drawing to ``job.output`` and collect the detections in file pixels.
@@ -142,8 +148,9 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
                 task.update(advance=1)
                 continue
             image = torch.from_numpy(pixels).permute(2, 0, 1).to(device)  # uint8, file size
-            out = detect(model, [image], [job.image_id], proposals,
-                         score_thresh=detect_thresh)[0]
+            with autocast(device, precision):
+                out = detect(model, [image], [job.image_id], proposals,
+                             score_thresh=detect_thresh)[0]
             out = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
             labels = out["labels"].astype(np.int64)
             results = to_coco_results(out["boxes"], out["scores"], labels, job.image_id,
@@ -168,8 +175,9 @@ def save_image(image, path: Path) -> Path:
     """Write a PIL image atomically in the format its suffix names (JPEG at quality 95)."""
     fmt = _WRITABLE.get(path.suffix.lower(), "PNG")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as f:
-        image.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    with atomic_open(path, "wb") as f:  # tagged: a later run may replace it, and nothing else
+        image.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}),
+                   **drawing_metadata(fmt))
     return path
 
 

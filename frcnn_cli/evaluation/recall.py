@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from frcnn_cli.boxes import is_degenerate
 from frcnn_cli.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
@@ -144,12 +145,14 @@ CURVE_TOP_N = (10, 20, 50, 100, 200, 300, 500, 1000, 2000)
 
 
 def counted_objects(ann: Annotations) -> list[np.ndarray]:
-    """Each image's objects that count for recall (not difficult, not crowd), ``(G, 4)`` x1 y1
-    x2 y2 in original pixels, in dataset order."""
+    """Each image's objects that count for recall (not difficult, not crowd, not degenerate:
+    see :func:`frcnn_cli.boxes.is_degenerate`), ``(G, 4)`` x1 y1 x2 y2 in original pixels, in
+    dataset order."""
     objects = []
     for im in ann.images:
         kept = [a["bbox"] for a in ann.objects(im["id"])
-                if not a.get("difficult", 0) and not a.get("iscrowd", 0)]
+                if not a.get("difficult", 0) and not a.get("iscrowd", 0)
+                and not is_degenerate(a["bbox"])]
         xywh = np.asarray(kept, dtype=np.float64).reshape(-1, 4)
         objects.append(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
     return objects

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from frcnn_cli.devices import PRECISIONS
 from frcnn_cli.errors import InputError
 
 STAGES = ("preprocess", "backbone", "rpn", "roi_head", "postprocess")
@@ -55,7 +56,6 @@ STAGE_TITLES = {"preprocess": "preprocess (resize, normalise)", "backbone": "bac
                 "postprocess": "postprocess (class NMS)",
                 "selective_search": "Selective Search (CPU, proposals)"}
 PARTS = ("backbone", "rpn", "roi_heads")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from frcnn_cli.boxes import DEGENERATE, OUTSIDE, box_problem
 from frcnn_cli.config import Recipe
 from frcnn_cli.geometry import resize_scale, resized_shape
 from frcnn_cli.model.anchors import AnchorGrid, inside_image
@@ -89,8 +90,8 @@ class ObjectSet:
                 if obj.get("iscrowd", 0):
                     continue
                 x, y, bw, bh = obj["bbox"]
-                if not (all(math.isfinite(v) for v in (x, y, bw, bh)) and bw > 0 and bh > 0
-                        and x < w and y < h and x + bw > 0 and y + bh > 0):
+                problem = box_problem(obj["bbox"], (w, h))
+                if problem is not None and problem[0] in (DEGENERATE, OUTSIDE):
                     left_out += 1
                     continue
                 boxes.append([x * s, y * s, (x + bw) * s, (y + bh) * s])

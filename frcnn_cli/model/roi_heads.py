@@ -25,6 +25,7 @@ from torchvision.ops import box_iou, roi_align, roi_pool
 from frcnn_cli.config import RoIHeadsConfig
 from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image
 from frcnn_cli.model.matching import Matcher, sample_balanced
+from frcnn_cli.model.precision import full_precision
 
 
 class RoIHeads(nn.Module):
@@ -110,8 +111,10 @@ class RoIHeads(nn.Module):
     def classify(self, features: Tensor, proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Class logits [R, K + 1] and deltas [R, K + 1, 4] for the proposals."""
         x = self.box_head(self.pool(features, proposals))
-        deltas = self.bbox_pred(x).float().reshape(-1, self.num_classes + 1, 4)
-        return self.cls_score(x).float(), deltas
+        with full_precision(x):  # class scores and deltas in fp32 under autocast too
+            x = x.float()
+            deltas = self.bbox_pred(x).reshape(-1, self.num_classes + 1, 4)
+            return self.cls_score(x), deltas
 
     def loss(self, class_logits: Tensor, deltas: Tensor, labels: Tensor,
              box_targets: Tensor) -> dict[str, Tensor]:

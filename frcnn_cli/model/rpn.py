@@ -23,6 +23,7 @@ from frcnn_cli.config import RPNConfig
 from frcnn_cli.model.anchors import AnchorGrid, inside_image
 from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image, tracing
 from frcnn_cli.model.matching import Matcher, sample_balanced
+from frcnn_cli.model.precision import full_precision
 
 
 class RPNHead(nn.Module):
@@ -48,8 +49,10 @@ class RPNHead(nn.Module):
         x = F.relu(self.conv(features))
         b, _, h, w = x.shape
         k = self.num_anchors
-        logits = self.cls_logits(x).reshape(b, self.num_scores, k, h, w)
-        deltas = self.bbox_pred(x).reshape(b, k, 4, h, w)
+        with full_precision(x):  # objectness and deltas in fp32 under autocast too
+            x = x.float()
+            logits = self.cls_logits(x).reshape(b, self.num_scores, k, h, w)
+            deltas = self.bbox_pred(x).reshape(b, k, 4, h, w)
         return (logits.permute(0, 3, 4, 2, 1).reshape(b, h * w * k, self.num_scores),
                 deltas.permute(0, 3, 4, 1, 2).reshape(b, h * w * k, 4))
 
@@ -98,7 +101,6 @@ class RegionProposalNetwork(nn.Module):
                 pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None
                 ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         logits, deltas = self.head(features)
-        logits, deltas = logits.float(), deltas.float()  # boxes in fp32 under autocast too
         anchors = self.anchors.grid(features.shape[-2], features.shape[-1], features.device)
         losses: dict[str, Tensor] = {}
         if targets is not None:

@@ -1,0 +1,75 @@
+"""What a box is: the one validator every reader of boxes uses.
+
+A box in a dataset or a detections file is ``[x, y, w, h]``, four real numbers (JSON ints or
+floats; never strings or booleans) in continuous pixels. :func:`require_xywh` refuses
+anything else, naming the entry; :func:`box_problem` says what is wrong with the values of a
+well-formed box (the kinds ``frcnn data check`` reports, and that training, evaluation and
+the anchor coverage leave out). Proposals are ``x1 y1 x2 y2`` tensors:
+:func:`bad_xyxy_rows` finds the rows that are not finite or have negative sides.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from frcnn_cli.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+MIN_SIDE = 1.0  # pixels: a box narrower or lower is not an object to learn
+_SLACK = 1e-3  # pixels a box may poke out of its image (float rounding)
+
+# The kinds of box_problem, in the words data check uses.
+DEGENERATE = "degenerate box"
+OUTSIDE = "box outside image"
+PARTLY_OUTSIDE = "box partly outside image"
+TINY = "tiny box"
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number: int or float, not a bool (``True`` is an int to Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def require_xywh(box: Any, where: str) -> list[float]:
+    """``box`` if it is a list of four numbers, else DataError naming ``where``."""
+    if not isinstance(box, list) or len(box) != 4 or not all(is_number(v) for v in box):
+        raise DataError(f"{where}: 'bbox' must be [x, y, w, h] numbers, got {box!r}")
+    return box
+
+
+def box_problem(bbox: list[float], extent: tuple[float, float] | None = None
+                ) -> tuple[str, str] | None:
+    """The kind and description of what is wrong with one ``[x, y, w, h]`` box in an image of
+    ``extent = (width, height)`` (None: unknown), or None when it is fine."""
+    x, y, w, h = bbox
+    shown = "[" + ", ".join(f"{v:g}" for v in bbox) + "]"
+    if not all(math.isfinite(v) for v in bbox):
+        return DEGENERATE, f"box {shown} is not finite"
+    if w <= 0 or h <= 0:
+        return DEGENERATE, f"box {shown} has a zero or negative side"
+    if extent is not None:
+        width, height = extent
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            return OUTSIDE, f"box {shown} lies outside the {width:g}x{height:g} image"
+        if x < -_SLACK or y < -_SLACK or x + w > width + _SLACK or y + h > height + _SLACK:
+            return PARTLY_OUTSIDE, f"box {shown} reaches outside the {width:g}x{height:g} image"
+    if w < MIN_SIDE or h < MIN_SIDE:
+        return TINY, f"box {shown} is under a pixel wide or high"
+    return None
+
+
+def is_degenerate(bbox: list[float]) -> bool:
+    """Not finite, or without area: no detection can ever match it."""
+    problem = box_problem(bbox)
+    return problem is not None and problem[0] == DEGENERATE
+
+
+def bad_xyxy_rows(boxes: torch.Tensor) -> torch.Tensor:
+    """Bool ``[N]``: rows of ``[N, 4]`` x1 y1 x2 y2 boxes that are not finite or have
+    x2 < x1 or y2 < y1."""
+    boxes = boxes.reshape(-1, 4)
+    return (~boxes.isfinite().all(dim=1) | (boxes[:, 2] < boxes[:, 0])
+            | (boxes[:, 3] < boxes[:, 1]))

@@ -1,0 +1,113 @@
+"""The fast paths give the plain paths' detections: channels-last convolutions, oneDNN's fc6/fc7
+on the CPU, and bf16 autocast (within what its precision allows)."""
+
+import json
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from frcnn_cli import build_model, load_model
+from frcnn_cli.checkpoint import load_checkpoint
+from frcnn_cli.config import recipe_from_dict
+from frcnn_cli.data.annotations import load_annotations
+from frcnn_cli.data.images import read_image
+
+
+def _model(path, **model_keys):
+    """The checkpoint's model with some ``model.*`` recipe keys changed."""
+    ckpt = load_checkpoint(path)
+    recipe = recipe_from_dict(ckpt["meta"]["recipe"])
+    recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update=model_keys)})
+    classes = ckpt["meta"]["classes"]
+    model = build_model(recipe, len(classes), classes=classes, load_weights=False)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def _images(ann_path):
+    ann = load_annotations(ann_path)
+    return [torch.from_numpy(read_image(ann.image_path(im)).transpose(2, 0, 1).copy())
+            for im in ann.images]
+
+
+def _assert_same(a, b, box_tol=1e-3, score_tol=1e-5):
+    """Same detections; returns how many."""
+    assert len(a["boxes"]) == len(b["boxes"])
+    assert torch.equal(a["labels"], b["labels"])
+    if len(a["boxes"]):
+        assert (a["boxes"] - b["boxes"]).abs().max() <= box_tol
+        assert (a["scores"] - b["scores"]).abs().max() <= score_tol
+    return len(a["boxes"])
+
+
+def test_channels_last_gives_the_contiguous_detections(trained_shapes, shapes_four):
+    fast = _model(trained_shapes, channels_last=True)
+    plain = _model(trained_shapes, channels_last=False)
+    assert fast.backbone.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.backbone.body[0].weight.is_contiguous()
+    with torch.inference_mode():
+        compared = sum(_assert_same(fast([image])[0], plain([image])[0])
+                       for image in _images(shapes_four))
+    assert compared >= 10
+
+
+def test_onednn_fc_gives_the_plain_linear_detections(trained_shapes, shapes_four, monkeypatch):
+    from frcnn_cli.model import backbones
+
+    model = load_model(trained_shapes)
+    calls = []
+    onednn = torch.ops.aten.mkldnn_linear
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(1)
+            return onednn(*args)
+
+    images = _images(shapes_four)
+    monkeypatch.setattr(backbones, "_onednn_linear", Spy())
+    with torch.inference_mode():
+        fast = [model([image])[0] for image in images]
+    assert len(calls) == 2 * len(images)  # fc6 and fc7 of every image took oneDNN's GEMM
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with torch.inference_mode():
+        plain = [model([image])[0] for image in images]
+    assert len(calls) == 2 * len(images)  # ... and now nn.Linear
+    assert sum(_assert_same(a, b) for a, b in zip(fast, plain, strict=True)) >= 10
+
+
+def test_bf16_agrees_with_fp32(cli, trained_shapes, shapes_four, tmp_path):
+    """VOC07 mAP within 0.005 through `frcnn eval --precision bf16`, and the same proposals up
+    to bf16's rounding (each fp32 proposal among the top 50 has a bf16 twin at IoU > 0.9)."""
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.json"
+        r = cli("eval", trained_shapes, "--data", shapes_four, "--precision", precision,
+                "--json", out, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        maps[precision] = json.loads(out.read_text())["mAP"]
+    assert maps["fp32"] > 0.8 and abs(maps["bf16"] - maps["fp32"]) <= 0.005, maps
+
+    model = load_model(trained_shapes)
+    twins = []
+    with torch.inference_mode():
+        for image in _images(shapes_four):
+            full = model.detect([image], rpn_only=True)[0]["boxes"][:50]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = model.detect([image], rpn_only=True)[0]
+            assert low["boxes"].dtype == torch.float32 and low["scores"].dtype == torch.float32
+            twins.append((box_iou(full, low["boxes"]).max(dim=1).values > 0.9).float().mean())
+    assert np.mean(twins) >= 0.95, twins
+
+
+def test_fp16_on_a_cpu_is_refused_before_any_work(cli, trained_shapes, shapes_four):
+    r = cli("eval", trained_shapes, "--data", shapes_four, "--precision", "fp16",
+            "--device", "cpu")
+    assert r.exit_code == 2 and "fp16 needs a CUDA device" in r.output
+
+
+def test_precision_needs_a_model(cli, shapes_four, tmp_path):
+    dets = tmp_path / "dets.json"
+    dets.write_text("[]")
+    r = cli("eval", "--detections", dets, "--data", shapes_four, "--precision", "bf16")
+    assert r.exit_code == 2 and "--precision needs a checkpoint" in r.output
