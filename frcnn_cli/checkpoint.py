@@ -5,6 +5,8 @@ A checkpoint is a dict saved with ``torch.save``::
     {"format": "frcnn-checkpoint", "version": 1,
      "model": state_dict,                    # keys start with backbone., rpn., roi_heads.
      "meta": {"iteration", "stage", "classes", "recipe", ...},  # checkpoint_meta()
+     # a Fast R-CNN detector trained on Selective Search also has meta["proposals"]:
+     #   {"method": "selective-search", "mode", "max_proposals", "max_side"}
      # last.pt only:
      "optimizer": ..., "scheduler": ..., "rng": ...}
 
@@ -35,10 +37,13 @@ def checkpoint_meta(model, iteration: int = 0, stage: str | None = None, recipe=
                     **extra: Any) -> dict[str, Any]:
     """The ``meta`` entry of every checkpoint of ``model``: ``iteration``, ``stage``, ``classes``
     (``[{"id", "name"}]`` in label order), ``recipe`` (``model.recipe`` unless given, as a plain
-    dict) and any ``extra`` keys (``best_map``, ``seed``, ``svd_of``)."""
+    dict), ``proposals`` for a detector trained on external proposals (the model's
+    ``proposal_source``, e.g. Selective Search's settings), and any ``extra`` keys
+    (``best_map``, ``seed``, ``svd_of``, ``proposals``)."""
     recipe = model.recipe if recipe is None else recipe
+    source = getattr(model, "proposal_source", None)
     return {"iteration": iteration, "stage": stage, "classes": list(model.classes),
-            "recipe": recipe.to_dict(), **extra}
+            "recipe": recipe.to_dict(), **({"proposals": source} if source else {}), **extra}
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> Path:

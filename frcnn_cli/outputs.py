@@ -3,8 +3,9 @@ only an earlier output of its own kind (the rule is :func:`frcnn_cli.files.refus
 
 Recognised by content, never by name:
 
-- JSON results (``eval --json``, ``eval --proposals``, ``data stats --json``,
-  ``anchors --json``, ``benchmark --json``): a JSON object with the result's own keys;
+- JSON results (``eval --json``, ``eval --proposals``, ``eval --compare-proposals``,
+  ``data stats --json``, ``anchors --json``, ``benchmark --json``): a JSON object with the
+  result's own keys;
 - detections (``eval --save-detections``, ``predict``'s ``detections.json``): a JSON list of
   ``{image_id, category_id, bbox, score}``;
 - datasets: the JSON's first key, ``"frcnn": {"written_by": COMMAND}``, names the command
@@ -176,6 +177,8 @@ def drawing_metadata(fmt: str) -> dict[str, Any]:
 EVAL_RESULT = OutputKind("eval result", _object_with("metric", "mAP", "per_class"))
 RECALL_RESULT = OutputKind("proposal recall result",
                            _object_with("top_n", "recall", "average_recall"))
+PROPOSAL_COMPARISON = OutputKind("proposal comparison",
+                                 _object_with("num_images", "num_objects", "sources"))
 DETECTIONS = OutputKind("detections file", _is_detections)
 DATA_STATS = OutputKind("data stats result", _object_with("images", "objects", "distributions"))
 ANCHORS = OutputKind("anchors result", _object_with("stride", "base_size", "base_anchors"))
@@ -185,8 +188,8 @@ EXPORT = OutputKind("exported model", _is_export)
 PLOT = OutputKind("plot", _drawn_by(PLOT_SOFTWARE))
 DRAWING = OutputKind("drawing", _drawn_by(DRAWING_SOFTWARE))
 
-_KINDS = (EVAL_RESULT, RECALL_RESULT, DETECTIONS, DATA_STATS, ANCHORS, BENCHMARK, PROPOSALS,
-          EXPORT, PLOT, DRAWING)
+_KINDS = (EVAL_RESULT, RECALL_RESULT, PROPOSAL_COMPARISON, DETECTIONS, DATA_STATS, ANCHORS,
+          BENCHMARK, PROPOSALS, EXPORT, PLOT, DRAWING)
 
 
 def describe(path: Path) -> str:

@@ -465,7 +465,7 @@ def test_usage_lines_show_plain_metavars(cli, command):
     for odd in ("{checkpoint}", "<list[Path]>", "<bool>", "{"):
         assert odd not in r.output, (command, odd)
     usage = next(line for line in r.output.splitlines() if "Usage:" in line)
-    expected = {"train": "[OPTIONS]", "eval": "[OPTIONS] [CHECKPOINT]",
+    expected = {"train": "[OPTIONS]", "eval": "[OPTIONS] [CHECKPOINT] [PROPOSALS...]",
                 "predict": "[OPTIONS] CHECKPOINT IMAGE_OR_DIR...",
                 "export": "[OPTIONS] CHECKPOINT", "data merge": "[OPTIONS] ANN.json..."}
     assert usage.strip().endswith(expected[command]), usage

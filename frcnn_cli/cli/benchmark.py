@@ -106,13 +106,13 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _report(result) -> None:
-    from frcnn_cli.export.benchmark import STAGE_TITLES, STAGES
+    from frcnn_cli.export.benchmark import STAGE_TITLES
 
     ours = result.models[0]
     compare = len(result.models) > 1
     columns = ["stage", "frcnn (ms)"] + (["torchvision (ms)", "ratio"] if compare else [])
     rows = []
-    for stage in (*STAGES, None):
+    for stage in (*ours.stages, None):
         row = [STAGE_TITLES[stage] if stage else "total", ours.median(stage) * 1000]
         if compare:
             row += [result.models[1].median(stage) * 1000, result.ratio(stage)]

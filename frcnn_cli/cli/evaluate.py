@@ -1,5 +1,5 @@
-"""``frcnn eval``: VOC07, VOC and COCO mAP of a checkpoint or of a detections file, and the
-RPN's proposal recall."""
+"""``frcnn eval``: VOC07, VOC and COCO mAP of a checkpoint or of a detections file, the RPN's
+proposal recall, and proposal files compared by recall."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ class Metric(str, Enum):
 
 def evaluate(
     checkpoint: Annotated[Optional[Path], typer.Argument(  # noqa: UP045 (Typer needs Optional)
-        help="Model checkpoint (RUN/model.pt); leave out with --detections.",
+        help="Model checkpoint (RUN/model.pt); leave out with --detections. With "
+        "--compare-proposals: the first proposals file.", show_default=False)] = None,
+    more_files: Annotated[Optional[list[Path]], typer.Argument(  # noqa: UP045
+        help="With --compare-proposals: the other proposals files.", metavar="PROPOSALS",
         show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--data", help="Dataset to evaluate on (COCO JSON).", dir_okay=False,
@@ -47,6 +50,16 @@ def evaluate(
         "--proposals", help="Report the RPN's proposal recall at IoU 0.5 and 0.7 for the top "
         "300/1000/2000 proposals instead of mAP (the paper's Section 4); writes recall.json and "
         "recall.png (to --json and --plot, default: the checkpoint's folder).")] = False,
+    proposal_file: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--proposal-file", help="Detect on this proposals file's boxes (frcnn propose, for "
+        "this dataset) instead of the checkpoint's own proposals: its RPN's, or Selective "
+        "Search run on each image for a detector trained on it.", dir_okay=False,
+        show_default=False)] = None,
+    compare_proposals: Annotated[bool, typer.Option(
+        "--compare-proposals", help="Compare the proposals files given in place of the "
+        "checkpoint (frcnn propose: RPN or Selective Search) by recall at IoU 0.5 and 0.7 and "
+        "average recall for 100/300/1000/2000 per image; --json and --plot (recall_vs_iou.png, "
+        "recall_vs_proposals.png) write them.")] = False,
     device: options.Device = "auto",
     precision: options.PrecisionOption = options.Precision.fp32,
     batch_size: Annotated[int, typer.Option(
@@ -68,12 +81,41 @@ def evaluate(
     Example: [bold]frcnn eval --detections dets.json --data demo/val.json --metric coco[/]
 
     Example: [bold]frcnn eval runs/a/model.pt --data demo/val.json --proposals[/]
+
+    A Fast R-CNN detector trained on Selective Search proposals runs the
+    search on each image (or reads --proposal-file); the seconds per image of
+    the proposals and of the network are printed.
+
+    Example: [bold]frcnn eval --data demo/val.json --compare-proposals ss.pt rpn.pt --plot p/[/]
     """
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, require_file
     from frcnn_cli.outputs import DETECTIONS, EVAL_RESULT, PLOT, RECALL_RESULT
 
     if data is None:
         raise InputError("eval needs --data ANN.json, the dataset to evaluate on")
+    if compare_proposals:
+        from frcnn_cli.cli.proposal_eval import compare
+
+        given = [flag for flag, v in (("--detections", detections), ("--metric", metric),
+                                      ("--save-detections", save_detections),
+                                      ("--proposals", proposals),
+                                      ("--proposal-file", proposal_file),
+                                      ("--precision", precision is not options.Precision.fp32))
+                 if v]
+        if given:
+            raise InputError(f"--compare-proposals compares proposal files; drop "
+                             f"{', '.join(given)}")
+        compare([p for p in (checkpoint, *(more_files or [])) if p is not None], data,
+                json_out, plot)
+        return
+    if more_files:
+        raise InputError(f"eval takes one checkpoint (got {1 + len(more_files)} paths); "
+                         "proposal files are compared with --compare-proposals")
+    if proposal_file is not None and (checkpoint is None or proposals):
+        raise InputError("--proposal-file gives a checkpoint's detector its proposals: "
+                         + ("give the checkpoint" if checkpoint is None else
+                            "drop --proposals (compare proposal files with "
+                            "--compare-proposals)"))
     if (checkpoint is None) == (detections is None):
         raise InputError("give a checkpoint or --detections DETS.json (exactly one of them)")
     if detections is not None and (proposals or save_detections is not None
@@ -87,9 +129,11 @@ def evaluate(
         raise InputError("--proposals reports recall, not a detection metric; drop --metric")
 
     require_file(data, "dataset")
-    inputs = [p for p in (checkpoint, data, detections) if p is not None]
+    inputs = [p for p in (checkpoint, data, detections, proposal_file) if p is not None]
     if checkpoint is not None:
         require_file(checkpoint, "checkpoint")
+    if proposal_file is not None:
+        require_file(proposal_file, "--proposal-file")
     if proposals:
         folder = checkpoint.parent
         json_out = json_out or folder / "recall.json"
@@ -135,6 +179,10 @@ def evaluate(
     torch_device = resolve_device(device)
     autocast(torch_device, precision.value)  # fp16 on a CPU is refused before any work
     model = load_model(checkpoint, device=torch_device)
+    if proposals and model.proposal_source:
+        raise InputError(f"{checkpoint} is a Fast R-CNN detector trained on "
+                         f"{model.proposal_source['method']} proposals, without a trained RPN "
+                         "to measure; compare proposal files with --compare-proposals")
     if proposals:
         from frcnn_cli.evaluation.inference import evaluate_proposals
         from frcnn_cli.evaluation.plots import plot_recall_curve
@@ -149,17 +197,21 @@ def evaluate(
         console.info(f"wrote {json_out} and {png}")
         return
 
+    from frcnn_cli.cli.proposal_eval import timing
     from frcnn_cli.evaluation.detections import save_detections as write_detections
     from frcnn_cli.evaluation.inference import evaluate_model
+    from frcnn_cli.evaluation.proposal_sources import proposals_for
 
     chosen = metric.value if metric is not None else model.recipe.eval.metric
     dets: list = []
+    source = proposals_for(model, proposal_file, ann)
     result = evaluate_model(model, ann, chosen, torch_device, console.reporter(), batch_size,
-                            detections=dets, precision=precision.value)
+                            detections=dets, precision=precision.value, proposals=source)
     if save_detections is not None:
         write_detections(save_detections, dets)
         console.info(f"wrote {len(dets)} detections to {save_detections}")
     _report(result, data, json_out, plot)
+    timing(source)
 
 
 def _report(result, data: Path, json_out: Path | None, plot: Path | None) -> None:

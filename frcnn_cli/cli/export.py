@@ -107,6 +107,10 @@ def export(
     from frcnn_cli import load_model
 
     model = load_model(checkpoint)
+    if fmt is not Format.checkpoint:  # before any slow work
+        from frcnn_cli.export.capture import check_one_graph
+
+        check_one_graph(model, str(checkpoint))
     console.info(f"{checkpoint}: recipe {model.recipe.name}, {model.recipe.model.backbone}, "
                  f"{model.num_classes} classes")
     if svd is not None:

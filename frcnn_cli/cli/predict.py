@@ -40,6 +40,10 @@ def predict(
     folder that would replace an input image is refused; an --out inside an
     input folder is not walked. Unreadable images are skipped and listed.
 
+    A Fast R-CNN detector trained on Selective Search proposals runs the
+    search on each image; the seconds per image of the search and of the
+    network are printed.
+
     Example: [bold]frcnn predict runs/a/model.pt demo/images --out preds/ --score-thresh 0.6[/]
     """
     from frcnn_cli.evaluation.predict import describe_suffixes, find_images, plan_outputs
@@ -56,15 +60,18 @@ def predict(
         ("detections.json", DETECTIONS), *((job.output.relative_to(out), DRAWING) for job in jobs)])
 
     from frcnn_cli import load_model
+    from frcnn_cli.cli.proposal_eval import timing
     from frcnn_cli.devices import autocast, resolve_device
     from frcnn_cli.evaluation.detections import save_detections
     from frcnn_cli.evaluation.predict import predict_files
+    from frcnn_cli.evaluation.proposal_sources import proposals_for
 
     torch_device = resolve_device(device)
     autocast(torch_device, precision.value)  # fp16 on a CPU is refused before any work
     model = load_model(checkpoint, device=torch_device)
+    search = proposals_for(model)  # Selective Search for a detector trained on it, else None
     report = predict_files(model, jobs, torch_device, score_thresh, console.reporter(),
-                           precision.value)
+                           precision.value, search)
     for source, reason in report.skipped:
         log.warning("skipped: %s", reason if str(source) in reason else f"{source}: {reason}")
     if not report.written:
@@ -77,6 +84,7 @@ def predict(
     if report.skipped:
         log.warning("skipped %d unreadable image(s) of %d (listed above)", len(report.skipped),
                     len(jobs))
+    timing(search)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@ schedule, stage by stage (``train-rpn``, ``propose``, ``train-detector``) or who
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -166,31 +167,99 @@ def train_detector(
     _run(args, resume, device)
 
 
-def propose(
-    checkpoint: Annotated[Path, typer.Argument(help="Model whose RPN proposes (model.pt).")],
-    data: Annotated[Path, typer.Option("--data", help="Annotations of the images to propose "
-                                       "for.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Proposals file to write (.pt).",
-                                      dir_okay=False)],
-    device: options.Device = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1,
-) -> None:
-    """Run an RPN over a dataset with the training proposal settings (12000 -> NMS -> 2000).
+class Method(str, Enum):
+    rpn = "rpn"
+    selective_search = "selective-search"
 
-    Boxes are stored in original image pixels with their scores; the detector stages flip them
-    with their images.
+
+class Mode(str, Enum):
+    fast = "fast"
+    quality = "quality"
+
+
+def propose(
+    checkpoint: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+        help="Model whose RPN proposes (model.pt); leave out with --method selective-search.",
+        show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--data", help="Annotations of the images to propose for.", show_default=False)]
+        = None,
+    out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--out", "-o", help="Proposals file to write (.pt).", dir_okay=False,
+        show_default=False)] = None,
+    method: Annotated[Optional[Method], typer.Option(  # noqa: UP045
+        "--method", help="rpn (the checkpoint's RPN, the default) or selective-search "
+        "(OpenCV's, on the CPU: the proposals Fast R-CNN was trained on; no checkpoint).",
+        show_default=False)] = None,
+    mode: Annotated[Optional[Mode], typer.Option(  # noqa: UP045
+        "--mode", help="Selective Search: fast (the default) or quality (more boxes, "
+        "slower).", show_default=False)] = None,
+    max_proposals: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--max", min=1, help="At most N proposals per image: Selective Search's best N "
+        "(default 2000), or the RPN's top N after its NMS (default: the recipe's "
+        "rpn.post_nms_top_n_train).", show_default=False)] = None,
+    max_side: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--max-side", min=1, help="Selective Search: shrink larger images to this many pixels "
+        "a side first (default 500; the boxes come back in the image's pixels).",
+        show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--workers", "-w", min=1, help="Selective Search: processes searching images at "
+        "once (default 1).", show_default=False)] = None,
+    device: options.Device = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="RPN: images per "
+                                            "forward pass.")] = 1,
+) -> None:
+    """Proposals for every image of a dataset, in one file: a checkpoint's RPN with the
+    training proposal settings (12000 -> NMS -> 2000), or Selective Search.
+
+    Boxes are stored in original image pixels, best first, with their scores (the RPN's
+    objectness; for Selective Search, which has none, 1 / (1 + rank)); the meta says the
+    method, the seconds per image and the share of the objects covered at IoU 0.5 and 0.7.
+    The detector stages flip the boxes with their images. Selective Search gives the same
+    boxes on every run.
 
     Example: [bold]frcnn propose runs/s1rpn/model.pt --data d/train.json --out runs/p1.pt[/]
+
+    Example: [bold]frcnn propose --method selective-search --data d/train.json --out ss.pt
+    --workers 2[/]
     """
     from frcnn_cli.engine.proposals import read_proposals
-    from frcnn_cli.engine.stages import propose as run_propose
 
-    path = run_propose(checkpoint, data, out, device, console.reporter(), batch_size)
+    if data is None or out is None:
+        raise InputError("propose needs --data ANN.json and --out FILE")
+    search = method is Method.selective_search
+    if search and checkpoint is not None:
+        raise InputError("--method selective-search needs no checkpoint; drop it")
+    if search and batch_size != 1:
+        raise InputError("--batch-size is the RPN's; Selective Search takes --workers")
+    if not search:
+        if checkpoint is None:
+            raise InputError("propose needs a checkpoint (its RPN proposes) or --method "
+                             "selective-search")
+        given = [f for f, v in (("--mode", mode), ("--max-side", max_side),
+                                ("--workers", workers)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with "
+                             "--method selective-search")
+    if search:
+        from frcnn_cli.engine import selective_search as ss
+
+        path = ss.propose_selective_search(
+            data, out, (mode or Mode.fast).value,
+            ss.MAX_PROPOSALS if max_proposals is None else max_proposals,
+            ss.MAX_SIDE if max_side is None else max_side, workers or 1, console.reporter())
+    else:
+        from frcnn_cli.engine.stages import propose as run_propose
+
+        path = run_propose(checkpoint, data, out, device, console.reporter(), batch_size,
+                           max_proposals)
     obj = read_proposals(path)
     n = len(obj["counts"])
     mean = float(obj["counts"].float().mean()) if n else 0.0
+    seconds = obj["meta"].get("seconds_per_image")
+    speed = f", {seconds:.3g} s per image" if seconds is not None else ""
     console.result(("done", "bold green"),
-                   f": {n} images, {mean:.0f} proposals per image -> {path}")
+                   f": {n} images, {mean:.0f} proposals per image{speed} -> {path}")
 
 
 def train_alt(

@@ -1,4 +1,5 @@
-"""Proposal files: an RPN's boxes for every image of a dataset (steps 2 and 4 of the schedule).
+"""Proposal files: an RPN's boxes for every image of a dataset (steps 2 and 4 of the schedule),
+or Selective Search's (the proposals Fast R-CNN was trained on).
 
 ``frcnn propose`` writes, with ``torch.save`` and read back only through the safe loader::
 
@@ -7,8 +8,12 @@
      "counts":    int64 [M],            # proposals per image
      "boxes":     float32 [sum(counts), 4],  # x1 y1 x2 y2 in original image pixels
      "scores":    float32 [sum(counts)],     # objectness, highest first per image
-     "meta": {"checkpoint", "annotations", "pre_nms_top_n", "post_nms_top_n", "nms_thresh",
-              "min_size", "coverage"}}
+     "meta": {"method": "rpn", "checkpoint", "annotations", "pre_nms_top_n",
+              "post_nms_top_n", "nms_thresh", "min_size", "seconds_per_image", "coverage"}}
+
+Selective Search (``frcnn propose --method selective-search``, engine/selective_search.py)
+writes the same format, its meta ``{"method": "selective-search", "mode", "max_proposals",
+"max_side", "seconds_per_image", ..., "coverage"}``.
 
 ``meta["coverage"]`` is ``{"iou_0.5", "iou_0.7", "objects"}``: the share of the dataset's objects
 the proposals cover at each IoU (one-to-one, as ``frcnn eval --proposals``), or None when no
@@ -22,6 +27,7 @@ the original implementation does.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +41,15 @@ from frcnn_cli.progress import SILENT, Reporter
 
 @torch.inference_mode()
 def generate_proposals(model, annotations, device: torch.device, reporter: Reporter = SILENT,
-                       rank: int = 0, world_size: int = 1,
-                       batch_size: int = 1) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+                       rank: int = 0, world_size: int = 1, batch_size: int = 1,
+                       max_proposals: int | None = None
+                       ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[float]]:
     """Run the model's RPN over (this process's share of) a dataset, with the recipe's
     training proposal numbers (12000 -> 2000 in the paper): the boxes steps 2 and 4 learn on.
+    ``max_proposals`` keeps up to that many after NMS instead (and at least as many before).
 
-    Returns ``{image_id: (boxes [P, 4] in the file's pixels, scores [P])}``.
+    Returns ``{image_id: (boxes [P, 4] in the file's pixels, scores [P])}`` and the seconds
+    per image of each forward (backbone and RPN; decoding excluded).
     """
     from frcnn_cli.data.dataset import build_test_loader
 
@@ -48,18 +57,37 @@ def generate_proposals(model, annotations, device: torch.device, reporter: Repor
                                rank=rank, world_size=world_size)
     model.eval()
     out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    seconds: list[float] = []
     total = len(annotations.images) // world_size + (rank < len(annotations.images) % world_size)
-    rpn = model.recipe.rpn
+    pre, post = rpn_counts(model.recipe, max_proposals)
     with reporter.task("proposals", total=total) as task:
         for images, targets in loader:
-            results = model.detect([im.to(device) for im in images], rpn_only=True,
-                                   pre_nms_top_n=rpn.pre_nms_top_n_train,
-                                   post_nms_top_n=rpn.post_nms_top_n_train)
+            images = [im.to(device) for im in images]
+            _sync(device)
+            start = time.perf_counter()
+            results = model.detect(images, rpn_only=True, pre_nms_top_n=pre,
+                                   post_nms_top_n=post)
+            _sync(device)
+            seconds += [(time.perf_counter() - start) / len(images)] * len(images)
             for res, target in zip(results, targets, strict=True):
                 out[int(target["image_id"])] = (res["boxes"].float().cpu(),
                                                 res["scores"].float().cpu())
             task.update(advance=len(images))
-    return out
+    return out, seconds
+
+
+def rpn_counts(recipe, max_proposals: int | None = None) -> tuple[int, int]:
+    """Proposals kept before and after the RPN's NMS by ``frcnn propose``: the recipe's
+    training numbers, or ``max_proposals`` after NMS (and at least as many before)."""
+    rpn = recipe.rpn
+    if max_proposals is None:
+        return rpn.pre_nms_top_n_train, rpn.post_nms_top_n_train
+    return max(rpn.pre_nms_top_n_train, max_proposals), max_proposals
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def save_proposals(proposals: dict[int, tuple[torch.Tensor, torch.Tensor]], image_ids: list[int],
@@ -98,7 +126,13 @@ def read_proposals(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_proposals(path: str | os.PathLike, annotations) -> dict[int, torch.Tensor]:
     """``{image_id: boxes [P, 4]}`` for every image of ``annotations``."""
-    obj = read_proposals(path)
+    return proposals_by_image(read_proposals(path), annotations, path)
+
+
+def proposals_by_image(obj: dict[str, Any], annotations, path: str | os.PathLike
+                       ) -> dict[int, torch.Tensor]:
+    """The boxes of a read proposals file (:func:`read_proposals`) by image id; DataError when
+    an image of ``annotations`` has none."""
     ids = obj["image_ids"].tolist()
     per_image = dict(zip(ids, torch.split(obj["boxes"], obj["counts"].tolist()), strict=True))
     missing = [img["id"] for img in annotations.images if img["id"] not in per_image]

@@ -4,6 +4,7 @@ tested on, and the ~2 s per image CPU bottleneck that the RPN removes (the paper
     boxes = selective_search(read_image("a.jpg"), mode="fast")        # [N, 4], best first
     found = selective_search_dataset(load_annotations("val.json"), workers=4)
     save_proposals(found.proposals, found.image_ids, "ss.pt", found.meta)
+    propose_selective_search("val.json", "ss.pt", workers=4)          # the same, frcnn propose
 
 OpenCV's implementation (``cv2.ximgproc``, from opencv-contrib-python-headless) is used as it
 is: ``fast`` and ``quality`` are its ``switchToSelectiveSearchFast`` / ``...Quality``
@@ -33,7 +34,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import itertools
 import multiprocessing
+import os
 import shlex
 import sys
 import time
@@ -45,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from frcnn_cli.data.annotations import Annotations
+from frcnn_cli.data.annotations import Annotations, load_annotations
 from frcnn_cli.data.images import opencv, read_image
 from frcnn_cli.errors import FrcnnError, InputError
 from frcnn_cli.progress import SILENT, Reporter
@@ -224,3 +227,36 @@ def selective_search_dataset(annotations: Annotations, mode: str = "fast",
             "annotations": str(annotations.path) if annotations.path is not None else None,
             "workers": workers}
     return SelectiveSearchProposals(proposals, image_ids, meta, seconds)
+
+
+def search_settings(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a detector trained on a proposals file with this ``meta`` needs to make its own
+    proposals at test time: ``{"method", "mode", "max_proposals", "max_side"}`` for Selective
+    Search (stored as the checkpoint's ``meta["proposals"]``), None for an RPN's file."""
+    if not meta or meta.get("method") != METHOD:
+        return None
+    return {"method": METHOD, "mode": meta.get("mode", "fast"),
+            "max_proposals": meta.get("max_proposals", MAX_PROPOSALS),
+            "max_side": meta.get("max_side", MAX_SIDE)}
+
+
+def propose_selective_search(data: str | os.PathLike, out: str | os.PathLike,
+                             mode: str = "fast", max_proposals: int | None = MAX_PROPOSALS,
+                             max_side: int | None = MAX_SIDE, workers: int = 1,
+                             reporter: Reporter = SILENT) -> Path:
+    """``frcnn propose --method selective-search``: Selective Search on every image of the
+    dataset ``data``, written to the proposals file ``out`` (the format of an RPN's, see
+    :mod:`frcnn_cli.engine.proposals`), its meta that of :func:`selective_search_dataset`
+    with the objects covered at IoU 0.5 and 0.7 (``coverage``, logged)."""
+    from frcnn_cli.engine.proposals import save_proposals
+    from frcnn_cli.engine.stages import proposal_coverage
+    from frcnn_cli.files import prepare_output_file, require_file
+    from frcnn_cli.outputs import PROPOSALS
+
+    ann = load_annotations(require_file(data, "annotations"))
+    prepare_output_file(out, PROPOSALS, itertools.chain([data], ann.image_files()),
+                        "proposals file")
+    found = selective_search_dataset(ann, mode, max_proposals, max_side, workers, reporter)
+    coverage = proposal_coverage([found.proposals[i][0] for i in found.image_ids], ann)
+    return save_proposals(found.proposals, found.image_ids, out,
+                          {**found.meta, "coverage": coverage})

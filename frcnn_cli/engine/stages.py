@@ -49,12 +49,15 @@ FINAL_STAGE = "alt"  # meta["stage"] of RUN/model.pt: the four steps' shared mod
 
 
 def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
-            device: str = "auto", reporter: Reporter = SILENT, batch_size: int = 1) -> Path:
-    """Run a checkpoint's RPN over a dataset with the training proposal settings; write ``out``.
+            device: str = "auto", reporter: Reporter = SILENT, batch_size: int = 1,
+            max_proposals: int | None = None) -> Path:
+    """Run a checkpoint's RPN over a dataset with the training proposal settings (or up to
+    ``max_proposals`` per image); write ``out``.
 
     Works under torchrun: each process proposes for its share, the main one writes the file.
     """
     from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.engine.proposals import rpn_counts
     from frcnn_cli.model.faster_rcnn import load_model
 
     dev = resolve_device(device)
@@ -67,18 +70,21 @@ def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
                             itertools.chain([checkpoint, data], ann.image_files()),
                             "proposals file")
     model = load_model(require_file(checkpoint, "checkpoint"), device=dev)
-    mine = generate_proposals(model, ann, dev, reporter if dist.is_main else SILENT,
-                              rank=dist.rank, world_size=dist.world_size,
-                              batch_size=batch_size)
+    mine, seconds = generate_proposals(model, ann, dev, reporter if dist.is_main else SILENT,
+                                       rank=dist.rank, world_size=dist.world_size,
+                                       batch_size=batch_size, max_proposals=max_proposals)
     parts = dist_mod.gather_to_main(mine, dist)
     if dist.is_main:
         merged = {k: v for part in parts for k, v in part.items()}
         ids = [img["id"] for img in ann.images]
         rpn = model.recipe.rpn
+        pre, post = rpn_counts(model.recipe, max_proposals)
         save_proposals(merged, ids, out, {
-            "checkpoint": str(checkpoint), "annotations": str(data),
-            "pre_nms_top_n": rpn.pre_nms_top_n_train, "post_nms_top_n": rpn.post_nms_top_n_train,
+            "method": "rpn", "checkpoint": str(checkpoint), "annotations": str(data),
+            "pre_nms_top_n": pre, "post_nms_top_n": post,
             "nms_thresh": rpn.nms_thresh, "min_size": rpn.min_size,
+            "seconds_per_image": sum(seconds) / len(seconds) if seconds else 0.0,
+            "device": str(dev),
             "coverage": proposal_coverage([merged[i][0] for i in ids], ann)})
     dist_mod.barrier(dist)
     dist_mod.shutdown(dist)

@@ -102,6 +102,8 @@ class Run:
 
     def _set_up(self, args: RunArgs, steps: list[int]) -> None:
         """The proposals, model, optimizer and logs, once the folder is this run's."""
+        # Selective Search's settings when it made --proposals, and its search of --val
+        self.proposal_source = self.val_proposals = None
         self.proposals = self._load_proposals()
         self.model = self._build_model()
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -190,7 +192,8 @@ class Run:
 
             self.model.eval()
             result = evaluate_model(self.model, self.val_ann, metric=self.recipe.eval.metric,
-                                    device=self.device, reporter=self.reporter)
+                                    device=self.device, reporter=self.reporter,
+                                    proposals=self.val_proposals)
             value = float(result.mAP)
             self.metrics.write({"iteration": self.iteration, "val_mAP": round(value, 6),
                                 "metric": self.recipe.eval.metric})
@@ -268,11 +271,18 @@ class Run:
         """Steps 2 and 4 train on the proposals of ``--proposals``; other runs on none."""
         if not self.kind.is_detector:
             return None
-        from frcnn_cli.engine.proposals import load_proposals
+        from frcnn_cli.engine.proposals import proposals_by_image, read_proposals
+        from frcnn_cli.engine.selective_search import search_settings
+        from frcnn_cli.evaluation.proposal_sources import search_for
 
         if not self.args.proposals:
             raise InputError("train-detector needs --proposals (made by frcnn propose)")
-        return load_proposals(self.args.proposals, self.train_ann)
+        found = read_proposals(self.args.proposals)
+        # a detector trained on Selective Search needs it at test time too: its checkpoints
+        # say so (meta["proposals"]), and validation searches --val (once for all)
+        self.proposal_source = search_settings(found.get("meta"))
+        self.val_proposals = search_for(self.proposal_source, remember=True)
+        return proposals_by_image(found, self.train_ann, self.args.proposals)
 
     def _build_model(self):
         seed_everything(self.seed)  # the same initial weights in every process
@@ -376,8 +386,9 @@ class Run:
                            f"{self.last_path}. Resume with: {cmd}")
 
     def _meta(self) -> dict:
+        source = {"proposals": self.proposal_source} if self.proposal_source else {}
         return checkpoint_meta(self.model, self.iteration, self.kind.value, self.recipe,
-                               best_map=self.best_map, seed=self.seed)
+                               best_map=self.best_map, seed=self.seed, **source)
 
     def _save_model(self, path: Path) -> None:
         save_checkpoint({"model": self.model.state_dict(), "meta": self._meta()}, path)

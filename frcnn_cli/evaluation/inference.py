@@ -26,6 +26,7 @@ from frcnn_cli.devices import autocast
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections, without_degenerate
+from frcnn_cli.evaluation.proposal_sources import ExternalProposals, detect, proposals_for
 from frcnn_cli.evaluation.recall import TOP_N, RecallResult, counted_objects, proposal_recall
 from frcnn_cli.progress import SILENT, Reporter
 
@@ -73,10 +74,10 @@ def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> list
 
 def _batches(model, ann: Annotations, device: torch.device, reporter: Reporter,
              batch_size: int, description: str, precision: str = "fp32",
-             **settings: Any) -> Iterator[Any]:
+             proposals: ExternalProposals | None = None, **settings: Any) -> Iterator[Any]:
     """Yield ``(output, image_id)`` for every image of ``ann``: ``model.detect`` on the images
-    at their own size, with ``settings``, in ``precision`` (fp32, or autocast to bf16/fp16);
-    boxes in file pixels, as numpy arrays."""
+    at their own size, with ``settings``, in ``precision`` (fp32, or autocast to bf16/fp16),
+    and on ``proposals``' boxes when given; boxes in file pixels, as numpy arrays."""
     from frcnn_cli.data.dataset import build_test_loader
 
     loader = build_test_loader(ann, model.recipe, batch_size=batch_size)
@@ -84,7 +85,8 @@ def _batches(model, ann: Annotations, device: torch.device, reporter: Reporter,
         for images, targets in loader:
             inputs = [im.to(device, non_blocking=True) for im in images]
             with autocast(device, precision):
-                outputs = model.detect(inputs, **settings)
+                outputs = detect(model, inputs, [t["image_id"] for t in targets], proposals,
+                                 **settings)
             for output, target in zip(outputs, targets, strict=True):
                 yield ({k: v.detach().float().cpu().numpy() for k, v in output.items()},
                        target["image_id"])
@@ -101,20 +103,23 @@ def _annotations(annotations: Annotations | str | os.PathLike) -> Annotations:
 def predict_dataset(model, annotations: Annotations | str | os.PathLike,
                     device: str | torch.device = "cpu", reporter: Reporter = SILENT,
                     batch_size: int = DEFAULT_BATCH_SIZE,
-                    precision: str = "fp32") -> list[dict[str, Any]]:
+                    precision: str = "fp32",
+                    proposals: ExternalProposals | None = None) -> list[dict[str, Any]]:
     """Detections of ``model`` on every image of a dataset, as COCO results in file pixels.
 
     The model is put in eval mode on ``device``; its labels are mapped to the dataset's
     category ids by :func:`check_classes` (by name; DataError if the model knows a class the
-    dataset does not).
+    dataset does not). It detects on ``proposals``' boxes when given, else on those its
+    checkpoint names (Selective Search for a detector trained on it), else on its RPN's.
     """
     ann = _annotations(annotations)
     device = torch.device(device)
     classes = check_classes(model.classes, ann)
     model.eval().to(device)
+    proposals = proposals if proposals is not None else proposals_for(model)
     results: list[dict[str, Any]] = []
     for out, image_id in _batches(model, ann, device, reporter, batch_size, "detect",
-                                  precision):
+                                  precision, proposals):
         results.extend(to_coco_results(out["boxes"], out["scores"], out["labels"], image_id,
                                        classes))
     return results
@@ -124,14 +129,16 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
                    device: str | torch.device = "cpu", reporter: Reporter = SILENT,
                    batch_size: int = DEFAULT_BATCH_SIZE,
                    detections: list[dict[str, Any]] | None = None,
-                   precision: str = "fp32") -> EvalResult:
+                   precision: str = "fp32",
+                   proposals: ExternalProposals | None = None) -> EvalResult:
     """Run ``model`` over a dataset and score it (``metric``: voc07, voc or coco).
 
     ``annotations`` is an Annotations or a path to a COCO JSON file. Pass a list as
     ``detections`` to also receive the detections (COCO results, file pixels) in it.
+    ``proposals``: as :func:`predict_dataset`.
     """
     ann = _annotations(annotations)
-    dets = predict_dataset(model, ann, device, reporter, batch_size, precision)
+    dets = predict_dataset(model, ann, device, reporter, batch_size, precision, proposals)
     if detections is not None:
         detections.extend(dets)
     return evaluate_detections(ann, dets, metric, source="model detections")

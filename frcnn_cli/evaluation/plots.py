@@ -123,6 +123,10 @@ def plot_recall_curve(result: RecallResult, path: str | os.PathLike) -> Path:
     return _save(fig, Path(path))
 
 
+# the files plot_proposal_comparison writes
+COMPARISON_PLOTS = ("recall_vs_iou.png", "recall_vs_proposals.png")
+
+
 def plot_proposal_comparison(comparison: ProposalComparison, folder: str | os.PathLike,
                              top_n: int = 300) -> list[Path]:
     """Write ``recall_vs_iou.png`` (recall against IoU for the top ``top_n`` proposals of each
@@ -148,7 +152,7 @@ def plot_proposal_comparison(comparison: ProposalComparison, folder: str | os.Pa
     ax.set_title(f"recall of the top {top_n} proposals per image", fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="lower left")
-    written = [_save(fig, folder / "recall_vs_iou.png")]
+    written = [_save(fig, folder / COMPARISON_PLOTS[0])]
 
     fig = _figure(10.0, 4.5)
     for k, iou in enumerate(COMPARE_IOUS):
@@ -167,7 +171,7 @@ def plot_proposal_comparison(comparison: ProposalComparison, folder: str | os.Pa
         first = comparison.results[0]
         fig.suptitle(f"proposal recall, {first.num_objects} objects in {first.num_images} "
                      "images", fontsize="medium")
-    written.append(_save(fig, folder / "recall_vs_proposals.png"))
+    written.append(_save(fig, folder / COMPARISON_PLOTS[1]))
     return written
 
 

@@ -30,6 +30,7 @@ from frcnn_cli.devices import autocast
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.draw import draw_detections
+from frcnn_cli.evaluation.proposal_sources import ExternalProposals, detect, proposals_for
 from frcnn_cli.files import atomic_open
 from frcnn_cli.outputs import drawing_metadata
 from frcnn_cli.progress import SILENT, Reporter
@@ -123,14 +124,18 @@ def _resolved(path: Path) -> Path:
 @torch.inference_mode()
 def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = "cpu",
                   score_thresh: float = 0.5, reporter: Reporter = SILENT,
-                  precision: str = "fp32") -> PredictReport:
+                  precision: str = "fp32",
+                  proposals: ExternalProposals | None = None) -> PredictReport:
     """Run ``model`` on each job's image, keep detections scoring at least ``score_thresh``,
     write the drawing to ``job.output`` and collect the detections in file pixels.
 
-    An image that cannot be decoded is skipped and listed in the report's ``skipped``.
+    A detector trained on Selective Search proposals runs it on each image (``proposals``:
+    the source to use and time; default, the one its checkpoint names). An image that cannot
+    be decoded is skipped and listed in the report's ``skipped``.
     """
     device = torch.device(device)
     model.eval().to(device)
+    proposals = proposals if proposals is not None else proposals_for(model)
     # the model keeps down to the recipe's threshold unless the user asks for less
     detect_thresh = min(model.recipe.roi_heads.score_thresh, score_thresh)
     report = PredictReport()
@@ -144,7 +149,8 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
                 continue
             image = torch.from_numpy(pixels).permute(2, 0, 1).to(device)  # uint8, file size
             with autocast(device, precision):
-                out = model.detect([image], score_thresh=detect_thresh)[0]
+                out = detect(model, [image], [job.image_id], proposals,
+                             score_thresh=detect_thresh)[0]
             out = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
             labels = out["labels"].astype(np.int64)
             results = to_coco_results(out["boxes"], out["scores"], labels, job.image_id,

@@ -12,6 +12,10 @@ and torchvision's ``FasterRCNN`` is split the same way:
 | roi_head | | the class and box layers return (RoI pooling, fc6/fc7 or res5) |
 | postprocess | | forward returns (softmax, decoding, class NMS, boxes to input pixels) |
 
+A Fast R-CNN detector trained on Selective Search proposals has no RPN stage: the search runs
+first, on the CPU, timed as the stage ``selective_search``, and the network then detects on its
+boxes (the paper's Section 1: the search, not the network, is the bottleneck).
+
 On CUDA every boundary synchronises the device, so each stage is charged its own kernels.
 Models are timed interleaved (ours then theirs, then the other way round) so both see the
 same machine load; medians are reported.
@@ -43,17 +47,21 @@ import torch
 from torch import Tensor, nn
 
 from frcnn_cli.devices import PRECISIONS
+from frcnn_cli.errors import InputError
 
 STAGES = ("preprocess", "backbone", "rpn", "roi_head", "postprocess")
+SEARCH_STAGES = ("selective_search", "preprocess", "backbone", "roi_head", "postprocess")
 STAGE_TITLES = {"preprocess": "preprocess (resize, normalise)", "backbone": "backbone",
                 "rpn": "RPN and proposals", "roi_head": "RoI pooling and head",
-                "postprocess": "postprocess (class NMS)"}
+                "postprocess": "postprocess (class NMS)",
+                "selective_search": "Selective Search (CPU, proposals)"}
 PARTS = ("backbone", "rpn", "roi_heads")
 
 
 @dataclass
 class ModelSpeed:
-    """Timings of one model: seconds per run for each stage and in total."""
+    """Timings of one model: seconds per run for each stage (:data:`STAGES`, or
+    :data:`SEARCH_STAGES` for a detector on Selective Search) and in total."""
 
     name: str
     stages: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
@@ -70,7 +78,8 @@ class ModelSpeed:
         total = self.median()
         return {
             "name": self.name,
-            "median_ms": {**{s: self.median(s) * 1000 for s in STAGES}, "total": total * 1000},
+            "median_ms": {**{s: self.median(s) * 1000 for s in self.stages},
+                          "total": total * 1000},
             "runs_ms": {**{s: [t * 1000 for t in v] for s, v in self.stages.items()},
                         "total": [t * 1000 for t in self.totals]},
             "images_per_s": 1.0 / total,
@@ -107,7 +116,7 @@ class BenchmarkResult:
             "torch": torch.__version__,
             "models": [m.to_dict() for m in self.models],
             "ratio": None if len(self.models) < 2 else {
-                **{s: self.ratio(s) for s in STAGES}, "total": self.ratio()},
+                **{s: self.ratio(s) for s in self.models[0].stages}, "total": self.ratio()},
         }
 
 
@@ -132,17 +141,22 @@ class StageClock:
         return hook
 
     def stages(self) -> dict[str, float]:
-        """Seconds per stage of the last forward."""
-        order = ("start", *STAGES)
+        """Seconds per stage of the last forward (no ``rpn`` when proposals were given)."""
+        order = [s for s in ("start", *STAGES) if s in self.marks]
         return {s: self.marks[s] - self.marks[p] for p, s in zip(order, order[1:], strict=False)}
+
+    def clear(self) -> None:
+        self.marks.clear()
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
 
 
-def count_flops(model: nn.Module, image: Tensor, autocast: Any) -> tuple[float, dict[str, float]]:
-    """FLOPs of one forward, in total and per part (backbone, rpn, roi_heads)."""
+def count_flops(model: nn.Module, image: Tensor, autocast: Any,
+                proposals: list[Tensor] | None = None) -> tuple[float, dict[str, float]]:
+    """FLOPs of one forward (on ``proposals`` when given), in total and per part (backbone,
+    rpn, roi_heads)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     def mkldnn_linear(x_shape, w_shape, *_, **__) -> int:  # our fp32 CPU path for fc6/fc7
@@ -151,7 +165,7 @@ def count_flops(model: nn.Module, image: Tensor, autocast: Any) -> tuple[float, 
     counter = FlopCounterMode(display=False,
                               custom_mapping={torch.ops.aten.mkldnn_linear: mkldnn_linear})
     with torch.inference_mode(), autocast(), counter:
-        model([image])
+        _forward(model, image, proposals)
     counts = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
     root = type(model).__name__
     return float(counter.get_total_flops()), {p: float(counts.get(f"{root}.{p}", 0))
@@ -207,14 +221,20 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
         if cuda:
             torch.cuda.synchronize(device)
 
+    from frcnn_cli.evaluation.proposal_sources import proposals_for
+
     image = image.to(device)
-    speeds = [ModelSpeed(name) for name in models]
     nets = [m.eval().to(device) for m in models.values()]
+    searches = [proposals_for(net) for net in nets]  # Selective Search for a Fast R-CNN
+    speeds = [ModelSpeed(name, {s: [] for s in (STAGES if search is None else SEARCH_STAGES)})
+              for name, search in zip(models, searches, strict=True)]
+    given = [None if search is None else [search.boxes(image, None).to(device)]
+             for search in searches]  # the proposals of the untimed passes
     with torch.inference_mode():
-        for net, speed in zip(nets, speeds, strict=True):  # memory first: the CPU's is cold
-            speed.peak_memory = _peak_memory(net, image, device, autocast, sync)
-    for net, speed in zip(nets, speeds, strict=True):
-        speed.flops, speed.part_flops = count_flops(net, image, autocast)
+        for k, speed in enumerate(speeds):  # memory first: the CPU's is cold
+            speed.peak_memory = _peak_memory(nets[k], image, device, autocast, sync, given[k])
+    for k, speed in enumerate(speeds):
+        speed.flops, speed.part_flops = count_flops(nets[k], image, autocast, given[k])
     clocks = [StageClock(net, sync) for net in nets]
     try:
         with torch.inference_mode(), reporter.task("benchmark", total=warmup + runs) as task:
@@ -223,12 +243,20 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
                 for k in order:
                     sync()
                     start = time.perf_counter()
+                    proposals = None
+                    if searches[k] is not None:  # on the CPU, before the network
+                        proposals = [searches[k].boxes(image, None).to(device)]
+                        sync()
+                        searched = time.perf_counter() - start
+                    clocks[k].clear()
                     with autocast():
-                        out = nets[k]([image])
+                        out = _forward(nets[k], image, proposals)
                     sync()
                     total = time.perf_counter() - start
                     if i >= warmup:
                         speeds[k].totals.append(total)
+                        if proposals is not None:
+                            speeds[k].stages["selective_search"].append(searched)
                         for stage, t in clocks[k].stages().items():
                             speeds[k].stages[stage].append(t)
                         speeds[k].detections = len(out[0]["boxes"])
@@ -242,18 +270,24 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
                            torch.get_num_threads(), warmup, runs, speeds, memory_kind)
 
 
-def _peak_memory(net: nn.Module, image: Tensor, device: torch.device, autocast, sync) -> int:
+def _peak_memory(net: nn.Module, image: Tensor, device: torch.device, autocast, sync,
+                 proposals: list[Tensor] | None = None) -> int:
     if device.type == "cuda":
         sync()
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         with autocast():
-            net([image])
+            _forward(net, image, proposals)
         sync()
         return torch.cuda.max_memory_allocated(device) - before
     with _rss_peak() as peak, autocast():
-        net([image])
+        _forward(net, image, proposals)
     return peak[0]
+
+
+def _forward(net: nn.Module, image: Tensor, proposals: list[Tensor] | None) -> Any:
+    """``net([image])``, on ``proposals`` when given (torchvision's model takes none)."""
+    return net([image]) if proposals is None else net([image], proposals=proposals)
 
 
 def models_to_time(checkpoint: str | os.PathLike | None = None, recipe: str | None = None,
@@ -276,6 +310,11 @@ def models_to_time(checkpoint: str | os.PathLike | None = None, recipe: str | No
     models = {"frcnn": model}
     if compare:
         from frcnn_cli.model.reference import build_reference
+
+        if model.proposal_source:
+            raise InputError(f"{source} is a Fast R-CNN detector on Selective Search "
+                             "proposals; torchvision's FasterRCNN proposes with an RPN: "
+                             "compare a Faster R-CNN checkpoint or a --recipe")
 
         torch.manual_seed(0)
         models["torchvision"] = build_reference(model.recipe, model.num_classes)

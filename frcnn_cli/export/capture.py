@@ -72,6 +72,7 @@ def capture(model: nn.Module) -> torch.export.ExportedProgram:
     """
     if model.training:
         raise InputError("export needs a model in eval mode (model.eval())")
+    check_one_graph(model)
     detector = SingleImageDetector(model).eval()
     height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
     width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
@@ -81,6 +82,20 @@ def capture(model: nn.Module) -> torch.export.ExportedProgram:
         return torch.export.export(detector, (example_image(),),
                                    dynamic_shapes={"image": {1: height, 2: width}},
                                    strict=False)
+
+
+def check_one_graph(model: nn.Module, name: str = "this model") -> None:
+    """Refuse a detector whose proposals come from outside the network: a Fast R-CNN detector
+    trained on Selective Search (``model.proposal_source``) needs OpenCV's segmentation of
+    each image, CPU code that no graph can hold."""
+    source = getattr(model, "proposal_source", None)
+    if source:
+        raise InputError(
+            f"{name} is a Fast R-CNN detector on Selective Search proposals, which OpenCV's "
+            "segmentation makes on the CPU outside the network, so it cannot be one ONNX or "
+            "TorchScript file; run it with frcnn eval or predict (they search each image), or "
+            "export a Faster R-CNN (frcnn train or train-alt), whose RPN proposes inside the "
+            "graph")
 
 
 def metadata(model: nn.Module, **extra: Any) -> dict[str, str]:

@@ -13,6 +13,11 @@ own size: the model resizes them (its transform is the one home of the resize ru
 For the paper's 4-step training the model also runs as an RPN alone (``rpn_only=True``) or as
 a Fast R-CNN detector on given proposals (``proposals=[...]``), and its parameters form three
 groups, frozen stage by stage: ``shared`` (backbone convs), ``rpn`` and ``detector``.
+
+A Fast R-CNN detector trained on external proposals (Selective Search: ``frcnn train-detector
+--proposals ss.pt``) has an untrained RPN. Its checkpoint says so (``meta["proposals"]``),
+:func:`load_model` keeps that as ``model.proposal_source``, and such a model detects only on
+given proposals.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ GROUPS = ("shared", "rpn", "detector")
 
 class FasterRCNN(nn.Module):
     """The detector. Attributes: ``recipe``, ``classes`` ([{"id", "name"}] in label order),
-    ``num_classes``, and the parts ``transform``, ``backbone``, ``rpn``, ``roi_heads``."""
+    ``num_classes``, ``proposal_source`` (None, or for a detector trained on external
+    proposals their settings, e.g. ``{"method": "selective-search", "mode": "fast", ...}``),
+    and the parts ``transform``, ``backbone``, ``rpn``, ``roi_heads``."""
 
     def __init__(self, recipe: Recipe, num_classes: int, classes: list[dict] | None = None,
                  load_weights: bool = True) -> None:
@@ -49,6 +56,7 @@ class FasterRCNN(nn.Module):
         self.recipe = recipe
         self.classes = [{"id": c["id"], "name": c["name"]} for c in classes]
         self.num_classes = num_classes
+        self.proposal_source: dict | None = None
         m = recipe.model
         parts = build_backbone(m, m.roi_size, load_weights=load_weights)
         self.transform = ImageTransform(recipe.input, parts.backbone.pixel_mean,
@@ -115,6 +123,12 @@ class FasterRCNN(nn.Module):
         """
         if rpn_only and proposals is not None:
             raise InputError("rpn_only and given proposals exclude each other")
+        if proposals is None and self.proposal_source is not None:
+            method = self.proposal_source.get("method", "external")
+            raise InputError(f"this Fast R-CNN detector was trained on {method} proposals and "
+                             "its RPN is untrained: it detects on given proposals "
+                             "(model.detect(images, proposals=...)); frcnn eval, predict and "
+                             "benchmark run Selective Search for it")
         batch, _, proposals = self.transform(images, None, proposals)
         features = self.backbone(batch.tensors)
         scores: list[Tensor] = []
@@ -208,6 +222,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> F
     else:
         raise CheckpointError(f"{path} has no detector weights (roi_heads.cls_score)")
     model = FasterRCNN(recipe, num_classes, classes, load_weights=False)
+    model.proposal_source = meta.get("proposals") or None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
