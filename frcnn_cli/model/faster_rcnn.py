@@ -70,8 +70,6 @@ class FasterRCNN(nn.Module):
         self.roi_heads = RoIHeads(parts.box_head, parts.head_channels, num_classes,
                                   recipe.roi_heads, m.roi_op, m.roi_size, self.backbone.stride)
         self._trainable = dict.fromkeys(GROUPS, True)
-        if m.channels_last:
-            self.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ forward
 

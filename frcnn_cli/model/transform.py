@@ -110,7 +110,10 @@ class ImageTransform(nn.Module):
         pad_w = -(-max(s[3] for s in sizes) // d) * d
         tensors = torch.stack([F.pad(im, (0, pad_w - im.shape[-1], 0, pad_h - im.shape[-2]))
                                for im in resized])
-        if self.channels_last:
+        if self.channels_last and (not self.training or tensors.is_cuda):
+            # Channels-last convolutions: faster inference on CPUs and GPUs, but about twice
+            # as slow a backward pass on a CPU (benchmarks/README.md), so CPU training runs
+            # NCHW. The weights stay NCHW; the convolutions follow their input's layout.
             tensors = tensors.contiguous(memory_format=torch.channels_last)
         device = tensors.device
         info = torch.tensor(sizes, device=device)
