@@ -21,12 +21,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align, roi_pool
+from torchvision.ops import batched_nms, nms, roi_align, roi_pool
 
 from frcnn_cli.config import Recipe, RPNConfig
 from frcnn_cli.errors import RecipeError
 from frcnn_cli.model.anchors import generate_anchors, to_continuous, torchvision_anchors
-from frcnn_cli.model.box_coder import clip_boxes, nms_per_image, tracing
+from frcnn_cli.model.box_coder import clip_boxes, tracing
+from frcnn_cli.model.fpn import PYRAMIDS, PyramidBackbone, is_pyramid
 from frcnn_cli.model.roi_heads import RoIHeads
 from frcnn_cli.model.rpn import RegionProposalNetwork, objectness_score
 
@@ -37,8 +38,6 @@ LEVEL_EPS = 1e-6  # torchvision's LevelMapper: sizes that are exact powers of 2 
 
 def uses_levels(recipe: Recipe) -> bool:
     """Does this recipe's model run its RPN through this module?"""
-    from frcnn_cli.model.fpn import is_pyramid
-
     return (is_pyramid(recipe.model.backbone) or recipe.anchors.style == "torchvision"
             or recipe.rpn.proposal_filter == "torchvision")
 
@@ -56,6 +55,28 @@ def level_anchor_sizes(recipe: Recipe, num_levels: int | None) -> list[list[floa
                           f"of {recipe.model.backbone}: give one per level, or set "
                           "anchors.level_sizes=all")
     return [[s] for s in a.sizes]
+
+
+def level_strides(recipe: Recipe) -> tuple[list[int] | None, list[str]]:
+    """A pyramid backbone's level strides and names; (None, ["map"]) for a single map."""
+    spec = PYRAMIDS.get(recipe.model.backbone)
+    return (list(spec.strides), list(spec.names)) if spec else (None, ["map"])
+
+
+def level_anchor_table(recipe: Recipe) -> list[dict]:
+    """Every level's anchors at its first place (the cell at row 0, column 0), in the RPN's
+    order: ``[{"level", "stride", "ratio", "size", "box"}]``, box x1 y1 x2 y2 continuous."""
+    strides, names = level_strides(recipe)
+    anchors = LevelAnchors.from_recipe(recipe, strides)
+    sizes = level_anchor_sizes(recipe, None if strides is None else len(strides))
+    rows = []
+    for name, stride, level_sizes, base in zip(names, anchors.strides, sizes, anchors.bases,
+                                               strict=True):
+        for i, box in enumerate(base.tolist()):
+            rows.append({"level": name, "stride": stride,
+                         "ratio": recipe.anchors.ratios[i // len(level_sizes)],
+                         "size": level_sizes[i % len(level_sizes)], "box": box})
+    return rows
 
 
 class LevelAnchors:
@@ -215,17 +236,34 @@ class LevelRPN(RegionProposalNetwork):
     def _nms_by_level(self, boxes: Tensor, logits: Tensor, levels: Tensor, num_levels: int,
                       post_n: int) -> tuple[list[Tensor], list[Tensor]]:
         """boxes [B, n, 4], logits [B, n] (-inf: dropped), levels [n] -> per image, NMS
-        within each level on the probabilities, at most ``post_n`` survivors."""
-        num_images = logits.shape[0]
-        image_idx = torch.arange(num_images, device=boxes.device)[:, None].expand_as(logits)
-        ok = torch.nonzero(torch.isfinite(logits).flatten()).squeeze(1)
-        boxes = boxes.reshape(-1, 4)[ok]
-        probs = torch.sigmoid(logits.flatten()[ok])  # torchvision's NMS ranks probabilities
-        image_idx = image_idx.flatten()[ok]
-        levels = levels.expand_as(logits).flatten()[ok]
-        keeps = nms_per_image(boxes, probs, image_idx, self.nms_thresh, post_n, num_images,
-                              levels, num_levels)
-        return [boxes[k] for k in keeps], [probs[k] for k in keeps]
+        within each level on the probabilities, then the ``post_n`` best survivors and their
+        probabilities. One image at a time, as torchvision's ``filter_proposals``."""
+        out_boxes, out_scores = [], []
+        for b in range(logits.shape[0]):
+            ok = torch.nonzero(torch.isfinite(logits[b])).squeeze(1)
+            kept, probs = boxes[b, ok], torch.sigmoid(logits[b, ok])
+            keep = nms_by_level(kept, probs, levels[ok], self.nms_thresh, num_levels)[:post_n]
+            out_boxes.append(kept[keep])
+            out_scores.append(probs[keep])
+        return out_boxes, out_scores
+
+
+def nms_by_level(boxes: Tensor, scores: Tensor, levels: Tensor, iou_thresh: float,
+                 num_levels: int) -> Tensor:
+    """Indices of the boxes [N, 4] that survive NMS within their level [N], best score first.
+
+    torchvision's ``batched_nms`` itself in eager mode. Traced (export), its per-level form
+    with the same sort (what ``batched_nms`` runs for more than 1000 boxes; for fewer it
+    shifts each level's boxes apart instead, which can round an IoU at the threshold
+    differently). Boxes of equal score are ordered as that sort leaves them."""
+    if not tracing():
+        return batched_nms(boxes, scores, levels, iou_thresh)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for level in range(num_levels):
+        index = torch.nonzero(levels == level).squeeze(1)
+        keep[index[nms(boxes[index], scores[index], iou_thresh)]] = True
+    index = torch.nonzero(keep).squeeze(1)
+    return index[scores[index].sort(descending=True).indices]
 
 
 class LevelRoIHeads(RoIHeads):
@@ -263,7 +301,7 @@ class LevelRoIHeads(RoIHeads):
         if len(maps) == 1:
             return self._pool_level(maps[0], rois, self.strides[0])
         levels = self.map_levels(boxes)
-        pooled = rois.new_zeros((len(rois), maps[0].shape[1], self.roi_size, self.roi_size))
+        pooled = rois.new_zeros((rois.shape[0], maps[0].shape[1], self.roi_size, self.roi_size))
         for level, (feature, stride) in enumerate(zip(maps, self.strides, strict=True)):
             index = torch.nonzero(levels == level).squeeze(1)
             pooled[index] = self._pool_level(feature, rois[index], stride)
@@ -272,8 +310,6 @@ class LevelRoIHeads(RoIHeads):
 
 def level_heads(recipe: Recipe, parts, num_classes: int) -> tuple[LevelRPN, RoIHeads]:
     """The RPN and detection head of a model whose RPN runs through this module."""
-    from frcnn_cli.model.fpn import PyramidBackbone
-
     m, backbone = recipe.model, parts.backbone
     if isinstance(backbone, PyramidBackbone):
         anchors = LevelAnchors.from_recipe(recipe, backbone.strides)
