@@ -292,6 +292,8 @@ class Recipe(Section):
             raise ValueError("roi_heads.bg_iou_thresh_lo must be below bg_iou_thresh_hi")
         if self.input.max_size < self.input.min_size:
             raise ValueError("input.max_size must be at least input.min_size")
+        if self.model.frozen_bn_eps is not None and "-fpn" not in self.model.backbone:
+            raise ValueError("model.frozen_bn_eps applies to the -fpn backbones only")
         return self
 
     def to_dict(self) -> dict[str, Any]:
