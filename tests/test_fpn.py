@@ -91,3 +91,31 @@ def test_checkpoint_round_trip_and_proposals_in_input_pixels(tmp_path, one_threa
 def test_anchor_sizes_must_fit_the_levels():
     with pytest.raises(RecipeError, match="anchors.sizes has 5 sizes for the 3 levels"):
         _model("anchors.level_sizes=one")
+
+
+def test_reference_runs_torchvisions_machinery_on_the_same_pyramid(one_thread):
+    """``benchmark --compare torchvision`` times torchvision's FasterRCNN built to the FPN
+    recipe: given the same weights, it detects what frcnn does."""
+    from frcnn_cli.model.reference import build_reference
+    from frcnn_cli.model.torchvision_weights import map_state_dict
+
+    model = _model("model.channels_last=false", "roi_heads.score_thresh=0.0").eval()
+    reference = build_reference(model.recipe, model.num_classes).eval()
+    assert reference.rpn.anchor_generator.sizes == ((32, 64, 128, 256, 512),) * 3
+    assert reference.roi_heads.box_roi_pool.featmap_names == ["0", "1"]
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+        reference.rpn.head.cls_logits.weight.normal_(0, 0.2, generator=g)
+        reference.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.3, generator=g)
+    state = {k.replace("backbone.backbone.", "backbone.", 1): v
+             for k, v in reference.state_dict().items()}
+    model.load_state_dict(map_state_dict(state, model))
+    image = torch.rand(3, 150, 200, generator=g)
+    with torch.inference_mode():
+        ours, theirs = model([image])[0], reference([image])[0]
+    assert len(ours["boxes"]) > 10 and torch.equal(ours["labels"], theirs["labels"])
+    assert torch.allclose(ours["boxes"], theirs["boxes"], atol=1e-3)
+    assert torch.allclose(ours["scores"], theirs["scores"], atol=1e-5)
