@@ -140,3 +140,16 @@ def test_offline_without_a_file_names_the_url_and_the_option(monkeypatch):
         from_torchvision("fasterrcnn_resnet50_fpn")
     text = str(error.value)
     assert entry.url in text and "--init-weights FILE" in text and "\n" not in text
+
+
+def test_cli_init_weights_needs_a_torchvision_name_and_names_are_checked(cli, shapes_data,
+                                                                          tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save({}, weights)
+    r = cli("train", "--recipe", "finetune-r50-fpn", "--train", shapes_data / "train.json",
+            "--out", tmp_path / "a", "--init-weights", weights)
+    assert r.exit_code == 2 and "--init torchvision:NAME" in r.output
+    r = cli("train", "--recipe", "finetune-r50-fpn", "--train", shapes_data / "train.json",
+            "--out", tmp_path / "b", "--init", "torchvision:fasterrcnn_resnet51",
+            "--init-weights", weights)
+    assert r.exit_code == 2 and "fasterrcnn_mobilenet_v3_large_fpn" in r.output

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from frcnn_cli.checkpoint import load_checkpoint
-from frcnn_cli.config import Recipe
+from frcnn_cli.config import Recipe, dump_yaml
 from frcnn_cli.engine.run_config import RunArgs
 from frcnn_cli.errors import CheckpointError, InputError, RecipeError
 from frcnn_cli.files import require_file
@@ -74,12 +74,13 @@ def from_torchvision_detector(name: str, weights: str | None, recipe: Recipe,
 
     needed = torchvision_recipe(name).model  # also: an unknown NAME stops here
     for key in ("backbone", "frozen_bn_eps"):
-        if getattr(recipe.model, key) != getattr(needed, key):
+        want, have = (dump_yaml(getattr(m, key)).strip().removesuffix("...").strip()
+                      for m in (needed, recipe.model))
+        if want != have:
             raise RecipeError(
-                f"--init torchvision:{name} needs model.{key}={getattr(needed, key)}, and "
-                f"recipe '{recipe.name}' has {getattr(recipe.model, key)}; use "
-                f"--set model.{key}={getattr(needed, key)} (recipe finetune-r50-fpn is made "
-                "for torchvision:fasterrcnn_resnet50_fpn)")
+                f"--init torchvision:{name} needs model.{key}={want}, and recipe "
+                f"'{recipe.name}' has {have}; use --set model.{key}={want} (recipe "
+                "finetune-r50-fpn is made for torchvision:fasterrcnn_resnet50_fpn)")
     state = torchvision_state_dict(name, weights)
     model = build_model(recipe, len(classes), classes=classes, load_weights=False)
     own = classes_match(coco_classes(name), classes)
