@@ -5,6 +5,8 @@ give torchvision's detections (boxes within 1e-3 px, scores within 1e-5) on the 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torchvision.models import detection
@@ -14,7 +16,12 @@ from frcnn_cli import from_torchvision
 from frcnn_cli.engine.initial_model import build_initial_model
 from frcnn_cli.engine.run_config import RunArgs
 from frcnn_cli.errors import FrcnnError, RecipeError
-from frcnn_cli.model.torchvision_weights import coco_classes, published_weights, torchvision_recipe
+from frcnn_cli.model.torchvision_weights import (
+    coco_classes,
+    map_state_dict,
+    published_weights,
+    torchvision_recipe,
+)
 
 # Small images keep this fast: torchvision's settings but the image scale, 60 proposals, and a
 # lower score threshold (random heads score every class near 1/91). A minimum proposal size of
@@ -86,6 +93,11 @@ def published(request, tmp_path_factory):
     return name, net.eval(), path
 
 
+def _as_2019(key: str) -> str:
+    key = key.replace("rpn.head.conv.0.0.", "rpn.head.conv.")
+    return re.sub(r"^(backbone\.fpn\.\w+_blocks\.\d+)\.0\.", r"\1.", key)
+
+
 def _images():
     """A landscape image and a portrait one whose longer side resizes to 216.96 and 433.92
     px: torchvision floors those, a rounding resize would not."""
@@ -109,6 +121,14 @@ def test_from_torchvision_gives_torchvisions_detections(published, one_thread):
     with torch.inference_mode():
         for image in _images():
             _assert_same(net([image])[0], model([image])[0])
+    # torchvision's files from before its RPN head and FPN modules had versions (2019, as
+    # fasterrcnn_resnet50_fpn's COCO weights) name the convs without the ".0"
+    state = torch.load(path, weights_only=True)
+    old = {_as_2019(k): v for k, v in state.items()}
+    assert "rpn.head.conv.weight" in old and "backbone.fpn.inner_blocks.0.weight" in old
+    mapped, mapped_old = map_state_dict(state, model), map_state_dict(old, model)
+    assert mapped.keys() == mapped_old.keys()
+    assert all(torch.equal(mapped[k], mapped_old[k]) for k in mapped)
 
 
 def test_init_torchvision_starts_training_from_the_same_detector(published, one_thread,
