@@ -5,6 +5,7 @@ Python API::
     import frcnn_cli
     model = frcnn_cli.build_model("shapes", num_classes=3)   # recipe name, path or Recipe
     model = frcnn_cli.load_model("runs/a/model.pt")           # eval mode, on the CPU
+    model = frcnn_cli.from_torchvision("fasterrcnn_resnet50_fpn")   # torchvision's COCO detector
     detections = model([image])   # image: [3, H, W] float in 0..1 -> [{boxes, scores, labels}]
 """
 
@@ -35,4 +36,17 @@ def load_model(path, device: str = "cpu"):
     return _load(path, device=device)
 
 
-__all__ = ["__version__", "build_model", "load_model"]
+def from_torchvision(name: str, weights=None, device: str = "cpu", overrides=None):
+    """torchvision's published detector NAME (``fasterrcnn_resnet50_fpn``, ``_v2``,
+    ``fasterrcnn_mobilenet_v3_large_fpn``, ``..._320_fpn``) as an frcnn model with the same
+    detections, torchvision's COCO classes and test-time settings, in eval mode on ``device``.
+
+    ``weights``: a local file of NAME's weights (else downloaded once through torchvision's
+    weights API); ``overrides``: recipe changes, ``--set`` style.
+    """
+    from frcnn_cli.model.torchvision_weights import from_torchvision as _from
+
+    return _from(name, weights=weights, device=device, overrides=overrides)
+
+
+__all__ = ["__version__", "build_model", "from_torchvision", "load_model"]

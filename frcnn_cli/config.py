@@ -29,9 +29,12 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    backbone: Literal["vgg16", "resnet50", "resnet101", "mobilenet_v3_large", "tiny"] = Field(
+    backbone: Literal["vgg16", "resnet50", "resnet101", "mobilenet_v3_large", "tiny",
+                      "resnet50-fpn", "resnet50-fpn-v2", "mobilenet_v3_large-fpn"] = Field(
         "vgg16", description="Shared convolutional layers: the paper's vgg16 (conv5_3), ResNet C4 "
-        "(res4), MobileNetV3, or a small CPU network for demos and tests.")
+        "(res4), MobileNetV3, a small CPU network for demos and tests, or a Feature Pyramid "
+        "Network in torchvision's layouts: resnet50-fpn (P2-P6), resnet50-fpn-v2 (its FPN with "
+        "BatchNorm and a 4-conv 1-fc head), mobilenet_v3_large-fpn (torchvision's 3 levels).")
     pretrained: bool = Field(
         True, description="Start the backbone (and VGG16's fc6/fc7) from ImageNet weights via "
         "torchvision's weights API; ignored by the tiny backbone, which has none.")
@@ -42,7 +45,8 @@ class ModelConfig(Section):
         True, description="Freeze the backbone's early layers: VGG16 conv1-conv2, ResNet stem and "
         "res2, MobileNet's first blocks (the original implementation's fixed layers).")
     roi_op: Literal["pool", "align"] = Field(
-        "pool", description="RoI feature op: the paper's RoI max pooling, or RoIAlign.")
+        "pool", description="RoI feature op: the paper's RoI max pooling, or RoIAlign (FPN: "
+        "torchvision's MultiScaleRoIAlign, 2 samples per bin, aligned=False).")
     roi_size: int = Field(7, ge=1, description="Output side of RoI pooling (7x7 in the paper).")
     head_dim: int = Field(
         4096, ge=1, description="Width of the fc6/fc7 detection head (VGG16: 4096). ResNet C4 "
@@ -54,6 +58,10 @@ class ModelConfig(Section):
     svd_fc7: int | None = Field(
         None, ge=1, description="Rank K of fc7 as a truncated SVD, like svd_fc6 (the paper: 1024 "
         "for fc6 and 256 for fc7 of VGG16).")
+    frozen_bn_eps: float | None = Field(
+        None, ge=0, description="FPN backbones: eps of their frozen BatchNorm; null: "
+        "torchvision's 1e-5. torchvision's fasterrcnn_resnet50_fpn COCO weights need 0 (their "
+        "statistics came from Detectron, which used none).")
     channels_last: bool = Field(
         True, description="Run convolutions in channels-last memory format at inference, and in "
         "training on GPUs (faster; results unchanged up to float rounding). CPU training runs "
@@ -67,6 +75,19 @@ class AnchorConfig(Section):
         [8, 16, 32], min_length=1, description="Anchor scales times base_size: 128, 256, 512 px.")
     ratios: list[float] = Field(
         [0.5, 1, 2], min_length=1, description="Anchor aspect ratios h/w.")
+    sizes: list[float] = Field(
+        [32, 64, 128, 256, 512], min_length=1, description="FPN backbones: anchor sizes in "
+        "pixels (the side of the ratio-1 anchor), finest level first; the single-map backbones "
+        "use scales times base_size instead.")
+    level_sizes: Literal["one", "all"] = Field(
+        "one", description="FPN backbones: 'one' gives level i the anchors of sizes[i] "
+        "(torchvision's ResNet-FPN, one size per level); 'all' gives every level every size "
+        "(torchvision's MobileNet-FPN).")
+    style: Literal["paper", "torchvision"] = Field(
+        "paper", description="paper: the original's generate_anchors (widths rounded per ratio, "
+        "then scaled), centred on each cell's centre; torchvision: AnchorGenerator's (corners "
+        "rounded), centred on each cell's top-left corner, a level's stride taken as the padded "
+        "image size // its map size.")
 
 
 class InputConfig(Section):
@@ -77,7 +98,11 @@ class InputConfig(Section):
         None, description="Multi-scale training: each training image takes a shorter side drawn "
         "from this list; null trains at min_size.")
     size_divisible: int = Field(16, ge=1, description="Batched images are padded to a multiple "
-                                "of this.")
+                                "of this (torchvision: 32).")
+    resize: Literal["antialias", "torchvision"] = Field(
+        "antialias", description="antialias: bilinear with antialiasing to round(side * scale) "
+        "pixels; torchvision: normalise, then bilinear without antialiasing to floor(side * "
+        "scale) pixels (GeneralizedRCNNTransform).")
     pixel_mean: list[float] | None = Field(
         None, description="Per-channel mean (RGB, 0..1) subtracted after resizing; null takes "
         "the backbone's own.")
@@ -104,6 +129,8 @@ class DataConfig(Section):
 class RPNConfig(Section):
     channels: int = Field(512, ge=1, description="Width of the RPN's 3x3 conv (512 for VGG16, "
                           "256 for ZF).")
+    convs: int = Field(1, ge=1, description="3x3 conv + ReLU layers before the sibling 1x1 "
+                       "convs (the paper: 1; torchvision's fasterrcnn_resnet50_fpn_v2: 2).")
     objectness: Literal["softmax", "sigmoid"] = Field(
         "softmax", description="The paper's 2k softmax scores, or k sigmoid scores.")
     fg_iou_thresh: float = Field(0.7, gt=0, le=1, description="Anchor IoU for a positive.")
@@ -121,13 +148,24 @@ class RPNConfig(Section):
     box_loss_weight: float = Field(10.0, ge=0, description="lambda of the paper's loss.")
     smooth_l1_beta: float = Field(1 / 9, ge=0, description="Smooth L1 transition (1/sigma^2, "
                                   "sigma 3 in the original).")
-    pre_nms_top_n_train: int = Field(12000, ge=1, description="Proposals kept before NMS, train.")
+    pre_nms_top_n_train: int = Field(12000, ge=1, description="Proposals kept before NMS, train "
+                                     "(FPN: per level).")
     post_nms_top_n_train: int = Field(2000, ge=1, description="Proposals kept after NMS, train.")
-    pre_nms_top_n_test: int = Field(6000, ge=1, description="Proposals kept before NMS, test.")
+    pre_nms_top_n_test: int = Field(6000, ge=1, description="Proposals kept before NMS, test "
+                                    "(FPN: per level).")
     post_nms_top_n_test: int = Field(300, ge=1, description="Proposals kept after NMS, test.")
-    nms_thresh: float = Field(0.7, gt=0, le=1, description="Proposal NMS IoU.")
-    min_size: float = Field(16, ge=0, description="Proposals smaller than this (input pixels, "
-                            "at the original scale) are dropped.")
+    nms_thresh: float = Field(0.7, gt=0, le=1, description="Proposal NMS IoU (FPN: within "
+                              "each level).")
+    min_size: float = Field(16, ge=0, description="Proposals smaller than this are dropped: "
+                            "input pixels (at the original scale) with proposal_filter paper, "
+                            "network pixels with torchvision (whose value is 0.001).")
+    score_thresh: float = Field(0.0, ge=0, lt=1, description="Proposals whose objectness "
+                                "probability is below this are dropped (torchvision's "
+                                "MobileNet-FPN: 0.05).")
+    proposal_filter: Literal["paper", "torchvision"] = Field(
+        "paper", description="paper: drop small and low-scoring boxes, then keep the pre-NMS "
+        "top N of the rest (the original); torchvision: keep the top N first, then drop "
+        "(RegionProposalNetwork.filter_proposals).")
 
 
 class RoIHeadsConfig(Section):
@@ -146,6 +184,8 @@ class RoIHeadsConfig(Section):
     score_thresh: float = Field(0.05, ge=0, le=1, description="Test: drop detections below.")
     nms_thresh: float = Field(0.3, gt=0, le=1, description="Test: per-class NMS IoU.")
     detections_per_img: int = Field(100, ge=1, description="Test: detections kept per image.")
+    min_size: float = Field(0.0, ge=0, description="Test: detections narrower or shorter than "
+                            "this (network pixels) are dropped before NMS (torchvision: 0.01).")
 
 
 class SolverConfig(Section):
@@ -252,6 +292,8 @@ class Recipe(Section):
             raise ValueError("roi_heads.bg_iou_thresh_lo must be below bg_iou_thresh_hi")
         if self.input.max_size < self.input.min_size:
             raise ValueError("input.max_size must be at least input.min_size")
+        if self.model.frozen_bn_eps is not None and "-fpn" not in self.model.backbone:
+            raise ValueError("model.frozen_bn_eps applies to the -fpn backbones only")
         return self
 
     def to_dict(self) -> dict[str, Any]:

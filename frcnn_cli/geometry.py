@@ -16,8 +16,12 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
     return min(min_size / short, max_size / long)
 
 
-def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """``(height, width)`` after :func:`resize_scale`, rounded to whole pixels."""
+def resized_shape(height: int, width: int, min_size: int, max_size: int,
+                  floor: bool = False) -> tuple[int, int]:
+    """``(height, width)`` after :func:`resize_scale`, rounded to whole pixels (``floor``:
+    rounded down, as torchvision's resize by a scale factor does)."""
     s = resize_scale(height, width, min_size, max_size)
+    if floor:
+        return max(1, int(height * s)), max(1, int(width * s))
     return max(1, round(height * s)), max(1, round(width * s))
 

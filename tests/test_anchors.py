@@ -177,3 +177,56 @@ def test_cli_coverage_leaves_out_boxes_training_ignores(cli, shapes_data, tmp_pa
     assert report["left_out"] == 4 and report["all"]["objects"] == objects - 4
     total = report["all"]
     assert total["positive"] + total["best_only"] + total["missed"] == pytest.approx(1.0)
+
+
+# torchvision's AnchorGenerator for fasterrcnn_resnet50_fpn: sizes 32..512, one per level
+TORCHVISION_P2 = [[-23, -11, 23, 11], [-16, -16, 16, 16], [-11, -23, 11, 23]]
+
+
+def test_fpn_anchors_are_torchvisions_level_by_level():
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    from frcnn_cli.model.levels import LevelAnchors
+
+    recipe = load_recipe("coco-r50-fpn")
+    ours = LevelAnchors.from_recipe(recipe, (4, 8, 16, 32, 64))
+    assert ours.bases[0].tolist() == TORCHVISION_P2
+    theirs = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    # a 160 x 224 batch: P6 is 3 x 4, which torchvision strides by 160 // 3 and 224 // 4
+    maps = [(40, 56), (20, 28), (10, 14), (5, 7), (3, 4)]
+    images = ImageList(torch.zeros(1, 3, 160, 224), [(150, 200)])
+    expected = theirs(images, [torch.zeros(1, 1, h, w) for h, w in maps])[0]
+    assert torch.equal(ours.grid(maps, torch.tensor([160, 224])), expected)
+    paper = LevelAnchors.from_recipe(load_recipe("coco-r50-fpn", ["anchors.style=paper"]),
+                                     (4, 8, 16, 32, 64))
+    centres = (paper.bases[0][:, :2] + paper.bases[0][:, 2:]) / 2
+    assert torch.equal(centres, torch.full((3, 2), 2.0))  # the centre of P2's first cell
+
+
+def test_coverage_per_level_counts_each_object_on_its_best_anchors_level():
+    recipe = load_recipe("coco-r50-fpn", ["input.min_size=256", "input.max_size=256"])
+    objects = _objects([[4, 4, 36, 36],        # P2's 32 px anchor at (20, 20): IoU 1
+                        [0, 0, 128, 128],      # P4's 128 px anchor at (64, 64): IoU 1
+                        [100, 100, 160, 160]],  # 60 px: P3's 64 px anchor, IoU 0.88
+                       [1, 1, 2], size=(256, 256))
+    report = coverage(objects, recipe.anchors.scales, recipe.anchors.ratios, recipe)
+    levels = report["per_level"]
+    assert list(levels) == ["P2", "P3", "P4", "P5", "P6"]
+    assert [levels[n]["objects"] for n in levels] == [1, 1, 1, 0, 0]
+    assert levels["P2"]["positive"] == 1.0 and levels["P4"]["sizes"] == [128.0]
+    assert report["all"]["positive"] == 1.0
+    assert suggest_anchors(objects, recipe) == []  # single-map anchors only
+
+
+def test_cli_prints_fpn_anchors_per_level(cli, tmp_path):
+    out = tmp_path / "a.json"
+    r = cli("anchors", "--recipe", "coco-r50-fpn", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert "P6" in r.output and "torchvision style" in r.output
+    data = json.loads(out.read_text())
+    assert [lv["name"] for lv in data["levels"]] == ["P2", "P3", "P4", "P5", "P6"]
+    assert data["levels"][0]["anchors"] == TORCHVISION_P2
+    assert data["levels"][4]["stride"] == 64 and data["levels"][4]["sizes"] == [512]
+    r = cli("anchors", "--recipe", "coco-r50-fpn", "--scales", "1,2")
+    assert r.exit_code == 2 and "anchors.sizes" in r.output

@@ -94,3 +94,12 @@ def test_postprocess_clips_to_each_image():
     dets = heads.postprocess(logits, deltas, props, torch.tensor([[30, 50], [64, 20]]))
     assert dets[0]["boxes"][0, 2:].tolist() == [50, 30]
     assert dets[1]["boxes"][0, 2:].tolist() == [20, 64]
+
+
+def test_postprocess_min_size_drops_empty_boxes():
+    props = [torch.tensor([[10.0, 10, 40, 40], [60.0, 10, 60.005, 40]])]  # the second: 0.005 wide
+    logits = torch.tensor([[0.0, 5.0], [0.0, 5.0]])
+    for min_size, kept in ((0.0, 2), (0.01, 1)):  # torchvision: 0.01
+        heads = _heads(f"roi_heads.min_size={min_size}", num_classes=1)
+        dets = heads.postprocess(logits, torch.zeros(2, 2, 4), props, torch.tensor([[64, 64]]))
+        assert len(dets[0]["boxes"]) == kept

@@ -127,3 +127,16 @@ def test_nms_on_a_prefix_gives_the_full_result():
         assert torch.equal(a, b)
     for a, b in zip(full_scores, head_scores, strict=True):
         assert torch.equal(a, b)
+
+
+def test_score_threshold_and_extra_convs():
+    torch.manual_seed(0)
+    rpn = _rpn("rpn.score_thresh=0.6", "rpn.min_size=0", "rpn.convs=2").eval()
+    assert len(rpn.head.extra_convs) == 1  # torchvision's v2: two 3x3 convs
+    for p in rpn.head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    _, scores, _ = rpn(torch.randn(1, 8, 6, 6), torch.tensor([[96, 96]]), torch.ones(1))
+    assert len(scores[0]) > 0 and (scores[0] >= 0.6).all()
+    rpn.score_thresh = 0.0
+    _, scores, _ = rpn(torch.randn(1, 8, 6, 6), torch.tensor([[96, 96]]), torch.ones(1))
+    assert (scores[0] < 0.6).any()

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from frcnn_cli.cli import console, options
+from frcnn_cli.errors import InputError
 
 log = logging.getLogger("frcnn")
 
@@ -52,7 +53,9 @@ def anchors(
 
     Base anchors are shown as the original implementation writes them:
     inclusive 1-based pixels ([-83, -39, 100, 56] first for the paper's),
-    with their width and height in frcnn's continuous coordinates.
+    with their width and height in frcnn's continuous coordinates. An FPN
+    recipe (or torchvision-style anchors) shows each level's anchors at its
+    first place, and --data adds the objects each level learns.
 
     With --data, each object is resized as the recipe resizes its image
     and gets its best IoU with the anchors the RPN trains on: at or above
@@ -66,21 +69,18 @@ def anchors(
     Example: [bold]frcnn anchors --recipe shapes --data demo/train.json[/]
     """
     from frcnn_cli import config
-    from frcnn_cli.model.anchors import base_anchor_table
     from frcnn_cli.model.coverage import with_anchors
+    from frcnn_cli.model.fpn import is_pyramid
+    from frcnn_cli.model.levels import uses_levels
 
-    r = with_anchors(config.load_recipe(recipe, overrides or []), stride, base_size,
-                     _numbers(scales, "--scales"), _numbers(ratios, "--ratios"))
-    a = r.anchors
-    table = base_anchor_table(a.base_size, a.ratios, a.scales)
-    console.table(f"{len(table)} base anchors (stride {a.stride}, base size {a.base_size}; "
-                  "x1 y1 x2 y2 inclusive, 1-based)",
-                  ["#", "ratio", "scale", "x1", "y1", "x2", "y2", "width", "height"],
-                  [[i, f"{b.ratio:g}", f"{b.scale:g}", *[f"{v:g}" for v in b.inclusive],
-                    f"{b.width:g}", f"{b.height:g}"] for i, b in enumerate(table)])
-    result: dict = {"stride": a.stride, "base_size": a.base_size, "scales": a.scales,
-                    "ratios": a.ratios, "base_anchors": [b.inclusive for b in table],
-                    "base_anchors_continuous": [b.continuous for b in table]}
+    r = config.load_recipe(recipe, overrides or [])
+    if is_pyramid(r.model.backbone) and (stride or base_size or scales):
+        raise InputError(f"{r.model.backbone} lays anchors of anchors.sizes on its levels; "
+                         "--stride, --base-size and --scales shape single-map anchors (try "
+                         "--set \"anchors.sizes=[16,32,64,128,256]\")")
+    r = with_anchors(r, stride, base_size, _numbers(scales, "--scales"),
+                     _numbers(ratios, "--ratios"))
+    result = _print_level_anchors(r) if uses_levels(r) else _print_base_anchors(r)
 
     if data is not None:
         from frcnn_cli.data.annotations import load_annotations
@@ -99,7 +99,43 @@ def anchors(
         console.info(f"wrote {json_out}")
 
 
+def _print_base_anchors(r) -> dict:
+    from frcnn_cli.model.anchors import base_anchor_table
+
+    a = r.anchors
+    table = base_anchor_table(a.base_size, a.ratios, a.scales)
+    console.table(f"{len(table)} base anchors (stride {a.stride}, base size {a.base_size}; "
+                  "x1 y1 x2 y2 inclusive, 1-based)",
+                  ["#", "ratio", "scale", "x1", "y1", "x2", "y2", "width", "height"],
+                  [[i, f"{b.ratio:g}", f"{b.scale:g}", *[f"{v:g}" for v in b.inclusive],
+                    f"{b.width:g}", f"{b.height:g}"] for i, b in enumerate(table)])
+    return {"stride": a.stride, "base_size": a.base_size, "scales": a.scales,
+            "ratios": a.ratios, "base_anchors": [b.inclusive for b in table],
+            "base_anchors_continuous": [b.continuous for b in table]}
+
+
+def _print_level_anchors(r) -> dict:
+    from frcnn_cli.model.levels import level_anchor_table
+
+    rows = level_anchor_table(r)
+    levels = list(dict.fromkeys(row["level"] for row in rows))
+    console.table(f"{len(rows) // len(levels)} anchors per place on each of {len(levels)} "
+                  f"levels ({r.anchors.style} style; x1 y1 x2 y2 continuous, at the first place)",
+                  ["level", "stride", "ratio", "size", "x1", "y1", "x2", "y2", "width", "height"],
+                  [[row["level"], row["stride"], f"{row['ratio']:g}", f"{row['size']:g}",
+                    *[f"{v:g}" for v in row["box"]], f"{row['box'][2] - row['box'][0]:g}",
+                    f"{row['box'][3] - row['box'][1]:g}"] for row in rows])
+    return {"style": r.anchors.style, "ratios": r.anchors.ratios,
+            "levels": [{"name": name, "stride": next(x["stride"] for x in rows
+                                                     if x["level"] == name),
+                        "anchors": [x["box"] for x in rows if x["level"] == name],
+                        "sizes": sorted({x["size"] for x in rows if x["level"] == name})}
+                       for name in levels]}
+
+
 def _print_coverage(report: dict, suggestions: list[dict], data: Path, recipe) -> None:
+    from frcnn_cli.model.levels import uses_levels
+
     if report["left_out"]:
         n = report["left_out"]
         log.warning("%s: the coverage leaves out %d %s that training ignores (not finite, "
@@ -119,12 +155,23 @@ def _print_coverage(report: dict, suggestions: list[dict], data: Path, recipe) -
     console.table(f"best-anchor IoU of the objects of {data} (resized to shorter side "
                   f"{recipe.input.min_size}, at most {recipe.input.max_size})",
                   ["class", "size", "objects", f">= {fg}", f"{bg}-{fg}", f"< {bg}"], rows)
+    levels = report["per_level"]
+    if len(levels) > 1:
+        console.table("objects by the level of their best anchor (the level whose RPN outputs "
+                      "learn them)",
+                      ["level", "stride", "anchor sizes", "objects", f">= {fg}", f"{bg}-{fg}",
+                       f"< {bg}"],
+                      [[name, s["stride"], ",".join(f"{v:g}" for v in s["sizes"]), s["objects"],
+                        _pct(s["positive"]), _pct(s["best_only"]), _pct(s["missed"])]
+                       for name, s in levels.items()])
     if suggestions:
         console.table(f"anchor sets with more objects at IoU >= {fg}",
                       ["scales", "ratios", "k", f">= {fg}", "why"],
                       [[",".join(f"{v:g}" for v in s["scales"]),
                         ",".join(f"{v:g}" for v in s["ratios"]), s["anchors_per_place"],
                         _pct(s["positive"]), s["why"]] for s in suggestions])
+    elif uses_levels(recipe):
+        console.info("anchor suggestions cover the paper's single-map anchors only")
     else:
         console.info("no simple change of scales or ratios covers more objects")
 

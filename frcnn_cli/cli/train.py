@@ -40,7 +40,12 @@ Stage = Annotated[Optional[int], typer.Option(  # noqa: UP045
     "--stage", min=1, max=2, help="1: from ImageNet weights, shared convs trained; 2: from "
     "--init, shared convs frozen.")]
 Init = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    "--init", help="'imagenet' (default for stage 1) or a checkpoint to start from.")]
+    "--init", help="'imagenet' (default for stage 1), a checkpoint to start from, or "
+    "torchvision:NAME, torchvision's COCO detector NAME (e.g. "
+    "torchvision:fasterrcnn_resnet50_fpn; downloaded on first use).")]
+InitWeights = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--init-weights", help="With --init torchvision:NAME: a local file of NAME's weights "
+    "(offline machines).", dir_okay=False)]
 
 
 def _args(command: str, recipe: str | None, train: Path | None, val: Path | None,
@@ -54,6 +59,14 @@ def _args(command: str, recipe: str | None, train: Path | None, val: Path | None
     if missing:
         raise InputError(f"{command} needs {', '.join(missing)} (or --resume RUN)")
     sets = list(overrides or [])
+    init_weights = kw.pop("init_weights", None)
+    if init_weights is not None:
+        if not str(kw.get("init") or "").startswith("torchvision:"):
+            raise InputError("--init-weights holds a torchvision detector's weights: it goes "
+                             "with --init torchvision:NAME")
+        if not init_weights.is_file():
+            raise InputError(f"--init-weights file not found: {init_weights}")
+        kw["init_weights"] = str(init_weights)
     if backbone_weights is not None:
         if not backbone_weights.is_file():
             raise InputError(f"--backbone-weights file not found: {backbone_weights}")
@@ -93,7 +106,8 @@ def train(
     recipe: options.OptionalRecipe = None, train: Train = None, val: Val = None, out: Out = None,
     iters: Iters = None, overrides: options.Overrides = None, device: options.Device = "auto",
     seed: Seed = None, checkpoint_every: CheckpointEvery = None, resume: Resume = None,
-    amp: Amp = False, init: Init = None, backbone_weights: BackboneWeights = None,
+    amp: Amp = False, init: Init = None, init_weights: InitWeights = None,
+    backbone_weights: BackboneWeights = None,
 ) -> None:
     """Approximate joint training: one backward pass through the RPN and detector losses.
 
@@ -101,9 +115,10 @@ def train(
     """
     _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
                         overrides=overrides, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
-                        init=init, backbone_weights=backbone_weights)
+                        init=init, init_weights=init_weights, backbone_weights=backbone_weights)
     args = None if resume else _args("train", recipe, train, val, out, overrides, iters, device,
-                                     seed, checkpoint_every, amp, backbone_weights, init=init)
+                                     seed, checkpoint_every, amp, backbone_weights, init=init,
+                                     init_weights=init_weights)
     _run(args, resume, device)
 
 
@@ -112,7 +127,7 @@ def train_rpn(
     stage: Stage = None, init: Init = None, val: Val = None, iters: Iters = None,
     overrides: options.Overrides = None, device: options.Device = "auto", seed: Seed = None,
     checkpoint_every: CheckpointEvery = None, resume: Resume = None, amp: Amp = False,
-    backbone_weights: BackboneWeights = None,
+    init_weights: InitWeights = None, backbone_weights: BackboneWeights = None,
 ) -> None:
     """Steps 1 and 3 of the 4-step schedule: train the RPN.
 
@@ -123,13 +138,15 @@ def train_rpn(
     """
     _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
                         overrides=overrides, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
-                        init=init, stage=stage, backbone_weights=backbone_weights)
+                        init=init, init_weights=init_weights, stage=stage,
+                        backbone_weights=backbone_weights)
     args = None
     if resume is None:
         if stage is None:
             raise InputError("train-rpn needs --stage 1 or --stage 2")
         args = _args("train-rpn", recipe, train, val, out, overrides, iters, device, seed,
-                     checkpoint_every, amp, backbone_weights, stage=stage, init=init)
+                     checkpoint_every, amp, backbone_weights, stage=stage, init=init,
+                     init_weights=init_weights)
     _run(args, resume, device)
 
 
@@ -140,7 +157,7 @@ def train_detector(
     out: Out = None, stage: Stage = None, init: Init = None, val: Val = None,
     iters: Iters = None, overrides: options.Overrides = None, device: options.Device = "auto",
     seed: Seed = None, checkpoint_every: CheckpointEvery = None, resume: Resume = None,
-    amp: Amp = False, backbone_weights: BackboneWeights = None,
+    amp: Amp = False, init_weights: InitWeights = None, backbone_weights: BackboneWeights = None,
 ) -> None:
     """Steps 2 and 4 of the 4-step schedule: train the Fast R-CNN detector on fixed proposals.
 
@@ -153,7 +170,7 @@ def train_detector(
     """
     _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
                         overrides=overrides, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
-                        init=init, stage=stage, proposals=proposals,
+                        init=init, init_weights=init_weights, stage=stage, proposals=proposals,
                         backbone_weights=backbone_weights)
     args = None
     if resume is None:
@@ -163,7 +180,7 @@ def train_detector(
             raise InputError("train-detector needs --proposals (made by frcnn propose)")
         args = _args("train-detector", recipe, train, val, out, overrides, iters, device, seed,
                      checkpoint_every, amp, backbone_weights, stage=stage, init=init,
-                     proposals=str(proposals))
+                     init_weights=init_weights, proposals=str(proposals))
     _run(args, resume, device)
 
 
@@ -266,7 +283,8 @@ def train_alt(
     recipe: options.OptionalRecipe = None, train: Train = None, val: Val = None, out: Out = None,
     iters: Iters = None, overrides: options.Overrides = None, device: options.Device = "auto",
     seed: Seed = None, checkpoint_every: CheckpointEvery = None, resume: Resume = None,
-    amp: Amp = False, init: Init = None, backbone_weights: BackboneWeights = None,
+    amp: Amp = False, init: Init = None, init_weights: InitWeights = None,
+    backbone_weights: BackboneWeights = None,
 ) -> None:
     """The paper's 4-step alternating training, all steps in order.
 
@@ -283,12 +301,13 @@ def train_alt(
 
     _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
                         overrides=overrides, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
-                        init=init, backbone_weights=backbone_weights)
+                        init=init, init_weights=init_weights, backbone_weights=backbone_weights)
     if resume is not None:
         result = resume_alt(resume, console.reporter(), device=device)
     else:
         args = _args("train-alt", recipe, train, val, out, overrides, iters, device, seed,
-                     checkpoint_every, amp, backbone_weights, init=init)
+                     checkpoint_every, amp, backbone_weights, init=init,
+                     init_weights=init_weights)
         result = run_alt(args, console.reporter())
     console.result(("done", "bold green"), f": final shared model -> {result.model_path}")
     if result.val_map is not None:

@@ -1,37 +1,44 @@
-"""The model a run starts from: ImageNet weights (the recipe's), or ``--init CKPT``."""
+"""The model a run starts from: ImageNet weights (the recipe's), ``--init CKPT``, or
+``--init torchvision:NAME`` (torchvision's published detector NAME, downloaded or from
+``--init-weights FILE``)."""
 
 from __future__ import annotations
 
 import logging
 
 from frcnn_cli.checkpoint import load_checkpoint
-from frcnn_cli.config import Recipe
+from frcnn_cli.config import Recipe, dump_yaml
 from frcnn_cli.engine.run_config import RunArgs
-from frcnn_cli.errors import CheckpointError, InputError
+from frcnn_cli.errors import CheckpointError, InputError, RecipeError
 from frcnn_cli.files import require_file
 
 log = logging.getLogger("frcnn")
 
 
 def build_initial_model(args: RunArgs, recipe: Recipe, classes: list[dict]):
-    """A FasterRCNN for ``classes``, from the recipe's ImageNet weights or ``--init`` CKPT.
+    """A FasterRCNN for ``classes``, from the recipe's ImageNet weights, ``--init`` CKPT or
+    ``--init torchvision:NAME``.
 
-    A checkpoint of other classes starts every layer but the class-specific outputs (fine-
-    tuning), except in steps 3 and 4, which continue the step before on the same classes.
+    A checkpoint (or torchvision detector) of other classes starts every layer but the
+    class-specific outputs (fine-tuning), except in steps 3 and 4, which continue the step
+    before on the same classes.
     """
     from frcnn_cli.model.faster_rcnn import build_model
+    from frcnn_cli.model.torchvision_weights import PREFIX
 
     kind = args.kind
-    if args.init in (None, "imagenet"):
+    if args.init in (None, "imagenet") or args.init.startswith(PREFIX):
         if kind.previous is not None:
             raise InputError(f"{args.command} --stage 2 needs --init CKPT (the {kind.previous} "
                              f"model of step {kind.previous.step})")
+        if args.init not in (None, "imagenet"):
+            return from_torchvision_detector(args.init[len(PREFIX):], args.init_weights,
+                                             recipe, classes)
         return build_model(recipe, len(classes), classes=classes)
     ckpt = load_checkpoint(require_file(args.init, "--init checkpoint"))
     ckpt_classes = ckpt["meta"].get("classes") or []
-    no_download = recipe.model_copy(update={"model": recipe.model.model_copy(
-        update={"pretrained": False, "backbone_weights": None})})
-    model = build_model(no_download, len(classes), classes=classes)
+    # the recipe's network (frozen BatchNorm where ImageNet weights would go), weights from CKPT
+    model = build_model(recipe, len(classes), classes=classes, load_weights=False)
     state = ckpt["model"]
     if ckpt_classes and not classes_match(ckpt_classes, classes):
         if kind.previous is not None:
@@ -49,6 +56,40 @@ def build_initial_model(args: RunArgs, recipe: Recipe, classes: list[dict]):
     if missing and classes_match(ckpt_classes or classes, classes):
         raise CheckpointError(f"{args.init} does not fit recipe '{recipe.name}' "
                               f"(missing weight '{missing[0]}')")
+    return model
+
+
+def from_torchvision_detector(name: str, weights: str | None, recipe: Recipe,
+                              classes: list[dict]):
+    """A FasterRCNN of ``recipe`` for ``classes`` holding torchvision's detector NAME's weights;
+    the class-specific outputs start fresh unless ``classes`` are NAME's own (COCO's)."""
+    from frcnn_cli.model.faster_rcnn import build_model
+    from frcnn_cli.model.torchvision_weights import (
+        CLASS_LAYERS,
+        coco_classes,
+        map_state_dict,
+        torchvision_recipe,
+        torchvision_state_dict,
+    )
+
+    needed = torchvision_recipe(name).model  # also: an unknown NAME stops here
+    for key in ("backbone", "frozen_bn_eps"):
+        want, have = (dump_yaml(getattr(m, key)).strip().removesuffix("...").strip()
+                      for m in (needed, recipe.model))
+        if want != have:
+            raise RecipeError(
+                f"--init torchvision:{name} needs model.{key}={want}, and recipe "
+                f"'{recipe.name}' has {have}; use --set model.{key}={want} (recipe "
+                "finetune-r50-fpn is made for torchvision:fasterrcnn_resnet50_fpn)")
+    state = torchvision_state_dict(name, weights)
+    model = build_model(recipe, len(classes), classes=classes, load_weights=False)
+    own = classes_match(coco_classes(name), classes)
+    source = weights or f"torchvision's {name} weights"
+    model.load_state_dict(map_state_dict(state, model, source, fresh=() if own else
+                                         CLASS_LAYERS), strict=own)
+    if not own:
+        log.info("--init torchvision:%s: classes differ from its COCO classes, class-specific "
+                 "layers start fresh", name)
     return model
 
 

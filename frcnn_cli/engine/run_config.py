@@ -33,7 +33,8 @@ class RunArgs:
     seed: int | None = None
     checkpoint_every: int | None = None
     stage: int | None = None           # 1 or 2 for train-rpn / train-detector
-    init: str | None = None            # "imagenet" or a checkpoint path
+    init: str | None = None            # "imagenet", a checkpoint path or "torchvision:NAME"
+    init_weights: str | None = None    # with torchvision:NAME, a local file of its weights
     proposals: str | None = None       # train-detector: proposals file
     amp: bool = False
 

@@ -1,16 +1,19 @@
 """The detector, in the paper's order.
 
 - :mod:`~frcnn_cli.model.transform`: resize (shorter side 600), normalise, pad into a batch
-- :mod:`~frcnn_cli.model.backbones`: the shared conv layers (VGG16 conv5_3, ResNet C4, ...)
+- :mod:`~frcnn_cli.model.backbones`: the shared conv layers (VGG16 conv5_3, ResNet C4, ...),
+  and :mod:`~frcnn_cli.model.fpn` their feature-pyramid successors (Lin et al. 2017)
 - :mod:`~frcnn_cli.model.anchors`: k anchors at every place of the shared map (Section 3.1)
 - :mod:`~frcnn_cli.model.box_coder`, :mod:`~frcnn_cli.model.matching`: box deltas, IoU
   labels and balanced sampling, shared by the RPN and the detector
 - :mod:`~frcnn_cli.model.rpn`: the Region Proposal Network, its loss and the proposal layer
 - :mod:`~frcnn_cli.model.roi_heads`: RoI pooling and the Fast R-CNN detector (Section 3.2)
+- :mod:`~frcnn_cli.model.levels`: anchors, proposals and RoI pooling over a pyramid's levels
 - :mod:`~frcnn_cli.model.faster_rcnn`: the whole model, ``build_model`` and ``load_model``
 
-Beside the paper: :mod:`~frcnn_cli.model.coverage` (how anchors fit a dataset) and
-:mod:`~frcnn_cli.model.reference` (torchvision's FasterRCNN built alike, for speed).
+Beside the paper: :mod:`~frcnn_cli.model.coverage` (how anchors fit a dataset),
+:mod:`~frcnn_cli.model.reference` (torchvision's FasterRCNN built alike, for speed) and
+:mod:`~frcnn_cli.model.torchvision_weights` (torchvision's trained detectors as frcnn models).
 """
 
 from frcnn_cli.model.faster_rcnn import FasterRCNN, build_model, load_model

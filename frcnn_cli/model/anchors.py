@@ -65,6 +65,17 @@ def generate_anchors(base_size: float = 16, ratios: Sequence[float] = (0.5, 1, 2
     return _mkanchors(ws, hs, x_ctr.repeat_interleave(k), y_ctr.repeat_interleave(k))
 
 
+def torchvision_anchors(sizes: Sequence[float], ratios: Sequence[float]) -> Tensor:
+    """torchvision's ``AnchorGenerator`` base anchors: [len(ratios) * len(sizes), 4] continuous
+    boxes centred on (0, 0), ratio-major; w = size / sqrt(ratio), h = size * sqrt(ratio), the
+    corners rounded (half to even), all in float32 as torchvision computes them."""
+    sizes_t = torch.tensor(list(sizes), dtype=torch.float32)
+    h_ratios = torch.sqrt(torch.tensor(list(ratios), dtype=torch.float32))
+    ws = (1 / h_ratios[:, None] * sizes_t[None, :]).reshape(-1)
+    hs = (h_ratios[:, None] * sizes_t[None, :]).reshape(-1)
+    return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+
 def to_continuous(inclusive: Tensor) -> Tensor:
     """Inclusive 1-based pixel boxes -> continuous 0-based boxes: pixels x1..x2 (1-based)
     cover [x1 - 1, x2)."""

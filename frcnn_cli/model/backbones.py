@@ -9,6 +9,9 @@ Each builder splits one ImageNet network in two, as the paper does for VGG16:
 | mobilenet_v3_large | blocks 0-12 (112) | blocks 0-3 | blocks 13-16 + average pool (960) |
 | tiny | 7 conv-BN-ReLU layers (128), 0.35 GFLOP at 256 px | none | fc6, fc7 (head_dim) |
 
+The ``-fpn`` backbones (a feature pyramid on ResNet-50 or MobileNetV3, torchvision's layouts)
+are built in :mod:`frcnn_cli.model.fpn`.
+
 fc6 and fc7 may be truncated SVDs (``model.svd_fc6``/``svd_fc7``, Fast R-CNN Section 3.1): each
 is then two thinner layers, written by ``frcnn export --svd`` from a trained head.
 
@@ -48,6 +51,9 @@ _TORCHVISION = {
     "resnet50": ("resnet50", "ResNet50_Weights"),
     "resnet101": ("resnet101", "ResNet101_Weights"),
     "mobilenet_v3_large": ("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
+    "resnet50-fpn": ("resnet50", "ResNet50_Weights"),
+    "resnet50-fpn-v2": ("resnet50", "ResNet50_Weights"),
+    "mobilenet_v3_large-fpn": ("mobilenet_v3_large", "MobileNet_V3_Large_Weights"),
 }
 
 
@@ -216,6 +222,10 @@ def build_backbone(cfg: ModelConfig, roi_size: int, load_weights: bool = True) -
     ``load_weights`` (False when a checkpoint will overwrite them anyway)."""
     if cfg.backbone == "tiny":
         return _tiny(cfg, roi_size)
+    if "-fpn" in cfg.backbone:
+        from frcnn_cli.model.fpn import build_pyramid  # fpn.py builds on this module
+
+        return build_pyramid(cfg, roi_size, load_weights)
     if cfg.backbone != "vgg16" and (cfg.svd_fc6 or cfg.svd_fc7):
         raise RecipeError(f"model.svd_fc6/svd_fc7 factorise an fc6/fc7 head, and {cfg.backbone} "
                           "has none (its head is convolutional)")
@@ -228,18 +238,24 @@ def build_backbone(cfg: ModelConfig, roi_size: int, load_weights: bool = True) -
         kwargs["norm_layer"] = partial(FrozenBatchNorm2d if imagenet else nn.BatchNorm2d,
                                        eps=0.001)
     net = getattr(torchvision.models, builder)(weights=None, **kwargs)
-    state = imagenet_state_dict(cfg) if load_weights and imagenet else None
-    if state is not None:
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            where = cfg.backbone_weights or "the downloaded file"
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            problem = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
-            raise CheckpointError(f"{where} does not hold {cfg.backbone} ImageNet weights "
-                                  f"({problem[:200]})") from None
+    loaded = load_weights and imagenet and load_imagenet(net, cfg)
     return {"vgg16": _vgg16, "resnet50": _resnet_c4, "resnet101": _resnet_c4,
-            "mobilenet_v3_large": _mobilenet}[cfg.backbone](net, cfg, roi_size, state is not None)
+            "mobilenet_v3_large": _mobilenet}[cfg.backbone](net, cfg, roi_size, loaded)
+
+
+def load_imagenet(net: nn.Module, cfg: ModelConfig) -> bool:
+    """Load the ImageNet weights of ``cfg.backbone`` into torchvision's classification network
+    ``net``; a file that does not fit is a clear error. Returns True."""
+    state = imagenet_state_dict(cfg)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        where = cfg.backbone_weights or "the downloaded file"
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        problem = lines[1] if len(lines) > 1 else lines[0] if lines else "mismatch"
+        raise CheckpointError(f"{where} does not hold {cfg.backbone} ImageNet weights "
+                              f"({problem[:200]})") from None
+    return True
 
 
 def imagenet_state_dict(cfg: ModelConfig) -> dict[str, Tensor]:

@@ -30,6 +30,7 @@ from frcnn_cli.boxes import DEGENERATE, OUTSIDE, box_problem
 from frcnn_cli.config import Recipe
 from frcnn_cli.geometry import resize_scale, resized_shape
 from frcnn_cli.model.anchors import AnchorGrid, inside_image
+from frcnn_cli.model.levels import LevelAnchors, level_anchor_sizes, level_strides, uses_levels
 
 # COCO's size buckets (object area in pixels, here after the recipe's resize).
 BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
@@ -85,7 +86,8 @@ class ObjectSet:
         for image in ann.images:
             h, w = int(image["height"]), int(image["width"])
             s = resize_scale(h, w, recipe.input.min_size, recipe.input.max_size)
-            size = resized_shape(h, w, recipe.input.min_size, recipe.input.max_size)
+            size = resized_shape(h, w, recipe.input.min_size, recipe.input.max_size,
+                                 floor=recipe.input.resize == "torchvision")
             for obj in ann.objects(image["id"]):
                 if obj.get("iscrowd", 0):
                     continue
@@ -103,21 +105,62 @@ class ObjectSet:
                    left_out)
 
 
-def best_anchor_iou(objects: ObjectSet, scales: list[float], ratios: list[float],
-                    recipe: Recipe) -> Tensor:
-    """[N] best IoU of each object with its image's training anchors."""
-    grid = AnchorGrid(recipe.anchors.stride, recipe.anchors.base_size, scales, ratios)
+def anchor_levels(recipe: Recipe) -> list[dict]:
+    """The levels the recipe's anchors sit on: ``[{"name", "stride", "sizes"}]`` (one entry,
+    named "map", for a single-map backbone; sizes in pixels)."""
+    if not uses_levels(recipe):
+        a = recipe.anchors
+        return [{"name": "map", "stride": a.stride, "sizes": [s * a.base_size for s in a.scales]}]
+    strides, names = level_strides(recipe)
+    sizes = level_anchor_sizes(recipe, None if strides is None else len(strides))
+    strides = strides or [recipe.anchors.stride]
+    return [{"name": n, "stride": s, "sizes": z} for n, s, z in zip(names, strides, sizes,
+                                                                   strict=True)]
+
+
+def image_anchors(recipe: Recipe, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """The anchors [A, 4] the model lays over a resized ``height`` x ``width`` image, and the
+    level [A] of each (index into :func:`anchor_levels`)."""
+    if not uses_levels(recipe):
+        grid = AnchorGrid.from_recipe(recipe)
+        anchors = grid.grid(math.ceil(height / grid.stride), math.ceil(width / grid.stride))
+        return anchors, torch.zeros(len(anchors), dtype=torch.int64)
+    strides, _ = level_strides(recipe)
+    anchors = LevelAnchors.from_recipe(recipe, strides)
+    d = recipe.input.size_divisible
+    padded = (math.ceil(height / d) * d, math.ceil(width / d) * d)  # as the transform pads
+    maps = [(math.ceil(padded[0] / s), math.ceil(padded[1] / s)) for s in anchors.strides]
+    boxes = anchors.grid(maps, torch.tensor(padded))
+    counts = torch.tensor([h * w * anchors.num_anchors for h, w in maps])
+    return boxes, torch.repeat_interleave(torch.arange(len(maps)), counts)
+
+
+def best_anchors(objects: ObjectSet, scales: list[float], ratios: list[float],
+                 recipe: Recipe) -> tuple[Tensor, Tensor]:
+    """[N] best IoU of each object with its image's training anchors, and [N] the level of
+    that anchor (0 without anchors). ``scales`` (single map) and ``ratios`` replace the
+    recipe's."""
+    recipe = with_anchors(recipe, scales=scales, ratios=ratios)
     border = recipe.rpn.allowed_border
     best = torch.zeros(len(objects.boxes))
+    level = torch.zeros(len(objects.boxes), dtype=torch.int64)
     for h, w in torch.unique(objects.image_sizes, dim=0).tolist():
-        anchors = grid.grid(math.ceil(h / grid.stride), math.ceil(w / grid.stride))
-        anchors = anchors[inside_image(anchors, h, w, border)]
+        anchors, levels = image_anchors(recipe, h, w)
+        inside = inside_image(anchors, h, w, border)
+        anchors, levels = anchors[inside], levels[inside]
         if len(anchors) == 0:
             continue
         index = torch.nonzero((objects.image_sizes == torch.tensor([h, w])).all(dim=1))[:, 0]
         for chunk in index.split(2048):  # never one huge IoU matrix
-            best[chunk] = box_iou(objects.boxes[chunk], anchors).max(dim=1).values
-    return best
+            best[chunk], which = box_iou(objects.boxes[chunk], anchors).max(dim=1)
+            level[chunk] = levels[which]
+    return best, level
+
+
+def best_anchor_iou(objects: ObjectSet, scales: list[float], ratios: list[float],
+                    recipe: Recipe) -> Tensor:
+    """[N] best IoU of each object with its image's training anchors."""
+    return best_anchors(objects, scales, ratios, recipe)[0]
 
 
 def shares(best: Tensor, positive: float, negative: float) -> dict[str, float | int]:
@@ -134,10 +177,12 @@ def shares(best: Tensor, positive: float, negative: float) -> dict[str, float | 
 def coverage(objects: ObjectSet, scales: list[float], ratios: list[float],
              recipe: Recipe) -> dict:
     """``{"all": shares, "per_class": {name: shares}, "per_size": {bucket: shares},
-    "per_class_size": {name: {bucket: shares}}}`` for these anchors, with the thresholds
-    used (``fg_iou_thresh``, ``bg_iou_thresh``: the recipe's RPN ones) and the objects'
-    ``left_out`` count."""
-    best = best_anchor_iou(objects, scales, ratios, recipe)
+    "per_class_size": {name: {bucket: shares}}, "per_level": {level: shares}}`` for these
+    anchors, with the thresholds used (``fg_iou_thresh``, ``bg_iou_thresh``: the recipe's RPN
+    ones) and the objects' ``left_out`` count. ``per_level`` counts each object on the level of
+    its best anchor (the level whose RPN outputs learn it) and names the level's ``stride``
+    and anchor ``sizes``."""
+    best, level = best_anchors(objects, scales, ratios, recipe)
     fg, bg = recipe.rpn.fg_iou_thresh, recipe.rpn.bg_iou_thresh
     areas = objects.areas
     buckets = {name: (areas >= lo) & (areas < hi) for name, lo, hi in BUCKETS}
@@ -150,7 +195,9 @@ def coverage(objects: ObjectSet, scales: list[float], ratios: list[float],
     return {"fg_iou_thresh": fg, "bg_iou_thresh": bg, "left_out": objects.left_out,
             "all": shares(best, fg, bg), "per_class": per_class,
             "per_size": {b: shares(best[m], fg, bg) for b, m in buckets.items()},
-            "per_class_size": per_class_size}
+            "per_class_size": per_class_size,
+            "per_level": {lv["name"]: {**lv, **shares(best[level == i], fg, bg)}
+                          for i, lv in enumerate(anchor_levels(recipe))}}
 
 
 def anchor_coverage(ann, recipe: Recipe) -> tuple[dict, list[dict]]:
@@ -181,7 +228,11 @@ def suggest_anchors(objects: ObjectSet, recipe: Recipe, max_objects: int = 5000)
     Candidates: scales and ratios at the quantiles of the objects' sizes and aspect ratios
     (as many as the recipe has), the recipe's anchors plus one scale or one ratio for the
     objects they cover worst, and square anchors spaced by sqrt(2) over the size range.
+    Single-map anchors of the paper's style only (scales times the base size); none for
+    others.
     """
+    if uses_levels(recipe):
+        return []
     a = recipe.anchors
     sub = objects
     if len(objects.labels) > max_objects:  # a fixed, spread-out sample of a large set

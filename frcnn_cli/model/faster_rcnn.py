@@ -32,6 +32,7 @@ from frcnn_cli.config import Recipe, load_recipe, recipe_from_dict
 from frcnn_cli.errors import CheckpointError, InputError, RecipeError
 from frcnn_cli.model.anchors import AnchorGrid
 from frcnn_cli.model.backbones import build_backbone
+from frcnn_cli.model.levels import level_heads, uses_levels
 from frcnn_cli.model.roi_heads import RoIHeads
 from frcnn_cli.model.rpn import RegionProposalNetwork
 from frcnn_cli.model.transform import ImageTransform
@@ -62,13 +63,17 @@ class FasterRCNN(nn.Module):
         self.transform = ImageTransform(recipe.input, parts.backbone.pixel_mean,
                                         parts.backbone.pixel_std, m.channels_last)
         self.backbone = parts.backbone
-        anchors = AnchorGrid.from_recipe(recipe)
-        if anchors.stride != self.backbone.stride:
-            raise RecipeError(f"anchors.stride is {anchors.stride} but the {m.backbone} "
-                             f"backbone has stride {self.backbone.stride}")
-        self.rpn = RegionProposalNetwork(self.backbone.out_channels, anchors, recipe.rpn)
-        self.roi_heads = RoIHeads(parts.box_head, parts.head_channels, num_classes,
-                                  recipe.roi_heads, m.roi_op, m.roi_size, self.backbone.stride)
+        if uses_levels(recipe):  # a feature pyramid, or torchvision's anchors or proposals
+            self.rpn, self.roi_heads = level_heads(recipe, parts, num_classes)
+        else:
+            anchors = AnchorGrid.from_recipe(recipe)
+            if anchors.stride != self.backbone.stride:
+                raise RecipeError(f"anchors.stride is {anchors.stride} but the {m.backbone} "
+                                  f"backbone has stride {self.backbone.stride}")
+            self.rpn = RegionProposalNetwork(self.backbone.out_channels, anchors, recipe.rpn)
+            self.roi_heads = RoIHeads(parts.box_head, parts.head_channels, num_classes,
+                                      recipe.roi_heads, m.roi_op, m.roi_size,
+                                      self.backbone.stride)
         self._trainable = dict.fromkeys(GROUPS, True)
 
     # ------------------------------------------------------------------ forward

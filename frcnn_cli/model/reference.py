@@ -6,12 +6,17 @@ counts, NMS thresholds, RoI op and test-time limits; the detection machinery aro
 the memory format (NCHW, torchvision's default) are torchvision's.
 Used by ``benchmarks/speed_vs_torchvision.py`` and ``frcnn benchmark --compare torchvision``.
 The remaining differences are torchvision's design: k sigmoid objectness scores, a 1e-3 px
-minimum proposal size, and the RPN conv as wide as the backbone's output.
+minimum proposal size, and the RPN conv as wide as the backbone's output. For an FPN backbone
+the levels are frcnn's pyramid (the same modules torchvision builds), handed over as the
+``OrderedDict`` torchvision reads; anchors per level, proposals per level and
+``MultiScaleRoIAlign`` are torchvision's.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+from collections import OrderedDict
+
+from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
@@ -19,6 +24,8 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
 
 from frcnn_cli.config import Recipe
 from frcnn_cli.model.backbones import FCHead, build_backbone
+from frcnn_cli.model.fpn import is_pyramid
+from frcnn_cli.model.levels import level_anchor_sizes
 
 
 class SingleMapRoIPool(MultiScaleRoIAlign):
@@ -39,22 +46,47 @@ class SingleMapRoIPool(MultiScaleRoIAlign):
                          aligned=True)
 
 
+class PyramidAsDict(nn.Module):
+    """An frcnn pyramid backbone as the ``OrderedDict`` of levels torchvision's FasterRCNN
+    reads, named as torchvision names them ("0", "1", ..., "pool")."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.out_channels = backbone.out_channels
+        self.names = [str(i) for i in range(len(backbone.strides) - 1)] + ["pool"]
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        return OrderedDict(zip(self.names, self.backbone(images), strict=True))
+
+
 def build_reference(recipe: Recipe, num_classes: int) -> TorchvisionFasterRCNN:
     """torchvision ``FasterRCNN`` with the recipe's network and numbers (no ImageNet weights:
-    it is for timing)."""
+    it is for timing). A pyramid's levels, anchors per level, MultiScaleRoIAlign and RPN
+    score threshold are torchvision's own machinery too."""
     m, a, rpn, heads = recipe.model, recipe.anchors, recipe.rpn, recipe.roi_heads
-    cfg = m.model_copy(update={"pretrained": False, "backbone_weights": None})
+    cfg = m.model_copy(update={"backbone_weights": None})
     parts = build_backbone(cfg, m.roi_size, load_weights=False)
     backbone = parts.backbone
-    anchors = AnchorGenerator(sizes=(tuple(s * a.base_size for s in a.scales),),
-                              aspect_ratios=(tuple(a.ratios),))
+    if is_pyramid(m.backbone):
+        sizes = level_anchor_sizes(recipe, len(backbone.strides))
+        anchors = AnchorGenerator(sizes=tuple(tuple(s) for s in sizes),
+                                  aspect_ratios=(tuple(a.ratios),) * len(sizes))
+        box_roi_pool: MultiScaleRoIAlign = MultiScaleRoIAlign(
+            [str(i) for i in range(backbone.pooled_levels)], m.roi_size, sampling_ratio=2)
+        backbone = PyramidAsDict(backbone)
+    else:
+        anchors = AnchorGenerator(sizes=(tuple(s * a.base_size for s in a.scales),),
+                                  aspect_ratios=(tuple(a.ratios),))
+        box_roi_pool = SingleMapRoIPool(m.roi_op, m.roi_size, 1.0 / backbone.stride)
     model = TorchvisionFasterRCNN(
         backbone, num_classes=None,
         min_size=recipe.input.min_size, max_size=recipe.input.max_size,
-        image_mean=list(recipe.input.pixel_mean or backbone.pixel_mean),
-        image_std=list(recipe.input.pixel_std or backbone.pixel_std),
+        image_mean=list(recipe.input.pixel_mean or parts.backbone.pixel_mean),
+        image_std=list(recipe.input.pixel_std or parts.backbone.pixel_std),
         rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0]),
+        rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
+                         conv_depth=rpn.convs),
         rpn_pre_nms_top_n_train=rpn.pre_nms_top_n_train,
         rpn_pre_nms_top_n_test=rpn.pre_nms_top_n_test,
         rpn_post_nms_top_n_train=rpn.post_nms_top_n_train,
@@ -62,8 +94,8 @@ def build_reference(recipe: Recipe, num_classes: int) -> TorchvisionFasterRCNN:
         rpn_nms_thresh=rpn.nms_thresh,
         rpn_fg_iou_thresh=rpn.fg_iou_thresh, rpn_bg_iou_thresh=rpn.bg_iou_thresh,
         rpn_batch_size_per_image=rpn.batch_size_per_image,
-        rpn_positive_fraction=rpn.positive_fraction,
-        box_roi_pool=SingleMapRoIPool(m.roi_op, m.roi_size, 1.0 / backbone.stride),
+        rpn_positive_fraction=rpn.positive_fraction, rpn_score_thresh=rpn.score_thresh,
+        box_roi_pool=box_roi_pool,
         box_head=(TwoMLPHead(parts.box_head.fc6.in_features, parts.head_channels)
                   if isinstance(parts.box_head, FCHead) else parts.box_head),
         box_predictor=FastRCNNPredictor(parts.head_channels, num_classes + 1),

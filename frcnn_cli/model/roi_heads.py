@@ -11,8 +11,9 @@ In the paper's order:
   :mod:`frcnn_cli.model.backbones`, then sibling layers: K + 1 class scores and
   class-specific box deltas.
 - loss: log loss over the sampled RoIs + smooth L1 on the foreground's deltas for its class.
-- postprocess (test): class probabilities, decoded and clipped boxes, score >= 0.05, NMS 0.3
-  per class, at most 100 detections per image; all images and classes in one NMS call.
+- postprocess (test): class probabilities, decoded and clipped boxes, score >= 0.05 (and
+  boxes of at least ``roi_heads.min_size``), NMS 0.3 per class, at most 100 detections per
+  image; all images and classes in one NMS call.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class RoIHeads(nn.Module):
         self.score_thresh = cfg.score_thresh
         self.nms_thresh = cfg.nms_thresh
         self.detections_per_img = cfg.detections_per_img
+        self.min_size = cfg.min_size
 
     def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: Tensor,
                 targets: list[dict[str, Tensor]] | None = None,
@@ -148,7 +150,11 @@ class RoIHeads(nn.Module):
 
         boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
         labels, image_idx = labels.reshape(-1), image_idx.reshape(-1)
-        ok = torch.nonzero(scores >= score_thresh).squeeze(1)  # one device sync, not four
+        ok = scores >= score_thresh
+        if self.min_size > 0:  # torchvision drops (nearly) empty boxes
+            ok &= ((boxes[:, 2] - boxes[:, 0] >= self.min_size)
+                   & (boxes[:, 3] - boxes[:, 1] >= self.min_size))
+        ok = torch.nonzero(ok).squeeze(1)  # one device sync, not four
         boxes, scores, labels, image_idx = boxes[ok], scores[ok], labels[ok], image_idx[ok]
         keeps = nms_per_image(boxes, scores, image_idx, self.nms_thresh, detections_per_img,
                               num_images, labels, k + 1)

@@ -9,7 +9,9 @@ Three parts, in the paper's order:
   an object; negative below 0.3; anchors crossing the image border ignored; 256 sampled per
   image, up to half positive. Loss (Eq. 1): log loss / N_cls + lambda * smooth L1 / N_reg.
 - the proposal layer: decode every anchor, clip to the image, drop boxes under the minimum
-  size, keep the pre-NMS top N, NMS, keep the post-NMS top N. All images in one NMS call.
+  size (and below ``rpn.score_thresh``), keep the pre-NMS top N, NMS, keep the post-NMS top
+  N. All images in one NMS call. (:mod:`frcnn_cli.model.levels` proposes over the levels of a
+  feature pyramid, and in torchvision's order.)
 """
 
 from __future__ import annotations
@@ -34,19 +36,24 @@ class RPNHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, channels: int, num_anchors: int,
-                 objectness: str = "softmax") -> None:
+                 objectness: str = "softmax", convs: int = 1) -> None:
         super().__init__()
         self.num_anchors = num_anchors
         self.num_scores = 2 if objectness == "softmax" else 1
         self.conv = nn.Conv2d(in_channels, channels, 3, padding=1)
+        # further 3x3 conv + ReLU layers (torchvision's v2 FPN detector has 2 in all)
+        self.extra_convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1)
+                                         for _ in range(convs - 1))
         self.cls_logits = nn.Conv2d(channels, num_anchors * self.num_scores, 1)
         self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 1)
-        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+        for layer in (self.conv, *self.extra_convs, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)  # the original's gaussian fillers
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         x = F.relu(self.conv(features))
+        for conv in self.extra_convs:
+            x = F.relu(conv(x))
         b, _, h, w = x.shape
         k = self.num_anchors
         with full_precision(x):  # objectness and deltas in fp32 under autocast too
@@ -79,7 +86,8 @@ class RegionProposalNetwork(nn.Module):
     def __init__(self, in_channels: int, anchors: AnchorGrid, cfg: RPNConfig) -> None:
         super().__init__()
         self.anchors = anchors
-        self.head = RPNHead(in_channels, cfg.channels, anchors.num_anchors, cfg.objectness)
+        self.head = RPNHead(in_channels, cfg.channels, anchors.num_anchors, cfg.objectness,
+                            cfg.convs)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh, 0.0,
                                best_for_each_object=True)
@@ -95,6 +103,7 @@ class RegionProposalNetwork(nn.Module):
         self.post_nms_top_n_test = cfg.post_nms_top_n_test
         self.nms_thresh = cfg.nms_thresh
         self.min_size = cfg.min_size
+        self.score_thresh = cfg.score_thresh
 
     def forward(self, features: Tensor, image_sizes: Tensor, scales: Tensor,
                 targets: list[Tensor] | None = None, propose: bool = True,
@@ -169,9 +178,11 @@ class RegionProposalNetwork(nn.Module):
         ``min_sizes`` [B] pixels, NMS, at most ``post_n`` survivors."""
         boxes = clip_boxes(self.box_coder.decode(deltas, anchors[None]), image_sizes)
         # As the original: drop small boxes first, then take the top N of the rest.
-        small = ((boxes[..., 2] - boxes[..., 0] < min_sizes[:, None])
-                 | (boxes[..., 3] - boxes[..., 1] < min_sizes[:, None]))
-        objectness = objectness.masked_fill(small, float("-inf"))
+        drop = ((boxes[..., 2] - boxes[..., 0] < min_sizes[:, None])
+                | (boxes[..., 3] - boxes[..., 1] < min_sizes[:, None]))
+        if self.score_thresh > 0:
+            drop |= torch.sigmoid(objectness) < self.score_thresh
+        objectness = objectness.masked_fill(drop, float("-inf"))
         top, order = objectness.topk(torch.sym_min(pre_n, objectness.shape[1]), dim=1)
         boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
 

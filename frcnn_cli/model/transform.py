@@ -13,10 +13,15 @@ objects instead of aliasing them away). Images may be float in 0..1 or uint8 in 
 divided by 255 here, exactly as a caller would); a large uint8 image on the CPU is converted
 and resized in bands of rows, which gives bit for bit the result of one call (the resize is
 separable: rows first, then columns) without a float copy of the whole photo.
+
+``input.resize: torchvision`` resizes as torchvision's ``GeneralizedRCNNTransform`` does, for
+models that must give torchvision's detections: normalise first, then bilinear without
+antialiasing to ``floor(side * scale)`` pixels.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -71,6 +76,7 @@ class ImageTransform(nn.Module):
         self.min_size, self.max_size = cfg.min_size, cfg.max_size
         self.train_scales = list(cfg.train_scales or [])
         self.size_divisible = cfg.size_divisible
+        self.torchvision_resize = cfg.resize == "torchvision"
         self.channels_last = channels_last
         self.register_buffer("mean", torch.tensor(cfg.pixel_mean or mean).reshape(3, 1, 1),
                              persistent=False)
@@ -84,13 +90,14 @@ class ImageTransform(nn.Module):
         if tracing():  # the same rule, with symbolic sizes (export with dynamic H, W)
             scale = torch.sym_min(self.min_size / torch.sym_min(height, width),
                                   self.max_size / torch.sym_max(height, width))
-            return (torch.sym_max(1, round(height * scale)),
-                    torch.sym_max(1, round(width * scale)))
+            whole = math.floor if self.torchvision_resize else round
+            return (torch.sym_max(1, whole(height * scale)),
+                    torch.sym_max(1, whole(width * scale)))
         min_size, max_size = self.min_size, self.max_size
         if self.training and self.train_scales:
             min_size = self.train_scales[int(torch.randint(len(self.train_scales), (1,)))]
             max_size = max(max_size, min_size)
-        return resized_shape(height, width, min_size, max_size)
+        return resized_shape(height, width, min_size, max_size, floor=self.torchvision_resize)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
                 proposals: list[Tensor] | None = None
@@ -102,8 +109,10 @@ class ImageTransform(nn.Module):
         for image in images:
             h, w = image.shape[-2:]
             nh, nw = self.target_size(h, w)
-            image = resize_image(image, (nh, nw))
-            resized.append((image - self.mean) / self.std)
+            if self.torchvision_resize:
+                resized.append(self.normalise_then_resize(image, (nh, nw)))
+            else:
+                resized.append((resize_image(image, (nh, nw)) - self.mean) / self.std)
             sizes.append((h, w, nh, nw))
         d = self.size_divisible
         pad_h = -(-max(s[2] for s in sizes) // d) * d  # rounded up to a multiple of d
@@ -126,6 +135,16 @@ class ImageTransform(nn.Module):
             proposals = [self.scale_boxes(p.to(torch.float32), batch, i)
                          for i, p in enumerate(proposals)]
         return batch, targets, proposals
+
+    def normalise_then_resize(self, image: Tensor, size: tuple[int, int]) -> Tensor:
+        """torchvision's order: normalise, then bilinear without antialiasing."""
+        if image.dtype == torch.uint8:
+            image = image.float() / 255
+        image = (image - self.mean) / self.std
+        if tracing() or tuple(size) != tuple(image.shape[-2:]):
+            image = F.interpolate(image[None], size=size, mode="bilinear",
+                                  align_corners=False)[0]
+        return image
 
     @staticmethod
     def scale_boxes(boxes: Tensor, batch: ImageBatch, i: int) -> Tensor:
