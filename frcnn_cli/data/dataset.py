@@ -10,6 +10,8 @@
   file; ``target["flipped"]``: bool
 - ``target["proposals"]`` (when proposals are given): float32 ``[P, 4]`` in the returned
   image's pixels, transformed with the image
+- training only: ``target["ignore"]``: float32 ``[M, 4]`` x1 y1 x2 y2, the crowd boxes as
+  ignore regions, transformed with the image
 - test mode only: ``target["difficult"]``, ``target["iscrowd"]``: bool ``[N]``
 
 ``request`` is an index, or ``(index, seed)`` as the training sampler sends it: the seed
@@ -17,8 +19,10 @@ drives every random choice of that sample (flip, scale, augmentation), so a samp
 same whichever worker makes it and whenever a resumed run asks for it again (the scale of
 multi-scale training is drawn by the model, from torch's generator).
 
-Training drops objects marked difficult or iscrowd unless the recipe's ``data.use_difficult``
-or ``data.use_crowd`` says otherwise; test mode keeps every object, flagged. Boxes are
+Training drops objects marked difficult unless the recipe's ``data.use_difficult`` says
+otherwise, and hands objects marked iscrowd (COCO crowds, objects ``frcnn data tile`` cut) to the
+model as ignore regions, where anchors and proposals are neither objects nor background, unless
+``data.use_crowd`` trains on them as objects; test mode keeps every object, flagged. Boxes are
 clipped to the image and those under a pixel wide or high are dropped (training warns once
 with the count of such boxes: degenerate, tiny or outside their image). An image that cannot
 be decoded stops a test run with a DataError naming it; in training it is skipped with a
@@ -82,9 +86,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def _read_objects(self, image: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Boxes (x1y1x2y2 file pixels), labels and flags of one image, filtered for training."""
+        """Boxes (x1y1x2y2 file pixels), labels and flags of one image, filtered for training,
+        and the ignore regions training uses."""
         data = self.recipe.data
-        boxes, labels, difficult, crowd = [], [], [], []
+        boxes, labels, difficult, crowd, ignore = [], [], [], [], []
         for a in self.annotations.objects(image["id"]):
             if not self.annotations.has_category(a["category_id"]):
                 raise DataError(
@@ -92,10 +97,12 @@ class DetectionDataset(torch.utils.data.Dataset):
                     f"{a['category_id']}, which is not in 'categories' (see frcnn data check)")
             is_difficult = bool(a.get("difficult", 0))
             is_crowd = bool(a.get("iscrowd", 0))
-            if self.train and ((is_difficult and not data.use_difficult)
-                               or (is_crowd and not data.use_crowd)):
-                continue
             x, y, w, h = a["bbox"]
+            if self.train and is_crowd and not data.use_crowd:
+                ignore.append([x, y, x + w, y + h])
+                continue
+            if self.train and is_difficult and not data.use_difficult:
+                continue
             boxes.append([x, y, x + w, y + h])
             labels.append(self.annotations.label_of(a["category_id"]))
             difficult.append(is_difficult)
@@ -103,7 +110,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
                 "labels": np.asarray(labels, np.int64),
                 "difficult": np.asarray(difficult, bool),
-                "iscrowd": np.asarray(crowd, bool)}
+                "iscrowd": np.asarray(crowd, bool),
+                "ignore": np.asarray(ignore, np.float32).reshape(-1, 4)}
 
     def _warn_unusable_boxes(self) -> None:
         """Say once how many boxes training will ignore: not finite, without area, or outside
@@ -153,16 +161,19 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes = boxes[keep]
         labels = objects["labels"][keep]
         flags = {k: objects[k][keep] for k in ("difficult", "iscrowd")}
+        ignore = clip_boxes(objects["ignore"], orig_h, orig_w)
+        ignore = ignore[valid_boxes(ignore)]
         proposals = self._proposals(record["id"], orig_h, orig_w)
 
         flipped = False
         if rng is not None:
             if self.augmentation is not None:
-                pixels, boxes, labels, proposals = self._augment(pixels, boxes, labels,
-                                                                 proposals, rng)
+                pixels, boxes, labels, ignore, proposals = self._augment(
+                    pixels, boxes, labels, ignore, proposals, rng)
             if rng.random() < self.recipe.augment.hflip:
                 flipped = True
                 pixels, boxes = hflip(pixels, boxes)
+                ignore = hflip_boxes(ignore, pixels.shape[1])
                 if proposals is not None:
                     proposals = hflip_boxes(proposals, pixels.shape[1])
         # 8-bit CHW: a quarter of float's size between workers; the model divides by 255
@@ -176,24 +187,28 @@ class DetectionDataset(torch.utils.data.Dataset):
         }
         if proposals is not None:
             target["proposals"] = torch.from_numpy(proposals.astype(np.float32).reshape(-1, 4))
-        if not self.train:
+        if self.train:
+            target["ignore"] = torch.from_numpy(ignore.astype(np.float32).reshape(-1, 4))
+        else:
             target["difficult"] = torch.from_numpy(flags["difficult"])
             target["iscrowd"] = torch.from_numpy(flags["iscrowd"])
         return image, target
 
     def _augment(self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                 proposals: np.ndarray | None, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The recipe's albumentations; proposals ride along with label 0."""
-        n = len(boxes)
-        every = boxes if proposals is None else np.concatenate([boxes, proposals])
+                 ignore: np.ndarray, proposals: np.ndarray | None, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The recipe's albumentations; ignore regions and proposals ride along with label 0."""
+        n, m = len(boxes), len(boxes) + len(ignore)
+        every = np.concatenate([boxes, ignore, *([] if proposals is None else [proposals])])
         every_labels = np.concatenate([labels, np.zeros(len(every) - n, np.int64)])
         pixels, kept, kept_labels, index = self.augmentation(pixels, every, every_labels, rng)
-        is_gt = index < n
+        is_gt, is_ignore = index < n, (index >= n) & (index < m)
         gt, gt_labels = kept[is_gt], kept_labels[is_gt]
         ok = valid_boxes(gt)
-        new_proposals = kept[~is_gt] if proposals is not None else None
-        return pixels, gt[ok], gt_labels[ok], new_proposals
+        new_ignore = kept[is_ignore]
+        new_proposals = kept[index >= m] if proposals is not None else None
+        return (pixels, gt[ok], gt_labels[ok], new_ignore[valid_boxes(new_ignore)],
+                new_proposals)
 
     def _proposals(self, image_id: int, height: int, width: int) -> np.ndarray | None:
         if self.proposals is None:

@@ -36,6 +36,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from frcnn_cli.data.tiling import Window, tile_windows
+from frcnn_cli.model.matching import cover
 
 __all__ = ["COVER", "SEAM_MARGIN", "at_seam", "cover", "merge_tiles", "tile_windows",
            "to_image_pixels"]
@@ -71,16 +72,6 @@ def at_seam(boxes: Tensor, window: Window, width: int, height: int,
     if bottom < height:
         seam |= boxes[:, 3] >= bottom - margin
     return seam
-
-
-def cover(boxes: Tensor, others: Tensor) -> Tensor:
-    """Share of each box's area inside each of ``others``: ``(N, M)``, 0 for a box without
-    area."""
-    lt = torch.maximum(boxes[:, None, :2], others[None, :, :2])
-    rb = torch.minimum(boxes[:, None, 2:], others[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
-    return torch.where(area > 0, inter / area.clamp(min=1e-12), torch.zeros_like(inter))
 
 
 def merge_tiles(detections: Sequence[tuple[Window, dict[str, Tensor]]], width: int,
