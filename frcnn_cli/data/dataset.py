@@ -41,7 +41,7 @@ import torch
 
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations
-from frcnn_cli.data.images import opencv, read_image
+from frcnn_cli.data.images import MAX_PIXELS, opencv, read_image
 from frcnn_cli.data.transforms import (
     build_augmentation,
     clip_boxes,
@@ -60,12 +60,15 @@ class DetectionDataset(torch.utils.data.Dataset):
     """Samples of a COCO dataset for training (``train=True``) or testing (see module doc).
 
     ``proposals``: ``{image_id: float32 [P, 4] x1y1x2y2}`` in original image pixels, for the
-    Fast R-CNN stages; every image needs an entry (possibly empty).
+    Fast R-CNN stages; every image needs an entry (possibly empty). Images over
+    ``max_pixels`` pixels are refused like unreadable ones.
     """
 
     def __init__(self, annotations: Annotations, recipe: Recipe, train: bool,
-                 proposals: Mapping[int, Any] | None = None) -> None:
+                 proposals: Mapping[int, Any] | None = None,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         self.annotations = annotations
+        self.max_pixels = max_pixels
         self.recipe = recipe
         self.train = train
         self.images = list(annotations.images)
@@ -153,7 +156,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _sample(self, index: int, rng: np.random.Generator | None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.images[index]
-        pixels = read_image(self.annotations.image_path(record))
+        pixels = read_image(self.annotations.image_path(record), self.max_pixels)
         orig_h, orig_w = pixels.shape[:2]
         objects = self._objects[index]
         boxes = clip_boxes(objects["boxes"], orig_h, orig_w)
@@ -292,10 +295,10 @@ def build_train_loader(annotations: Annotations, recipe: Recipe, images_per_batc
 
 def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int = 1,
                       num_workers: int | None = None, rank: int = 0, world_size: int = 1,
-                      proposals: Mapping[int, Any] | None = None
-                      ) -> torch.utils.data.DataLoader:
+                      proposals: Mapping[int, Any] | None = None,
+                      max_pixels: int | None = MAX_PIXELS) -> torch.utils.data.DataLoader:
     """Every image once, in dataset order, at its own size, not augmented:
-    ``(images, targets)``.
+    ``(images, targets)``; an image over ``max_pixels`` pixels stops it with a DataError.
 
     Process ``rank`` of ``world_size`` gets images ``rank, rank + world_size, ...``. Targets
     carry ``image_id`` and ``orig_size``, and every object with its ``difficult`` and
@@ -303,7 +306,8 @@ def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int 
     """
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
-    dataset = DetectionDataset(annotations, recipe, train=False, proposals=proposals)
+    dataset = DetectionDataset(annotations, recipe, train=False, proposals=proposals,
+                               max_pixels=max_pixels)
     indices = list(range(rank, len(dataset), world_size))
     workers = recipe.data.num_workers if num_workers is None else num_workers
     batches = torch.utils.data.BatchSampler(indices, batch_size, drop_last=False)
