@@ -149,7 +149,7 @@ def test_tiles_find_the_small_objects_that_the_whole_image_loses(large):
         "boxes"]) == 30
 
 
-def test_eval_and_predict_tiled_against_whole(large, tmp_path):
+def test_eval_and_predict_tiled_against_whole(large, tmp_path, caplog, monkeypatch):
     ann = load_annotations(large / "large.json")
     model = BlobDetector()
     whole = evaluate_model(model, ann, "voc07")
@@ -161,6 +161,16 @@ def test_eval_and_predict_tiled_against_whole(large, tmp_path):
     assert [(r.name, r.width, r.tiles, r.detections) for r in images] == [
         ("large.png", SIZE, 121, 80)]
     assert recorder.tasks[0][1] == recorder.tasks[0][2].done == 121  # the bar: tiles
+
+    # COCO's metric scores at most 100 detections per image: said when an image has more
+    import frcnn_cli.evaluation.inference as inference
+
+    with caplog.at_level("WARNING", logger="frcnn"):
+        evaluate_model(model, ann, "coco", tiling=Tiling(TILE, OVERLAP))
+        assert "maxDets" not in caplog.text  # 80 detections
+        monkeypatch.setattr(inference, "COCO_MAX_DETECTIONS", 50)
+        evaluate_model(model, ann, "coco", tiling=Tiling(TILE, OVERLAP))
+    assert "best 50 detections of an image (its maxDets) and an image here has 80" in caplog.text
 
     jobs = plan_outputs(find_images([large / "large.png"]), tmp_path / "out")
     report = predict_files(model, jobs, "cpu", 0.5, tiling=Tiling(TILE, OVERLAP))

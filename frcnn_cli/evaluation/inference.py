@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,7 @@ from frcnn_cli.progress import SILENT, Reporter
 log = logging.getLogger("frcnn")
 
 DEFAULT_BATCH_SIZE = 1
+COCO_MAX_DETECTIONS = 100  # pycocotools' largest maxDets: the detections it scores per image
 
 
 def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> None:
@@ -152,6 +154,11 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
     ann = _annotations(annotations)
     dets = predict_dataset(model, ann, device, reporter, batch_size, tiling, max_pixels,
                            tiled_images)
+    most = max(Counter(d["image_id"] for d in dets).values(), default=0)
+    if metric == "coco" and most > COCO_MAX_DETECTIONS:
+        log.warning("pycocotools scores the best %d detections of an image (its maxDets) and "
+                    "an image here has %d; --metric voc scores them all", COCO_MAX_DETECTIONS,
+                    most)
     if detections is not None:
         detections.extend(dets)
     return evaluate_detections(ann, dets, metric, source="model detections")
