@@ -2,6 +2,7 @@
 tiles, by AP50 and time.
 
     .venv/bin/python benchmarks/large_images.py --out DIR [--iters 400] [--tile 128]
+        [--only ordinary|tiles]
 
 Runs the commands a user would, from the shell, each printed before it runs:
 
@@ -16,8 +17,10 @@ Runs the commands a user would, from the shell, each printed before it runs:
    256 px) and with ``--tile TILE`` (each tile enlarged to 256 px), timed in this process
    (decoding, prediction and scoring; not the start of a process).
 
-Prints one row per model and prediction, and writes OUT/results.json. Data and trained runs
-already in OUT are kept (remove OUT/runs to train again).
+Prints one row per model and prediction, and writes OUT/results.json (OUT/results-MODEL.json
+with ``--only``, which trains and evaluates one model: two processes, one per model, share a
+busy machine better). Data and trained runs already in OUT are kept (remove OUT/runs to train
+again).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=400, help="Training iterations per model.")
     parser.add_argument("--tile", type=int, default=128, help="Tile side for data tile and "
                         "tiled prediction.")
+    parser.add_argument("--only", choices=("ordinary", "tiles"), help="Train and evaluate "
+                        "one model (the data must exist or is made first).")
     args = parser.parse_args()
     large, ordinary, runs = args.out / "large", args.out / "ordinary", args.out / "runs"
     tiles = large / f"train{args.tile}.json"
@@ -59,6 +64,8 @@ def main() -> int:
               str(tiles))
 
     models = {"ordinary": ordinary / "train.json", "tiles": tiles}
+    if args.only:
+        models = {args.only: models[args.only]}
     minutes = {}
     for name, train in models.items():
         run = runs / name
@@ -96,7 +103,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['model']:<10}{r['train minutes']:>10.1f}  {r['prediction']:<16}"
               f"{r['AP50']:>7.3f}{r['seconds per image']:>9.2f}")
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    name = f"results-{args.only}.json" if args.only else "results.json"
+    (args.out / name).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
