@@ -185,12 +185,24 @@ def test_eval_and_predict_tiled_against_whole(large, tmp_path, caplog, monkeypat
     assert report.written == [] and "cap of 1,000,000" in report.skipped[0][1]
 
 
-def test_options_need_tile_and_sane_values():
+def test_options_need_tile_and_sane_values(cli):
+    from frcnn_cli.data.images import MAX_PIXELS
+    from frcnn_cli.data.tiling import DEFAULT_OVERLAP
     from frcnn_cli.errors import InputError
-    from frcnn_cli.evaluation.tiled import tiling_from_options
+    from frcnn_cli.evaluation.tiled import (
+        DEFAULT_MAX_DETECTIONS,
+        DEFAULT_TILE_BATCH,
+        tiling_from_options,
+    )
 
     assert tiling_from_options(None) is None
     assert tiling_from_options(512) == Tiling(512, 0.2, 4, 1000)
+    # the defaults --help states are the library's
+    for command in ("predict", "eval"):
+        text = " ".join(cli(command, "--help").output.replace("│", " ").split())
+        for default in (DEFAULT_OVERLAP, DEFAULT_TILE_BATCH, DEFAULT_MAX_DETECTIONS):
+            assert f"[default: {default}]" in text
+        assert MAX_PIXELS == 2**30 and "[default: 2^30," in text
     with pytest.raises(InputError, match="--overlap applies to tiled prediction; add --tile"):
         tiling_from_options(None, overlap=0.3)
     with pytest.raises(InputError, match="--tile must be a whole number of pixels, at least 32"):
