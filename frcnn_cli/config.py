@@ -120,7 +120,10 @@ class AugmentConfig(Section):
 
 class DataConfig(Section):
     use_difficult: bool = Field(False, description="Train on objects marked difficult (VOC).")
-    use_crowd: bool = Field(False, description="Train on objects marked iscrowd (COCO).")
+    use_crowd: bool = Field(
+        False, description="Train on objects marked iscrowd (COCO) as objects. false: they are "
+        "ignore regions, where anchors and proposals are neither objects nor background (as "
+        "are the boxes 'data tile' cuts).")
     num_workers: int = Field(2, ge=0, description="Loader worker processes.")
     aspect_ratio_grouping: bool = Field(
         True, description="Batch portrait and landscape images separately to waste less padding.")

@@ -230,3 +230,61 @@ def test_cli_prints_fpn_anchors_per_level(cli, tmp_path):
     assert data["levels"][4]["stride"] == 64 and data["levels"][4]["sizes"] == [512]
     r = cli("anchors", "--recipe", "coco-r50-fpn", "--scales", "1,2")
     assert r.exit_code == 2 and "anchors.sizes" in r.output
+
+
+def _dots(side, image=256, count=30):
+    """3 images of ``image`` px, each with ``count`` ``side`` px squares at random places."""
+    import numpy as np
+
+    from frcnn_cli.data.annotations import Annotations
+
+    rng = np.random.default_rng(0)
+    images = [{"id": i, "file_name": f"{i}.png", "width": image, "height": image}
+              for i in (1, 2, 3)]
+    anns = [{"id": 1 + k + count * (i - 1), "image_id": i, "category_id": 1,
+             "bbox": [*rng.uniform(0, image - side, 2).round(1).tolist(), side, side]}
+            for i in (1, 2, 3) for k in range(count)]
+    return Annotations(images, anns, [{"id": 1, "name": "dot"}])
+
+
+def test_small_objects_get_larger_inputs_tried_with_their_cost():
+    from frcnn_cli.model.coverage import INPUT_SCALES, SCALE_GAIN, scale_advice
+
+    recipe = load_recipe("shapes")  # stride 16, input 256 x 256, anchors 20..112 px
+    advice = scale_advice(_dots(16), recipe)
+    # 16 px squares at 256 px: one stride across, under SMALL_FOR_STRIDE = 4 strides
+    assert advice["small"] and advice["median_side"] == pytest.approx(16)
+    scales = advice["scales"]
+    assert [s["factor"] for s in scales] == [1.0, *INPUT_SCALES]
+    assert [s["min_size"] for s in scales] == [256, 384, 512, 768]
+    assert [s["max_size"] for s in scales] == [256, 384, 512, 768]
+    # the cost is the pixels per image: (factor)^2 for square images
+    assert [s["pixels"] for s in scales] == [256 ** 2, 384 ** 2, 512 ** 2, 768 ** 2]
+    assert [s["cost"] for s in scales] == pytest.approx([1, 2.25, 4, 9])
+    # at 256 px no anchor reaches IoU 0.7 with a 16 px square (the smallest, 20 px, gives
+    # 256 / 400 = 0.64 at best); a larger input does
+    assert scales[0]["positive"] == 0.0
+    assert scales[-1]["best"]["positive"] > 0.5
+    chosen = advice["advice"]
+    assert chosen is not None and chosen["factor"] > 1
+    assert chosen["best"]["positive"] >= scales[0]["best"]["positive"] + SCALE_GAIN
+    assert chosen["best"]["positive"] >= max(s["best"]["positive"] for s in scales) - 0.05
+    # objects 5 strides across are not small: nothing is tried
+    big = scale_advice(_dots(80), recipe)
+    assert not big["small"] and big["scales"] == [] and big["advice"] is None
+
+
+def test_cli_says_what_input_to_set_for_small_objects(cli, tmp_path):
+    from frcnn_cli.data.annotations import save_annotations
+
+    path = tmp_path / "dots.json"
+    save_annotations(_dots(16), path)
+    out = tmp_path / "anchors.json"
+    r = cli("anchors", "--recipe", "shapes", "--data", path, "--json", out)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    chosen = json.loads(out.read_text())["input_scale"]["advice"]
+    assert "objects small for stride 16 (median side 16 px" in text
+    assert (f"advice: train with --set input.min_size={chosen['min_size']} --set "
+            f"input.max_size={chosen['max_size']}") in text
+    assert f"for {chosen['cost']:.2g}x the pixels per image" in text

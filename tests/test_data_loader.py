@@ -66,6 +66,27 @@ def test_training_flip_drops_difficult_and_moves_boxes_with_pixels(tiny):
     assert target["flipped"] is False and target["labels"].tolist() == [1, 2, 2]
 
 
+def test_crowd_boxes_are_ignore_regions_in_training_moved_with_the_pixels(tiny):
+    crowd = {"id": 4, "image_id": 7, "category_id": 3, "bbox": [20, 0, 20, 10], "iscrowd": 1,
+             "tile_cut": 1}
+    tiny = Annotations(tiny.images, [*tiny.annotations, crowd], tiny.categories, tiny.root)
+    ds = DetectionDataset(tiny, _recipe("augment.hflip=1.0"), train=True)
+    _, target = ds[(0, 123)]
+    assert target["labels"].tolist() == [1, 2]  # not an object
+    assert target["ignore"].dtype == torch.float32
+    assert target["ignore"].tolist() == [[60, 0, 80, 10]]  # x 20..40 flipped in 100 px
+    recipe = _recipe("augment.hflip=0.0",
+                     "augment.extra=[{name: Affine, translate_px: {x: [7, 7], y: [0, 0]}, "
+                     "p: 1.0}]")
+    _, target = DetectionDataset(tiny, recipe, train=True)[(0, 3)]
+    assert target["ignore"][0].tolist() == pytest.approx([27, 0, 47, 10], abs=1e-3)
+    # data.use_crowd trains on them as objects; test mode keeps them as flagged objects
+    _, target = DetectionDataset(tiny, _recipe("data.use_crowd=true"), train=True)[(0, 1)]
+    assert target["labels"].tolist() == [1, 2, 1] and target["ignore"].shape == (0, 4)
+    _, target = DetectionDataset(tiny, _recipe(), train=False)[0]
+    assert target["iscrowd"].tolist() == [False, False, False, True] and "ignore" not in target
+
+
 def test_proposals_follow_the_flip(tiny):
     props = {7: np.array([[0, 0, 10, 10], [50, 25, 100, 50]], np.float32)}
     ds = DetectionDataset(tiny, _recipe("augment.hflip=1.0"), train=True, proposals=props)

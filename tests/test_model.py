@@ -138,7 +138,7 @@ def test_overfit_one_image_detects_the_object(one_thread):
                                 momentum=0.9)
     model.train()
     first = None
-    for _ in range(60):
+    for _ in range(100):  # the box settles after about 80 iterations (IoU 0.63-0.88 before)
         losses = model([image], target)
         loss = sum(losses.values())
         first = loss.item() if first is None else first

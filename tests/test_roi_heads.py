@@ -56,6 +56,20 @@ def test_proposal_targets_image_without_objects():
     assert losses["loss_det_box"] == 0
 
 
+def test_proposals_mostly_inside_an_ignore_region_are_not_sampled():
+    heads = _heads()  # bg_lo 0: every proposal off the objects is background
+    # region x 100..200: the first proposal lies wholly inside, the second 50 % inside (not
+    # more than half: background), the third 60 % inside (ignored)
+    props = torch.tensor([[120.0, 0, 180, 40], [150, 0, 250, 40], [140, 0, 240, 40]])
+    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+              "ignore": torch.tensor([[100.0, 0, 200, 50]])}
+    rois, labels, _ = heads.proposal_targets([props], [target])
+    assert rois[0].tolist() == [[150, 0, 250, 40]] and labels.tolist() == [0]
+    del target["ignore"]  # without it, all three are background
+    rois, labels, _ = heads.proposal_targets([props], [target])
+    assert labels.tolist() == [0, 0, 0]
+
+
 def test_roi_pool_reads_the_cells_a_box_covers():
     heads = _heads(roi_size=1)
     feats = torch.arange(16.0).reshape(1, 1, 4, 4)

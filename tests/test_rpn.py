@@ -44,6 +44,28 @@ def test_anchor_targets_hand_worked():
     assert len(neg) == 16
 
 
+def test_anchors_mostly_inside_an_ignore_region_are_neither_positive_nor_negative():
+    # The 64 x 64 image of the case above; its 4 inside anchors are 32 x 32 (area 1024).
+    rpn = _rpn()
+    anchors = rpn.anchors.grid(4, 4)
+    size = torch.tensor([64, 64])
+    none = torch.zeros(0, 4)
+    # Ignore region x, y 0..40: anchor 5 [8,8,40,40] lies wholly inside (1024 / 1024) ->
+    # ignored; anchors 6 and 9 have 16 x 32 = 512 / 1024 = 0.5 inside, not more than half ->
+    # still negative; anchor 10 has 16 x 16 = 256 / 1024 inside -> negative.
+    region = torch.tensor([[0.0, 0, 40, 40]])
+    pos, neg, _ = rpn.anchor_targets(anchors, size, none, region)
+    assert pos.tolist() == [] and sorted(neg.tolist()) == [6, 9, 10]
+    # 1 px more (x, y 0..41): 17 x 32 = 544 / 1024 > 0.5 inside anchors 6 and 9 -> ignored.
+    pos, neg, _ = rpn.anchor_targets(anchors, size, none, torch.tensor([[0.0, 0, 41, 41]]))
+    assert neg.tolist() == [10]
+    # An object on anchor 5 inside the region: anchor 5 is no positive either (mmdetection's
+    # rule), and the object's best anchors among the rest, 6 and 9 (IoU 1/3), become its
+    # positives.
+    pos, neg, _ = rpn.anchor_targets(anchors, size, torch.tensor([[8.0, 8, 40, 40]]), region)
+    assert sorted(pos.tolist()) == [6, 9] and neg.tolist() == [10]
+
+
 def test_sample_counts_256_up_to_half_positive():
     torch.manual_seed(0)
     rpn = _rpn("rpn.allowed_border=-1")

@@ -64,7 +64,11 @@ def anchors(
     below it they are nearly missed. Shares per class and size bucket, then
     anchor sets that put more objects at or above rpn.fg_iou_thresh. Boxes
     that training ignores (not finite, without area, outside their image)
-    are left out, with a warning.
+    are left out, with a warning. When the objects are small for the stride
+    (median side under 4 strides after the resize), it also tries larger
+    inputs (input.min_size and input.max_size x1.5, x2, x3) with the recipe's
+    anchors and the best set fitted there, states their cost in pixels per
+    image, and says what to set.
 
     Example: [bold]frcnn anchors --recipe shapes --data demo/train.json[/]
     """
@@ -84,12 +88,16 @@ def anchors(
 
     if data is not None:
         from frcnn_cli.data.annotations import load_annotations
-        from frcnn_cli.model.coverage import anchor_coverage
+        from frcnn_cli.model.coverage import anchor_coverage, scale_advice
 
-        report, suggestions = anchor_coverage(load_annotations(data), r)
+        ann = load_annotations(data)
+        report, suggestions = anchor_coverage(ann, r)
         _print_coverage(report, suggestions, data, r)
+        advice = scale_advice(ann, r)
+        _print_scale_advice(advice, report["fg_iou_thresh"])
         result["coverage"] = report
         result["suggestions"] = suggestions
+        result["input_scale"] = advice
 
     if json_out is not None:
         from frcnn_cli.files import prepare_output_file, write_json
@@ -174,6 +182,40 @@ def _print_coverage(report: dict, suggestions: list[dict], data: Path, recipe) -
         console.info("anchor suggestions cover the paper's single-map anchors only")
     else:
         console.info("no simple change of scales or ratios covers more objects")
+
+
+def _anchor_set(best: dict) -> str:
+    return (f"{','.join(f'{v:g}' for v in best['scales'])} x "
+            f"{','.join(f'{v:g}' for v in best['ratios'])}")
+
+
+def _print_scale_advice(advice: dict, fg: float) -> None:
+    if not advice["small"]:
+        return
+    rows = [[f"{s['min_size']}/{s['max_size']}", f"{s['pixels'] / 1e6:.2f} M",
+             f"{s['cost']:.2g}x", _pct(s["positive"]), _pct(s["best"]["positive"]),
+             _anchor_set(s["best"])] for s in advice["scales"]]
+    console.table(f"objects small for stride {advice['stride']} (median side "
+                  f"{advice['median_side']:.0f} px after the resize): larger inputs, with "
+                  f"the shares at IoU >= {fg:g} of the recipe's anchors and of the best set",
+                  ["min/max size", "pixels/image", "cost", "recipe's", "best",
+                   "best set (scales x ratios)"], rows)
+    now, chosen = advice["scales"][0], advice["advice"]
+    if chosen is None:
+        console.info("a larger input does not cover the objects much better; keep the "
+                     "input and use the anchor sets above")
+        return
+    from rich.markup import escape
+
+    best = chosen["best"]
+    sets = (f"--set input.min_size={chosen['min_size']} --set input.max_size="
+            f"{chosen['max_size']} --set \"anchors.scales=["
+            f"{','.join(f'{v:g}' for v in best['scales'])}]\" --set \"anchors.ratios=["
+            f"{','.join(f'{v:g}' for v in best['ratios'])}]\"")
+    console.info(f"advice: train with {escape(sets)}: {_pct(best['positive'])} of the objects "
+                 f"at IoU >= {fg:g} instead of {_pct(now['best']['positive'])}, for "
+                 f"{chosen['cost']:.2g}x the pixels per image (time and memory grow about as "
+                 "much)")
 
 
 def register(app: typer.Typer) -> None:

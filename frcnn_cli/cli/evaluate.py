@@ -67,6 +67,11 @@ def evaluate(
         "detections of predict, the Python API and the exported files; more is faster on a "
         "GPU, and images padded together may move detections near their bottom and right "
         "edges by a little.")] = 1,
+    tile: options.Tile = None,
+    overlap: options.Overlap = None,
+    tile_batch: options.TileBatch = None,
+    max_detections: options.MaxDetections = None,
+    max_pixels: options.MaxPixels = None,
 ) -> None:
     """Evaluate a model (or saved detections) on a dataset: per-class AP and mAP.
 
@@ -87,9 +92,23 @@ def evaluate(
     the proposals and of the network are printed.
 
     Example: [bold]frcnn eval --data demo/val.json --compare-proposals ss.pt rpn.pt --plot p/[/]
+
+    Example: [bold]frcnn eval runs/tiles/model.pt --data aerial/val.json --tile 800[/]
     """
+    from frcnn_cli.evaluation.tiled import tiling_from_options
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, require_file
     from frcnn_cli.outputs import DETECTIONS, EVAL_RESULT, PLOT, RECALL_RESULT
+
+    tiling = tiling_from_options(tile, overlap, tile_batch, max_detections)
+    if tiling is not None and (detections is not None or proposals):
+        raise InputError(f"--tile runs the model's detector; drop "
+                         f"{'--detections' if detections is not None else '--proposals'}")
+    if detections is not None and max_pixels is not None:
+        raise InputError("--max-pixels caps the images the model runs on; --detections runs "
+                         "none")
+    if tiling is not None and batch_size != 1:
+        raise InputError("with --tile, --tile-batch sets the tiles per forward pass; drop "
+                         "--batch-size")
 
     if data is None:
         raise InputError("eval needs --data ANN.json, the dataset to evaluate on")
@@ -174,6 +193,7 @@ def evaluate(
         return
 
     from frcnn_cli import load_model
+    from frcnn_cli.data.images import MAX_PIXELS
     from frcnn_cli.devices import autocast, resolve_device
 
     torch_device = resolve_device(device)
@@ -183,13 +203,17 @@ def evaluate(
         raise InputError(f"{checkpoint} is a Fast R-CNN detector trained on "
                          f"{model.proposal_source['method']} proposals, without a trained RPN "
                          "to measure; compare proposal files with --compare-proposals")
+    if tiling is not None and (model.proposal_source or proposal_file is not None):
+        raise InputError("--tile runs the model's own RPN on each tile; a detector on external "
+                         "proposals (or --proposal-file) cannot be tiled")
+    max_pixels = max_pixels or MAX_PIXELS
     if proposals:
         from frcnn_cli.evaluation.inference import evaluate_proposals
         from frcnn_cli.evaluation.plots import plot_recall_curve
         from frcnn_cli.files import write_json
 
         rec = evaluate_proposals(model, ann, torch_device, console.reporter(), batch_size,
-                                 precision=precision.value)
+                                 precision=precision.value, max_pixels=max_pixels)
         _recall_table(rec, data)
         write_json(json_out, {"checkpoint": str(checkpoint), "data": str(data),
                               **rec.to_dict()})
@@ -205,8 +229,15 @@ def evaluate(
     chosen = metric.value if metric is not None else model.recipe.eval.metric
     dets: list = []
     source = proposals_for(model, proposal_file, ann)
+    tiled: list = []
     result = evaluate_model(model, ann, chosen, torch_device, console.reporter(), batch_size,
-                            detections=dets, precision=precision.value, proposals=source)
+                            detections=dets, precision=precision.value, proposals=source,
+                            tiling=tiling, max_pixels=max_pixels, tiled_images=tiled)
+    if tiling is not None:
+        from frcnn_cli.cli.predict import tiled_table
+
+        tiled_table(tiled, tiling,
+                    f"score >= {model.recipe.roi_heads.score_thresh:g}")
     if save_detections is not None:
         write_detections(save_detections, dets)
         console.info(f"wrote {len(dets)} detections to {save_detections}")

@@ -34,6 +34,30 @@ PrecisionOption = Annotated[Precision, typer.Option(
     "layers stay in fp32.")]
 
 
+# Tiled prediction (predict, eval). None: the library's default, named in the help.
+Tile = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--tile", metavar="S", show_default=False,
+    help="Run the model on overlapping S x S tiles of each image (at least 32 px) and merge "
+    "their detections in the whole image's pixels: for images much larger than the recipe's "
+    "input, with small objects. An image no larger than S is one tile.")]
+Overlap = Annotated[Optional[float], typer.Option(  # noqa: UP045
+    "--overlap", show_default=False,
+    help="With --tile: overlap of neighbouring tiles, a fraction of S in [0, 1) \\[default: "
+    "0.2]; an object no larger than the overlap lies whole in some tile.")]
+TileBatch = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--tile-batch", min=1, show_default=False,
+    help="With --tile: tiles per forward pass \\[default: 4]; memory grows with it, not with "
+    "the image.")]
+MaxDetections = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--max-detections", min=1, show_default=False,
+    help="With --tile: detections kept per image after merging \\[default: 1000]; each tile "
+    "keeps the recipe's roi_heads.detections_per_img.")]
+MaxPixels = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--max-pixels", min=1, show_default=False,
+    help="Refuse images with more pixels than this \\[default: 2^30, e.g. 32768 x 32768]; "
+    "decoding takes 3 bytes a pixel.")]
+
+
 # --------------------------------------------------------------------------- help display
 
 

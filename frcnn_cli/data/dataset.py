@@ -10,6 +10,8 @@
   file; ``target["flipped"]``: bool
 - ``target["proposals"]`` (when proposals are given): float32 ``[P, 4]`` in the returned
   image's pixels, transformed with the image
+- training only: ``target["ignore"]``: float32 ``[M, 4]`` x1 y1 x2 y2, the crowd boxes as
+  ignore regions, transformed with the image
 - test mode only: ``target["difficult"]``, ``target["iscrowd"]``: bool ``[N]``
 
 ``request`` is an index, or ``(index, seed)`` as the training sampler sends it: the seed
@@ -17,8 +19,10 @@ drives every random choice of that sample (flip, scale, augmentation), so a samp
 same whichever worker makes it and whenever a resumed run asks for it again (the scale of
 multi-scale training is drawn by the model, from torch's generator).
 
-Training drops objects marked difficult or iscrowd unless the recipe's ``data.use_difficult``
-or ``data.use_crowd`` says otherwise; test mode keeps every object, flagged. Boxes are
+Training drops objects marked difficult unless the recipe's ``data.use_difficult`` says
+otherwise, and hands objects marked iscrowd (COCO crowds, objects ``frcnn data tile`` cut) to the
+model as ignore regions, where anchors and proposals are neither objects nor background, unless
+``data.use_crowd`` trains on them as objects; test mode keeps every object, flagged. Boxes are
 clipped to the image and those under a pixel wide or high are dropped (training warns once
 with the count of such boxes: degenerate, tiny or outside their image). An image that cannot
 be decoded stops a test run with a DataError naming it; in training it is skipped with a
@@ -39,7 +43,7 @@ import torch
 
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations
-from frcnn_cli.data.images import opencv, read_image
+from frcnn_cli.data.images import MAX_PIXELS, opencv, read_image
 from frcnn_cli.data.transforms import (
     build_augmentation,
     clip_boxes,
@@ -59,12 +63,15 @@ class DetectionDataset(torch.utils.data.Dataset):
     """Samples of a COCO dataset for training (``train=True``) or testing (see module doc).
 
     ``proposals``: ``{image_id: float32 [P, 4] x1y1x2y2}`` in original image pixels, for the
-    Fast R-CNN stages; every image needs an entry (possibly empty).
+    Fast R-CNN stages; every image needs an entry (possibly empty). Images over
+    ``max_pixels`` pixels are refused like unreadable ones.
     """
 
     def __init__(self, annotations: Annotations, recipe: Recipe, train: bool,
-                 proposals: Mapping[int, Any] | None = None) -> None:
+                 proposals: Mapping[int, Any] | None = None,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         self.annotations = annotations
+        self.max_pixels = max_pixels
         self.recipe = recipe
         self.train = train
         self.images = list(annotations.images)
@@ -85,9 +92,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def _read_objects(self, image: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Boxes (x1y1x2y2 file pixels), labels and flags of one image, filtered for training."""
+        """Boxes (x1y1x2y2 file pixels), labels and flags of one image, filtered for training,
+        and the ignore regions training uses."""
         data = self.recipe.data
-        boxes, labels, difficult, crowd = [], [], [], []
+        boxes, labels, difficult, crowd, ignore = [], [], [], [], []
         for a in self.annotations.objects(image["id"]):
             if not self.annotations.has_category(a["category_id"]):
                 raise DataError(
@@ -95,10 +103,12 @@ class DetectionDataset(torch.utils.data.Dataset):
                     f"{a['category_id']}, which is not in 'categories' (see frcnn data check)")
             is_difficult = bool(a.get("difficult", 0))
             is_crowd = bool(a.get("iscrowd", 0))
-            if self.train and ((is_difficult and not data.use_difficult)
-                               or (is_crowd and not data.use_crowd)):
-                continue
             x, y, w, h = a["bbox"]
+            if self.train and is_crowd and not data.use_crowd:
+                ignore.append([x, y, x + w, y + h])
+                continue
+            if self.train and is_difficult and not data.use_difficult:
+                continue
             boxes.append([x, y, x + w, y + h])
             labels.append(self.annotations.label_of(a["category_id"]))
             difficult.append(is_difficult)
@@ -106,7 +116,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
                 "labels": np.asarray(labels, np.int64),
                 "difficult": np.asarray(difficult, bool),
-                "iscrowd": np.asarray(crowd, bool)}
+                "iscrowd": np.asarray(crowd, bool),
+                "ignore": np.asarray(ignore, np.float32).reshape(-1, 4)}
 
     def _warn_unusable_boxes(self) -> None:
         """Say once how many boxes training will ignore: not finite, without area, or outside
@@ -151,7 +162,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _sample(self, index: int, rng: np.random.Generator | None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.images[index]
-        pixels = read_image(self.annotations.image_path(record))
+        pixels = read_image(self.annotations.image_path(record), self.max_pixels)
         orig_h, orig_w = pixels.shape[:2]
         self._check_size(record, orig_w, orig_h)
         objects = self._objects[index]
@@ -160,16 +171,19 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes = boxes[keep]
         labels = objects["labels"][keep]
         flags = {k: objects[k][keep] for k in ("difficult", "iscrowd")}
+        ignore = clip_boxes(objects["ignore"], orig_h, orig_w)
+        ignore = ignore[valid_boxes(ignore)]
         proposals = self._proposals(record["id"], orig_h, orig_w)
 
         flipped = False
         if rng is not None:
             if self.augmentation is not None:
-                pixels, boxes, labels, proposals = self._augment(pixels, boxes, labels,
-                                                                 proposals, rng)
+                pixels, boxes, labels, ignore, proposals = self._augment(
+                    pixels, boxes, labels, ignore, proposals, rng)
             if rng.random() < self.recipe.augment.hflip:
                 flipped = True
                 pixels, boxes = hflip(pixels, boxes)
+                ignore = hflip_boxes(ignore, pixels.shape[1])
                 if proposals is not None:
                     proposals = hflip_boxes(proposals, pixels.shape[1])
         # 8-bit CHW: a quarter of float's size between workers; the model divides by 255
@@ -183,7 +197,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         }
         if proposals is not None:
             target["proposals"] = torch.from_numpy(proposals.astype(np.float32).reshape(-1, 4))
-        if not self.train:
+        if self.train:
+            target["ignore"] = torch.from_numpy(ignore.astype(np.float32).reshape(-1, 4))
+        else:
             target["difficult"] = torch.from_numpy(flags["difficult"])
             target["iscrowd"] = torch.from_numpy(flags["iscrowd"])
         return image, target
@@ -192,18 +208,20 @@ class DetectionDataset(torch.utils.data.Dataset):
         check_size(self.annotations, record, width, height)
 
     def _augment(self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                 proposals: np.ndarray | None, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The recipe's albumentations; proposals ride along with label 0."""
-        n = len(boxes)
-        every = boxes if proposals is None else np.concatenate([boxes, proposals])
+                 ignore: np.ndarray, proposals: np.ndarray | None, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The recipe's albumentations; ignore regions and proposals ride along with label 0."""
+        n, m = len(boxes), len(boxes) + len(ignore)
+        every = np.concatenate([boxes, ignore, *([] if proposals is None else [proposals])])
         every_labels = np.concatenate([labels, np.zeros(len(every) - n, np.int64)])
         pixels, kept, kept_labels, index = self.augmentation(pixels, every, every_labels, rng)
-        is_gt = index < n
+        is_gt, is_ignore = index < n, (index >= n) & (index < m)
         gt, gt_labels = kept[is_gt], kept_labels[is_gt]
         ok = valid_boxes(gt)
-        new_proposals = kept[~is_gt] if proposals is not None else None
-        return pixels, gt[ok], gt_labels[ok], new_proposals
+        new_ignore = kept[is_ignore]
+        new_proposals = kept[index >= m] if proposals is not None else None
+        return (pixels, gt[ok], gt_labels[ok], new_ignore[valid_boxes(new_ignore)],
+                new_proposals)
 
     def _proposals(self, image_id: int, height: int, width: int) -> np.ndarray | None:
         if self.proposals is None:
@@ -287,10 +305,10 @@ def build_train_loader(annotations: Annotations, recipe: Recipe, images_per_batc
 
 def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int = 1,
                       num_workers: int | None = None, rank: int = 0, world_size: int = 1,
-                      proposals: Mapping[int, Any] | None = None
-                      ) -> torch.utils.data.DataLoader:
+                      proposals: Mapping[int, Any] | None = None,
+                      max_pixels: int | None = MAX_PIXELS) -> torch.utils.data.DataLoader:
     """Every image once, in dataset order, at its own size, not augmented:
-    ``(images, targets)``.
+    ``(images, targets)``; an image over ``max_pixels`` pixels stops it with a DataError.
 
     Process ``rank`` of ``world_size`` gets images ``rank, rank + world_size, ...``. Targets
     carry ``image_id`` and ``orig_size``, and every object with its ``difficult`` and
@@ -298,7 +316,8 @@ def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int 
     """
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
-    dataset = DetectionDataset(annotations, recipe, train=False, proposals=proposals)
+    dataset = DetectionDataset(annotations, recipe, train=False, proposals=proposals,
+                               max_pixels=max_pixels)
     indices = list(range(rank, len(dataset), world_size))
     workers = recipe.data.num_workers if num_workers is None else num_workers
     batches = torch.utils.data.BatchSampler(indices, batch_size, drop_last=False)

@@ -12,6 +12,9 @@ Output naming keeps every input safe and every output findable:
   cannot be an input folder, nor the folder of an input image);
 * when ``OUT`` lies inside an input folder, the walk skips it: a second run does not predict
   on the first run's drawings.
+
+With a :class:`~frcnn_cli.evaluation.tiled.Tiling` the model runs on each image's tiles and
+the drawing and the detections are the whole image's.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from frcnn_cli.data.images import IMAGE_SUFFIXES, is_image_file, read_image
+from frcnn_cli.data.images import IMAGE_SUFFIXES, MAX_PIXELS, image_size, is_image_file, read_image
 from frcnn_cli.devices import autocast
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.draw import draw_detections
 from frcnn_cli.evaluation.proposal_sources import ExternalProposals, detect, proposals_for
+from frcnn_cli.evaluation.tiled import TiledImage, Tiling, detect_tiled
 from frcnn_cli.files import atomic_open
 from frcnn_cli.outputs import drawing_metadata
 from frcnn_cli.progress import SILENT, Reporter
@@ -54,11 +58,13 @@ class ImageJob:
 @dataclass
 class PredictReport:
     """What :func:`predict_files` did: ``detections`` (COCO results with ``file_name`` and
-    ``category_name``), drawings ``written``, images ``skipped`` as (file, reason)."""
+    ``category_name``), drawings ``written``, images ``skipped`` as (file, reason), and with
+    tiling, each written image's tiles and detections in ``images``."""
 
     detections: list[dict[str, Any]] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    images: list[TiledImage] = field(default_factory=list)
 
 
 def find_images(inputs: Sequence[str | os.PathLike],
@@ -124,14 +130,17 @@ def _resolved(path: Path) -> Path:
 @torch.inference_mode()
 def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = "cpu",
                   score_thresh: float = 0.5, reporter: Reporter = SILENT,
-                  precision: str = "fp32",
-                  proposals: ExternalProposals | None = None) -> PredictReport:
-    """Run ``model`` on each job's image, keep detections scoring at least ``score_thresh``,
-    write the drawing to ``job.output`` and collect the detections in file pixels.
+                  *, precision: str = "fp32", proposals: ExternalProposals | None = None,
+                  tiling: Tiling | None = None,
+                  max_pixels: int | None = MAX_PIXELS) -> PredictReport:
+    """Run ``model`` on each job's image (on its tiles with ``tiling``), in ``precision``,
+    keep detections scoring at least ``score_thresh``, write the drawing to ``job.output`` and
+    collect the detections in file pixels.
 
     A detector trained on Selective Search proposals runs it on each image (``proposals``:
     the source to use and time; default, the one its checkpoint names). An image that cannot
-    be decoded is skipped and listed in the report's ``skipped``.
+    be decoded, or has more than ``max_pixels`` pixels, is skipped and listed in the report's
+    ``skipped``. The progress bar counts images, or tiles with ``tiling``.
     """
     device = torch.device(device)
     model.eval().to(device)
@@ -139,18 +148,24 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
     # the model keeps down to the recipe's threshold unless the user asks for less
     detect_thresh = min(model.recipe.roi_heads.score_thresh, score_thresh)
     report = PredictReport()
-    with reporter.task("predict", total=len(jobs)) as task:
-        for job in jobs:
+    steps = [1] * len(jobs) if tiling is None else [_tile_count(job.source, tiling)
+                                                     for job in jobs]
+    with reporter.task("predict" if tiling is None else "predict (tiles)",
+                       total=sum(steps)) as task:
+        for job, step in zip(jobs, steps, strict=True):
             try:
-                pixels = read_image(job.source)
+                pixels = read_image(job.source, max_pixels)
             except DataError as e:
                 report.skipped.append((job.source, str(e)))
-                task.update(advance=1)
+                task.update(advance=step)
                 continue
-            image = torch.from_numpy(pixels).permute(2, 0, 1).to(device)  # uint8, file size
+            image = torch.from_numpy(pixels).permute(2, 0, 1)  # uint8, file size, a view
             with autocast(device, precision):
-                out = detect(model, [image], [job.image_id], proposals,
-                             score_thresh=detect_thresh)[0]
+                if tiling is None:
+                    out = detect(model, [image.to(device)], [job.image_id], proposals,
+                                 score_thresh=detect_thresh)[0]
+                else:
+                    out = detect_tiled(model, image, tiling, device, task, detect_thresh)
             out = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
             labels = out["labels"].astype(np.int64)
             results = to_coco_results(out["boxes"], out["scores"], labels, job.image_id,
@@ -167,8 +182,21 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
             save_image(draw_detections(pixels, boxes, labels, scores, model.classes),
                        job.output)
             report.written.append(job.output)
-            task.update(advance=1, detections=len(report.detections))
+            if tiling is not None:
+                report.images.append(TiledImage.of(job.source.name, pixels, tiling,
+                                                   len(results)))
+            task.update(advance=1 if tiling is None else 0, detections=len(report.detections))
     return report
+
+
+def _tile_count(path: Path, tiling: Tiling) -> int:
+    """The tiles of an image file, from its header (1 for a file that cannot be read: it is
+    skipped later, with its reason)."""
+    try:
+        width, height = image_size(path)
+    except DataError:
+        return 1
+    return len(tiling.windows(width, height))
 
 
 def save_image(image, path: Path) -> Path:

@@ -1,9 +1,13 @@
-"""Detections on an image larger than the network input, from its tiles: the pure parts.
+"""Detections on an image larger than the network input, from its tiles.
 
-A large image is cut by :func:`frcnn_cli.data.tiling.tile_windows`, the windows
-``frcnn data tile`` cuts training images into, so a model trained on tiles sees tiles alike
-at test time. Each tile's detections (x1 y1 x2 y2 in tile pixels) are shifted into the whole
-image's pixels and the tiles' detections are merged into one set, in three steps:
+    tiling = Tiling(size=800)                  # 800 px tiles, overlap 0.2, 4 per forward pass
+    out = detect_tiled(model, image, tiling)   # image: uint8 [3, H, W]; out in its pixels
+
+``frcnn predict --tile`` and ``frcnn eval --tile`` run this. A large image is cut by
+:func:`frcnn_cli.data.tiling.tile_windows`, the windows ``frcnn data tile`` cuts training
+images into, so a model trained on tiles sees tiles alike at test time. Each tile's
+detections (x1 y1 x2 y2 in tile pixels) are shifted into the whole image's pixels and the
+tiles' detections are merged into one set, in three steps:
 
 1. **Whole views win over views cut at a seam.** A detection within :data:`SEAM_MARGIN`
    pixels of an inner edge of its tile (an edge that is not the image's border) may show an
@@ -25,20 +29,42 @@ them (its NMS at the same IoU has nothing left to suppress), and IOS-style match
 only where a tile edge may have cut a box. An object larger than the overlap is truncated in
 every tile holding it; its views all touch a seam, none is dropped in step 1, and NMS keeps
 the best one, or two views when they overlap less than the NMS IoU.
+
+Memory follows the tile batch, not the image: tiles are views into the decoded 8-bit image,
+and only ``tile_batch`` of them at a time are copied to the device, converted to float and
+resized by the model. Each tile is an image to the model, so it keeps at most the recipe's
+``roi_heads.detections_per_img`` (100) detections per tile, at its score threshold; the merged
+image keeps at most ``max_detections`` (:data:`DEFAULT_MAX_DETECTIONS`: a large image holds
+hundreds of objects, more than the recipe's 100 per image).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from frcnn_cli.data.tiling import Window, tile_windows
+from frcnn_cli.data.tiling import DEFAULT_OVERLAP, MIN_TILE_SIZE, Window, check_tiling, tile_windows
+from frcnn_cli.errors import InputError
+from frcnn_cli.model.matching import cover
+from frcnn_cli.progress import Task
 
-__all__ = ["COVER", "SEAM_MARGIN", "at_seam", "cover", "merge_tiles", "tile_windows",
+__all__ = ["COVER", "DEFAULT_MAX_DETECTIONS", "DEFAULT_TILE_BATCH", "SEAM_MARGIN", "TiledImage",
+           "Tiling",
+           "at_seam", "cover", "detect_tiled", "merge_tiles", "tile_windows", "tiling_from_options",
            "to_image_pixels"]
+
+# Tiles per forward pass. Each is resized to the recipe's input size, so four tiles take about
+# the memory of four ordinary images: little on a GPU, where batching pays, and harmless on a
+# CPU, where it neither helps nor hurts much.
+DEFAULT_TILE_BATCH = 4
+# Detections kept per whole image: ten times the paper's 100 per image, for large images with
+# hundreds of objects (a 2000 px image of 150 objects, a 10,000 px orthomosaic's trees: raise
+# it with --max-detections there).
+DEFAULT_MAX_DETECTIONS = 1000
 
 # Pixels from an inner tile edge within which a box counts as cut by it: the model clips a
 # truncated object's box at the edge, or regresses it a few pixels short.
@@ -71,16 +97,6 @@ def at_seam(boxes: Tensor, window: Window, width: int, height: int,
     if bottom < height:
         seam |= boxes[:, 3] >= bottom - margin
     return seam
-
-
-def cover(boxes: Tensor, others: Tensor) -> Tensor:
-    """Share of each box's area inside each of ``others``: ``(N, M)``, 0 for a box without
-    area."""
-    lt = torch.maximum(boxes[:, None, :2], others[None, :, :2])
-    rb = torch.minimum(boxes[:, None, 2:], others[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
-    return torch.where(area > 0, inter / area.clamp(min=1e-12), torch.zeros_like(inter))
 
 
 def merge_tiles(detections: Sequence[tuple[Window, dict[str, Tensor]]], width: int,
@@ -128,3 +144,92 @@ def _meets(windows: Sequence[Window]) -> Tensor:
     w = torch.tensor([[a.x, a.y, a.x + a.width, a.y + a.height] for a in windows])
     return ((w[:, None, 0] < w[None, :, 2]) & (w[None, :, 0] < w[:, None, 2])
             & (w[:, None, 1] < w[None, :, 3]) & (w[None, :, 1] < w[:, None, 3]))
+
+
+# ---------------------------------------------------------------------- running the model
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How to cut images for prediction: ``size`` px tiles overlapping by ``overlap`` of the
+    side (the rule of :func:`tile_windows`), ``tile_batch`` tiles per forward pass, at most
+    ``max_detections`` kept per image. Raises InputError for values that cannot work."""
+
+    size: int
+    overlap: float = DEFAULT_OVERLAP
+    tile_batch: int = DEFAULT_TILE_BATCH
+    max_detections: int = DEFAULT_MAX_DETECTIONS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < MIN_TILE_SIZE:
+            raise InputError(f"--tile must be a whole number of pixels, at least "
+                             f"{MIN_TILE_SIZE}, got {self.size}")
+        check_tiling(self.size, self.overlap)
+        if self.tile_batch < 1:
+            raise InputError(f"--tile-batch must be at least 1, got {self.tile_batch}")
+        if self.max_detections < 1:
+            raise InputError(f"--max-detections must be at least 1, got {self.max_detections}")
+
+    def windows(self, width: int, height: int) -> list[Window]:
+        """The tiles of a ``width`` x ``height`` image."""
+        return tile_windows(width, height, self.size, self.overlap)
+
+
+@dataclass
+class TiledImage:
+    """One image predicted on tiles, for a report: its ``name`` (the file), ``width``,
+    ``height``, the ``tiles`` the model ran on and the ``detections`` kept."""
+
+    name: str
+    width: int
+    height: int
+    tiles: int
+    detections: int
+
+    @classmethod
+    def of(cls, name: str, pixels, tiling: Tiling, detections: int) -> TiledImage:
+        """The record of a decoded image ``pixels`` ``[H, W, 3]``."""
+        height, width = pixels.shape[:2]
+        return cls(name, width, height, len(tiling.windows(width, height)), detections)
+
+
+def tiling_from_options(size: int | None, overlap: float | None = None,
+                        tile_batch: int | None = None, max_detections: int | None = None
+                        ) -> Tiling | None:
+    """The Tiling of ``--tile``, ``--overlap``, ``--tile-batch``, ``--max-detections`` (None:
+    not given, the default), or None without ``--tile``. InputError for a tiling option given
+    without ``--tile``, or a value that cannot work."""
+    given = {"overlap": overlap, "tile_batch": tile_batch, "max_detections": max_detections}
+    given = {k: v for k, v in given.items() if v is not None}
+    if size is None:
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise InputError(f"{flag} applies to tiled prediction; add --tile S")
+        return None
+    return Tiling(size, **given)
+
+
+@torch.inference_mode()
+def detect_tiled(model, image: Tensor, tiling: Tiling, device: torch.device | str = "cpu",
+                 task: Task | None = None, score_thresh: float | None = None
+                 ) -> dict[str, Tensor]:
+    """``model.detect`` on the tiles of one image, merged (see the module doc).
+
+    ``image``: ``[3, H, W]`` uint8 (or float in 0..1), on the CPU; each batch of tiles is
+    copied to ``device``. ``task`` advances by one per tile; ``score_thresh``: the model's
+    (None: the recipe's). Returns ``{"boxes" (D, 4) x1 y1 x2 y2 in the image's pixels,
+    "scores", "labels"}`` on the CPU, best first, at most ``tiling.max_detections``.
+    """
+    height, width = image.shape[-2:]
+    windows = tiling.windows(width, height)
+    seen: list[tuple[Window, dict[str, Tensor]]] = []
+    for start in range(0, len(windows), tiling.tile_batch):
+        batch = windows[start:start + tiling.tile_batch]
+        tiles = [image[:, w.y:w.y + w.height, w.x:w.x + w.width].to(device) for w in batch]
+        outputs = model.detect(tiles, score_thresh=score_thresh)
+        seen += [(w, {k: v.detach().cpu() for k, v in out.items()})
+                 for w, out in zip(batch, outputs, strict=True)]
+        if task is not None:
+            task.update(advance=len(batch))
+    return merge_tiles(seen, width, height, model.recipe.roi_heads.nms_thresh,
+                       tiling.max_detections)

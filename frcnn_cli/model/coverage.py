@@ -7,6 +7,13 @@ are positives by the threshold rule; from ``rpn.bg_iou_thresh`` (0.3) up to it t
 only through the best-anchor rule (one anchor each); below it the RPN barely sees them.
 Shares are reported per class and per COCO size bucket (areas after the resize).
 
+Anchors sit every ``stride`` pixels, so an object only a few strides across is matched
+closely by none, whatever their sizes: its centre can lie half a stride from the nearest
+anchor's, a large share of its side. When the objects are small for the stride
+(:data:`SMALL_FOR_STRIDE`), :func:`scale_advice` also tries larger inputs (``input.min_size``
+and ``input.max_size`` times :data:`INPUT_SCALES`), each with the recipe's anchors and the
+best anchor set fitted at that scale, with its cost in pixels per image.
+
     recipe = with_anchors(recipe, scales=[4, 8, 16])       # or the recipe's own anchors
     report, suggestions = anchor_coverage(load_annotations("train.json"), recipe)
 
@@ -15,6 +22,7 @@ which is, step by step:
     objects = ObjectSet.from_annotations(load_annotations("train.json"), recipe)
     report = coverage(objects, recipe.anchors.scales, recipe.anchors.ratios, recipe)
     suggestions = suggest_anchors(objects, recipe)
+    advice = scale_advice(load_annotations("train.json"), recipe)   # small objects: inputs
 """
 
 from __future__ import annotations
@@ -35,6 +43,20 @@ from frcnn_cli.model.levels import LevelAnchors, level_anchor_sizes, level_strid
 # COCO's size buckets (object area in pixels, here after the recipe's resize).
 BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
            ("large", 96.0 ** 2, math.inf))
+
+# Objects whose median side after the resize is under this many strides are small for the
+# stride. A square object of side s with an anchor of its own size offset by d in x and y has
+# IoU (s - d)^2 / (2 s^2 - (s - d)^2); anchors every stride px leave d up to stride / 2, so at
+# s = 4 strides the farthest objects reach about IoU 0.6 (under the RPN's 0.7), at 2 strides
+# about 0.4, while at 6 strides every object can reach 0.72.
+SMALL_FOR_STRIDE = 4.0
+# Input scales tried for small objects: input.min_size and input.max_size times these.
+INPUT_SCALES = (1.5, 2.0, 3.0)
+# A larger input is advised when it puts at least this much more of the objects at IoU >=
+# rpn.fg_iou_thresh than the best the recipe's input reaches; among the inputs that do, the
+# smallest within ADVICE_SLACK of the best one, as pixels cost time and memory.
+SCALE_GAIN = 0.10
+ADVICE_SLACK = 0.05
 
 
 def with_anchors(recipe: Recipe, stride: int | None = None, base_size: int | None = None,
@@ -274,3 +296,64 @@ def suggest_anchors(objects: ObjectSet, recipe: Recipe, max_objects: int = 5000)
             out.append({"scales": scales, "ratios": ratios, "anchors_per_place":
                         len(scales) * len(ratios), "positive": got, "why": why})
     return sorted(out, key=lambda s: -s["positive"])
+
+
+def with_input_scale(recipe: Recipe, factor: float) -> Recipe:
+    """``recipe`` with ``input.min_size`` and ``input.max_size`` times ``factor`` (rounded)."""
+    inp = recipe.input
+    update = {"min_size": round(inp.min_size * factor), "max_size": round(inp.max_size * factor)}
+    return recipe.model_copy(update={"input": inp.model_copy(update=update)})
+
+
+def pixels_per_image(ann, recipe: Recipe) -> float:
+    """Mean pixels of the images of ``ann`` after the recipe's resize."""
+    sizes = [resized_shape(int(im["height"]), int(im["width"]), recipe.input.min_size,
+                           recipe.input.max_size) for im in ann.images]
+    return sum(h * w for h, w in sizes) / max(len(sizes), 1)
+
+
+def scale_advice(ann, recipe: Recipe) -> dict:
+    """Whether the objects of ``ann`` are small for the stride and, if so, what larger inputs
+    give (see the module doc).
+
+    Returns ``{"stride", "median_side" (px after the resize), "small", "scales": [...],
+    "advice"}``. Each of ``scales`` (the recipe's input first, then :data:`INPUT_SCALES`; empty
+    when the objects are not small) is ``{"factor", "min_size", "max_size", "pixels" (mean per
+    image), "cost" (pixels relative to the recipe's), "positive" (share at IoU >=
+    rpn.fg_iou_thresh with the recipe's anchors), "best"}``, ``best`` the best anchor set at
+    that input (``{"scales", "ratios", "positive"}``, the recipe's own when no suggestion
+    beats it). ``advice`` is the chosen entry of ``scales`` (see :data:`SCALE_GAIN`), or None.
+    """
+    objects = ObjectSet.from_annotations(ann, recipe)
+    stride = recipe.anchors.stride
+    sides = objects.areas.sqrt()
+    median = float(sides.median()) if len(sides) else 0.0
+    small = 0 < median < SMALL_FOR_STRIDE * stride
+    result = {"stride": stride, "median_side": median, "small": small, "scales": [],
+              "advice": None}
+    if not small:
+        return result
+    base_pixels = pixels_per_image(ann, recipe)
+    fg = recipe.rpn.fg_iou_thresh
+    a = recipe.anchors
+    for factor in (1.0, *INPUT_SCALES):
+        scaled = with_input_scale(recipe, factor)
+        objs = ObjectSet.from_annotations(ann, scaled)
+        positive = float((best_anchor_iou(objs, a.scales, a.ratios, scaled) >= fg)
+                         .float().mean())
+        best = {"scales": list(a.scales), "ratios": list(a.ratios), "positive": positive}
+        suggestions = suggest_anchors(objs, scaled)
+        if suggestions and suggestions[0]["positive"] > positive:
+            best = {k: suggestions[0][k] for k in ("scales", "ratios", "positive")}
+        pixels = pixels_per_image(ann, scaled)
+        result["scales"].append({
+            "factor": factor, "min_size": scaled.input.min_size,
+            "max_size": scaled.input.max_size, "pixels": pixels,
+            "cost": pixels / base_pixels if base_pixels else None, "positive": positive,
+            "best": best})
+    now, *larger = result["scales"]
+    top = max(s["best"]["positive"] for s in larger)
+    good = [s for s in larger if s["best"]["positive"] >= now["best"]["positive"] + SCALE_GAIN
+            and s["best"]["positive"] >= top - ADVICE_SLACK]
+    result["advice"] = good[0] if good else None
+    return result

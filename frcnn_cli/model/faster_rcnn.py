@@ -7,8 +7,10 @@
 
 ``images`` is a list of [3, H, W] tensors (float in 0..1, or uint8) of any sizes, each at its
 own size: the model resizes them (its transform is the one home of the resize rule);
-``targets`` a list of dicts with ``boxes`` [N, 4] (x1 y1 x2 y2, the image's pixels) and
-``labels`` [N] in 1..K. Detections and proposals come back in each input image's pixels.
+``targets`` a list of dicts with ``boxes`` [N, 4] (x1 y1 x2 y2, the image's pixels),
+``labels`` [N] in 1..K and optionally ``ignore`` [M, 4], regions where anchors and proposals
+are neither objects nor background (crowd boxes, objects cut by a tile edge). Detections and
+proposals come back in each input image's pixels.
 
 For the paper's 4-step training the model also runs as an RPN alone (``rpn_only=True``) or as
 a Fast R-CNN detector on given proposals (``proposals=[...]``), and its parameters form three
@@ -95,7 +97,8 @@ class FasterRCNN(nn.Module):
         if proposals is None:
             proposals, _, losses = self.rpn(features, batch.image_sizes,
                                             batch.scales.mean(dim=1),
-                                            [t["boxes"] for t in targets], propose=not rpn_only)
+                                            [t["boxes"] for t in targets], propose=not rpn_only,
+                                            ignore=[t.get("ignore") for t in targets])
         if rpn_only:
             return losses
         _, det_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)

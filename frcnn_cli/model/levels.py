@@ -155,7 +155,8 @@ class LevelRPN(RegionProposalNetwork):
     """The RPN over the maps of several levels (one map is one level).
 
     ``forward(features, image_sizes, scales, targets=None, propose=True, pre_nms_top_n=None,
-    post_nms_top_n=None)`` as :class:`~frcnn_cli.model.rpn.RegionProposalNetwork`, with
+    post_nms_top_n=None, ignore=None)`` as :class:`~frcnn_cli.model.rpn.RegionProposalNetwork`,
+    with
     ``features`` a list of [B, C, H_l, W_l] maps (or one map); the pre-NMS top N counts per
     level. Proposal scores are objectness probabilities.
     """
@@ -173,7 +174,8 @@ class LevelRPN(RegionProposalNetwork):
 
     def forward(self, features: Tensor | list[Tensor], image_sizes: Tensor, scales: Tensor,
                 targets: list[Tensor] | None = None, propose: bool = True,
-                pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None
+                pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
+                ignore: list[Tensor | None] | None = None
                 ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         maps = [features] if isinstance(features, Tensor) else list(features)
         outputs = [self.head(m) for m in maps]
@@ -184,7 +186,8 @@ class LevelRPN(RegionProposalNetwork):
         losses: dict[str, Tensor] = {}
         if targets is not None:
             places = sum(h * w for h, w in map_sizes)
-            losses = self.loss(logits, deltas, anchors, image_sizes, targets, places=places)
+            losses = self.loss(logits, deltas, anchors, image_sizes, targets, places=places,
+                               ignore=ignore)
         boxes: list[Tensor] = []
         scores: list[Tensor] = []
         if propose:

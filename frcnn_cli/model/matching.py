@@ -3,12 +3,40 @@
 Both the RPN (anchors, Section 3.1.2) and the detection head (proposals, Fast R-CNN Section
 2.3) label each candidate box foreground (1), background (0) or ignored (-1) by its best IoU
 with an object, then sample a fixed number per image with at most a given share of foreground.
+A box mostly inside an ignore region (a crowd box, or an object a tile edge cut) is neither:
+see :func:`in_ignore_regions`.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+# A candidate box with more than this share of its area inside an ignore region is ignored:
+# mmdetection's MaxIoUAssigner rule with ignore_iof_thr=0.5 and ignore_wrt_candidates=True
+# (intersection over the candidate's area, "IoF"). Like there, such a box is neither a
+# negative nor a positive, nor any object's best match. (torchvision and detectron2 drop
+# crowd boxes in training, which makes what they cover background.)
+IGNORE_COVER = 0.5
+
+
+def cover(boxes: Tensor, others: Tensor) -> Tensor:
+    """Share of each box's area inside each of ``others``: ``(N, M)``, 0 for a box without
+    area. Boxes x1 y1 x2 y2."""
+    lt = torch.maximum(boxes[:, None, :2], others[None, :, :2])
+    rb = torch.minimum(boxes[:, None, 2:], others[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
+    return torch.where(area > 0, inter / area.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def in_ignore_regions(boxes: Tensor, regions: Tensor | None,
+                      thresh: float = IGNORE_COVER) -> Tensor:
+    """boxes [N, 4], ignore regions [M, 4] or None -> [N] bool: more than ``thresh`` of the
+    box's area lies inside one region."""
+    if regions is None or len(regions) == 0 or len(boxes) == 0:
+        return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    return (cover(boxes, regions.to(boxes.dtype)) > thresh).any(dim=1)
 
 
 class Matcher:

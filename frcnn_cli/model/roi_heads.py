@@ -3,8 +3,9 @@
 In the paper's order:
 
 - proposal targets (training): the ground truth joins the proposals; each is labelled by its
-  best IoU with an object (foreground >= 0.5, background in [bg_lo, 0.5)); 128 are sampled per
-  image, at most 25 % foreground, with class labels and box targets normalised by stds.
+  best IoU with an object (foreground >= 0.5, background in [bg_lo, 0.5)), those mostly inside
+  an ignore region (crowd, tile cut) left out; 128 are sampled per image, at most 25 %
+  foreground, with class labels and box targets normalised by stds.
 - RoI pooling: each RoI becomes a 7 x 7 grid of the shared conv map (max pooling at 1/16, the
   paper), or RoIAlign as an option.
 - the head: fc6/fc7 (VGG16, tiny) or res5 + average pool (ResNet C4, MobileNet), from
@@ -25,7 +26,7 @@ from torchvision.ops import box_iou, roi_align, roi_pool
 
 from frcnn_cli.config import RoIHeadsConfig
 from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image
-from frcnn_cli.model.matching import Matcher, sample_balanced
+from frcnn_cli.model.matching import Matcher, in_ignore_regions, sample_balanced
 from frcnn_cli.model.precision import full_precision
 
 
@@ -34,10 +35,11 @@ class RoIHeads(nn.Module):
     detections_per_img=None)``.
 
     features [B, C, H, W]; proposals list of [P_i, 4] boxes in network pixels; image_sizes
-    [B, 2] (height, width); targets (training) list of dicts with ``boxes`` [G_i, 4] and
-    ``labels`` [G_i] in 1..K. Returns (detections, losses): in training ``([], losses)``;
-    otherwise one dict per image with ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D]. The
-    test-time limits default to the recipe's (score >= 0.05, 100 per image).
+    [B, 2] (height, width); targets (training) list of dicts with ``boxes`` [G_i, 4],
+    ``labels`` [G_i] in 1..K and optionally ``ignore`` [M_i, 4] (ignore regions). Returns
+    (detections, losses): in training ``([], losses)``; otherwise one dict per image with
+    ``boxes`` [D, 4], ``scores`` [D], ``labels`` [D]. The test-time limits default to the
+    recipe's (score >= 0.05, 100 per image).
     """
 
     def __init__(self, box_head: nn.Module, head_channels: int, num_classes: int,
@@ -86,7 +88,8 @@ class RoIHeads(nn.Module):
             objects, classes = target["boxes"], target["labels"]
             if self.add_gt_as_proposals:
                 props = torch.cat([props, objects.to(props.dtype)])
-            iou_labels, matched = self.matcher(box_iou(objects, props))
+            valid = ~in_ignore_regions(props, target.get("ignore"))
+            iou_labels, matched = self.matcher(box_iou(objects, props), valid)
             pos, neg = sample_balanced(iou_labels, self.batch_size_per_image,
                                        self.positive_fraction)
             roi_labels = classes.new_zeros(len(pos) + len(neg))

@@ -6,8 +6,9 @@ Three parts, in the paper's order:
   objectness scores (softmax over object / not object, as the paper) or ``k`` (sigmoid), and
   ``4k`` box deltas.
 - anchor targets (Section 3.1.2): positive at IoU >= 0.7 with an object, or the best anchor of
-  an object; negative below 0.3; anchors crossing the image border ignored; 256 sampled per
-  image, up to half positive. Loss (Eq. 1): log loss / N_cls + lambda * smooth L1 / N_reg.
+  an object; negative below 0.3; anchors crossing the image border ignored, and anchors mostly
+  inside an ignore region (crowd, tile cut); 256 sampled per image, up to half positive.
+  Loss (Eq. 1): log loss / N_cls + lambda * smooth L1 / N_reg.
 - the proposal layer: decode every anchor, clip to the image, drop boxes under the minimum
   size (and below ``rpn.score_thresh``), keep the pre-NMS top N, NMS, keep the post-NMS top
   N. All images in one NMS call. (:mod:`frcnn_cli.model.levels` proposes over the levels of a
@@ -24,7 +25,7 @@ from torchvision.ops import box_iou
 from frcnn_cli.config import RPNConfig
 from frcnn_cli.model.anchors import AnchorGrid, inside_image
 from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image, tracing
-from frcnn_cli.model.matching import Matcher, sample_balanced
+from frcnn_cli.model.matching import Matcher, in_ignore_regions, sample_balanced
 from frcnn_cli.model.precision import full_precision
 
 
@@ -75,12 +76,13 @@ class RegionProposalNetwork(nn.Module):
     """The RPN: head, anchor targets and loss in training, proposals.
 
     ``forward(features, image_sizes, scales, targets=None, propose=True, pre_nms_top_n=None,
-    post_nms_top_n=None)`` with features [B, C, H, W], image_sizes [B, 2] (height, width of
-    each image inside the padded batch), scales [B] (each image's resize factor: proposals
-    under ``rpn.min_size`` pixels of the input image are dropped), targets a list of [G_i, 4]
-    object boxes (training). The proposal counts default to the recipe's for the mode
-    (training: 12000 -> 2000, test: 6000 -> 300). Returns (boxes list of [P_i, 4], scores
-    list of [P_i] objectness probabilities, best first; losses dict, empty without targets).
+    post_nms_top_n=None, ignore=None)`` with features [B, C, H, W], image_sizes [B, 2]
+    (height, width of each image inside the padded batch), scales [B] (each image's resize
+    factor: proposals under ``rpn.min_size`` pixels of the input image are dropped), targets
+    a list of [G_i, 4] object boxes (training), ignore a list of [M_i, 4] ignore regions (or
+    None). The proposal counts default to the recipe's for the mode (training: 12000 -> 2000,
+    test: 6000 -> 300). Returns (boxes list of [P_i, 4], scores list of [P_i] objectness
+    probabilities, best first; losses dict, empty without targets).
     """
 
     def __init__(self, in_channels: int, anchors: AnchorGrid, cfg: RPNConfig) -> None:
@@ -107,14 +109,15 @@ class RegionProposalNetwork(nn.Module):
 
     def forward(self, features: Tensor, image_sizes: Tensor, scales: Tensor,
                 targets: list[Tensor] | None = None, propose: bool = True,
-                pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None
+                pre_nms_top_n: int | None = None, post_nms_top_n: int | None = None,
+                ignore: list[Tensor | None] | None = None
                 ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         logits, deltas = self.head(features)
         anchors = self.anchors.grid(features.shape[-2], features.shape[-1], features.device)
         losses: dict[str, Tensor] = {}
         if targets is not None:
             losses = self.loss(logits, deltas, anchors, image_sizes, targets,
-                               places=features.shape[-2] * features.shape[-1])
+                               places=features.shape[-2] * features.shape[-1], ignore=ignore)
         boxes: list[Tensor] = []
         scores: list[Tensor] = []
         if propose:
@@ -129,25 +132,29 @@ class RegionProposalNetwork(nn.Module):
 
     # ------------------------------------------------------------------ anchor targets and loss
 
-    def anchor_targets(self, anchors: Tensor, image_size: Tensor,
-                       objects: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Label and sample the anchors [A, 4] of one image of size (h, w) with objects [G, 4].
+    def anchor_targets(self, anchors: Tensor, image_size: Tensor, objects: Tensor,
+                       ignore: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Label and sample the anchors [A, 4] of one image of size (h, w) with objects [G, 4]
+        and ignore regions [M, 4] (anchors mostly inside one take no part).
 
         Returns sampled positive indices [P], negative indices [M], and the positives'
         regression targets [P, 4].
         """
-        inside = inside_image(anchors, image_size[0], image_size[1], self.allowed_border)
-        labels, matched = self.matcher(box_iou(objects, anchors), inside)
+        valid = inside_image(anchors, image_size[0], image_size[1], self.allowed_border)
+        valid &= ~in_ignore_regions(anchors, ignore)
+        labels, matched = self.matcher(box_iou(objects, anchors), valid)
         pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
         return pos, neg, self.box_coder.encode(objects[matched[pos]], anchors[pos])
 
     def loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor, image_sizes: Tensor,
-             targets: list[Tensor], places: int) -> dict[str, Tensor]:
+             targets: list[Tensor], places: int,
+             ignore: list[Tensor | None] | None = None) -> dict[str, Tensor]:
         """Eq. 1 over the batch. ``places``: anchor places per image (N_reg of the paper)."""
         num_anchors = len(anchors)
         pos_all, neg_all, box_targets = [], [], []
         for i, objects in enumerate(targets):
-            pos, neg, t = self.anchor_targets(anchors, image_sizes[i], objects)
+            pos, neg, t = self.anchor_targets(anchors, image_sizes[i], objects,
+                                              ignore[i] if ignore is not None else None)
             pos_all.append(pos + i * num_anchors)
             neg_all.append(neg + i * num_anchors)
             box_targets.append(t)

@@ -103,8 +103,8 @@ class ImageTransform(nn.Module):
                 proposals: list[Tensor] | None = None
                 ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None, list[Tensor] | None]:
         """images: list of [3, H_i, W_i], float in 0..1 or uint8. Returns the batch, and the
-        targets' boxes and the proposals scaled to the resized images (new lists; inputs
-        untouched)."""
+        targets' boxes (and ``ignore`` regions) and the proposals scaled to the resized images
+        (new lists; inputs untouched)."""
         resized, sizes = [], []
         for image in images:
             h, w = image.shape[-2:]
@@ -129,7 +129,8 @@ class ImageTransform(nn.Module):
         batch = ImageBatch(tensors, info[:, 2:], info[:, 2:] / info[:, :2], info[:, :2])
 
         if targets is not None:
-            targets = [{**t, "boxes": self.scale_boxes(t["boxes"].to(torch.float32), batch, i)}
+            targets = [{**t, **{k: self.scale_boxes(t[k].to(torch.float32), batch, i)
+                                for k in ("boxes", "ignore") if k in t}}
                        for i, t in enumerate(targets)]
         if proposals is not None:
             proposals = [self.scale_boxes(p.to(torch.float32), batch, i)
