@@ -82,8 +82,13 @@ def test_onednn_fc_gives_the_plain_linear_detections(trained_shapes, shapes_four
 
 
 def test_bf16_agrees_with_fp32(cli, trained_shapes, shapes_four, tmp_path):
-    """VOC07 mAP within 0.005 through `frcnn eval --precision bf16`, and the same proposals up
-    to bf16's rounding (each fp32 proposal among the top 50 has a bf16 twin at IoU > 0.9)."""
+    """bf16 autocast finds the fp32 detections up to its rounding: the same count, each with a
+    twin of its class at IoU > 0.95 scoring within 0.01, and the same proposals (each fp32
+    proposal among the top 50 has a twin at IoU > 0.9). `frcnn eval --precision bf16` runs it.
+
+    (Its VOC07 mAP on the 100 validation images of the demo set, for a weak and a strong model,
+    is benchmarks/bf16_accuracy.py's: on these nine objects two detections 0.001 apart that
+    swap places move the 11-point mAP by 0.05, whatever the precision.)"""
     maps = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / f"{precision}.json"
@@ -91,17 +96,29 @@ def test_bf16_agrees_with_fp32(cli, trained_shapes, shapes_four, tmp_path):
                 "--json", out, "--device", "cpu")
         assert r.exit_code == 0, r.output
         maps[precision] = json.loads(out.read_text())["mAP"]
-    assert maps["fp32"] > 0.8 and abs(maps["bf16"] - maps["fp32"]) <= 0.005, maps
+    assert maps["fp32"] > 0.8 and maps["bf16"] > 0.8, maps
 
     model = load_model(trained_shapes)
-    twins = []
+    compared, twins = 0, []
     with torch.inference_mode():
         for image in _images(shapes_four):
-            full = model.detect([image], rpn_only=True)[0]["boxes"][:50]
+            full = model([image])[0]
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = model.detect([image], rpn_only=True)[0]
+                low = model([image])[0]
+                low_proposals = model.detect([image], rpn_only=True)[0]
             assert low["boxes"].dtype == torch.float32 and low["scores"].dtype == torch.float32
-            twins.append((box_iou(full, low["boxes"]).max(dim=1).values > 0.9).float().mean())
+            assert len(low["boxes"]) == len(full["boxes"])
+            for box, score, label in zip(full["boxes"], full["scores"], full["labels"],
+                                         strict=True):
+                same = low["labels"] == label
+                iou = box_iou(box[None], low["boxes"][same])[0]
+                assert iou.max() > 0.95
+                assert (low["scores"][same][iou > 0.95] - score).abs().min() <= 0.01
+                compared += 1
+            proposals = model.detect([image], rpn_only=True)[0]["boxes"][:50]
+            best = box_iou(proposals, low_proposals["boxes"]).max(dim=1).values
+            twins.append((best > 0.9).float().mean())
+    assert compared >= 20
     assert np.mean(twins) >= 0.95, twins
 
 
