@@ -30,14 +30,16 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     backbone: Literal["vgg16", "resnet50", "resnet101", "mobilenet_v3_large", "tiny",
-                      "resnet50-fpn", "resnet50-fpn-v2", "mobilenet_v3_large-fpn"] = Field(
+                      "resnet50-fpn", "resnet50-fpn-v2", "mobilenet_v3_large-fpn",
+                      "tiny-fpn"] = Field(
         "vgg16", description="Shared convolutional layers: the paper's vgg16 (conv5_3), ResNet C4 "
         "(res4), MobileNetV3, a small CPU network for demos and tests, or a Feature Pyramid "
         "Network in torchvision's layouts: resnet50-fpn (P2-P6), resnet50-fpn-v2 (its FPN with "
-        "BatchNorm and a 4-conv 1-fc head), mobilenet_v3_large-fpn (torchvision's 3 levels).")
+        "BatchNorm and a 4-conv 1-fc head), mobilenet_v3_large-fpn (torchvision's 3 levels), or "
+        "tiny-fpn (the small CPU network with a 64-channel pyramid, P2-P5).")
     pretrained: bool = Field(
         True, description="Start the backbone (and VGG16's fc6/fc7) from ImageNet weights via "
-        "torchvision's weights API; ignored by the tiny backbone, which has none.")
+        "torchvision's weights API; ignored by the tiny backbones, which have none.")
     backbone_weights: str | None = Field(
         None, description="Local file with an ImageNet state dict for the backbone, for offline "
         "machines; overrides the download.")

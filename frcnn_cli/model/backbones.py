@@ -9,8 +9,8 @@ Each builder splits one ImageNet network in two, as the paper does for VGG16:
 | mobilenet_v3_large | blocks 0-12 (112) | blocks 0-3 | blocks 13-16 + average pool (960) |
 | tiny | 7 conv-BN-ReLU layers (128), 0.35 GFLOP at 256 px | none | fc6, fc7 (head_dim) |
 
-The ``-fpn`` backbones (a feature pyramid on ResNet-50 or MobileNetV3, torchvision's layouts)
-are built in :mod:`frcnn_cli.model.fpn`.
+The ``-fpn`` backbones (a feature pyramid on ResNet-50 or MobileNetV3, torchvision's layouts,
+or on the tiny stack) are built in :mod:`frcnn_cli.model.fpn`.
 
 fc6 and fc7 may be truncated SVDs (``model.svd_fc6``/``svd_fc7``, Fast R-CNN Section 3.1): each
 is then two thinner layers, written by ``frcnn export --svd`` from a trained head.
@@ -311,9 +311,9 @@ def _mobilenet(net, cfg: ModelConfig, roi_size: int, imagenet: bool) -> Backbone
 TINY_LAYERS = ((16, 2), (32, 2), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1))
 
 
-def _tiny(cfg: ModelConfig, roi_size: int) -> BackboneParts:
+def tiny_layers() -> list[nn.Module]:
     """A VGG-shaped stack (7 conv layers, receptive field 119 px) small enough to train from
-    scratch in minutes on a laptop CPU."""
+    scratch in minutes on a laptop CPU: conv, BatchNorm, ReLU per layer."""
     layers: list[nn.Module] = []
     cin = 3
     for cout, stride in TINY_LAYERS:
@@ -323,5 +323,10 @@ def _tiny(cfg: ModelConfig, roi_size: int) -> BackboneParts:
     for m in layers:
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return layers
+
+
+def _tiny(cfg: ModelConfig, roi_size: int) -> BackboneParts:
+    body, cin = nn.Sequential(*tiny_layers()), TINY_LAYERS[-1][0]
     head = FCHead(cin * roi_size * roi_size, cfg.head_dim, cfg.dropout, cfg.svd_fc6, cfg.svd_fc7)
-    return BackboneParts(Backbone(nn.Sequential(*layers), cin), head, cfg.head_dim)
+    return BackboneParts(Backbone(body, cin), head, cfg.head_dim)

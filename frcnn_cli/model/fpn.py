@@ -12,6 +12,7 @@ their size).
 | resnet50-fpn | P2-P5 (4-32), P6 (64) | ResNet-50, frozen BN | stem, res2 | fc6, fc7 |
 | resnet50-fpn-v2 | the same, FPN with BN | ResNet-50, BN | stem, res2 | 4 convs, 1 fc |
 | mobilenet_v3_large-fpn | 2 x 32, pool (64) | MobileNetV3, frozen BN | blocks 0-6 | fc6, fc7 |
+| tiny-fpn | P2-P4 (4-16), P5 (32), 64 channels | the tiny stack | none | fc6, fc7 |
 
 These are torchvision's ``fasterrcnn_resnet50_fpn``, ``fasterrcnn_resnet50_fpn_v2`` and
 ``fasterrcnn_mobilenet_v3_large_fpn`` backbones: the same modules (the pyramid is
@@ -20,6 +21,10 @@ These are torchvision's ``fasterrcnn_resnet50_fpn``, ``fasterrcnn_resnet50_fpn_v
 trained from scratch) and the same state-dict keys (``backbone.body.*``, ``backbone.fpn.*``).
 MobileNet's two levels both have stride 32: torchvision taps the block that halves the stride-16
 map and the last one. RoIs are pooled from every level but the max-pooled one.
+
+``tiny-fpn`` is the CPU demo's ``tiny`` stack with a 64-channel pyramid on its stride-4, 8 and
+16 layers: the C4 demo network's FPN twin, trained from scratch, to measure what the pyramid
+does for small objects (benchmarks/fpn_vs_c4.py).
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ from frcnn_cli.errors import RecipeError
 from frcnn_cli.model.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    TINY_LAYERS,
     BackboneParts,
     FCHead,
     load_imagenet,
+    tiny_layers,
 )
 
 FPN_CHANNELS = 256       # every level's width (torchvision's)
@@ -61,6 +68,7 @@ class Pyramid:
     names: tuple[str, ...]        # level names, the max-pooled level last
     strides: tuple[int, ...]      # each level's stride
     frozen: int                   # leading body layers kept frozen (freeze_early)
+    width: int = FPN_CHANNELS     # every level's channels
 
 
 _RESNET = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -72,6 +80,9 @@ PYRAMIDS = {
                                       (32, 32, 64), 7),
 }
 PYRAMIDS["resnet50-fpn-v2"] = PYRAMIDS["resnet50-fpn"]
+# tiny's layers 0-6 (TINY_LAYERS): taps after the stride-4, stride-8 and stride-16 layers
+PYRAMIDS["tiny-fpn"] = Pyramid("tiny", tuple(str(i) for i in range(len(TINY_LAYERS))),
+                               ("1", "3", "6"), ("P2", "P3", "P4", "P5"), (4, 8, 16, 32), 0, 64)
 
 
 def is_pyramid(backbone: str) -> bool:
@@ -96,7 +107,7 @@ class PyramidBackbone(nn.Module):
         self.strides = spec.strides
         self.stride = spec.strides[0]
         self.pooled_levels = len(spec.strides) - 1
-        self.out_channels = FPN_CHANNELS
+        self.out_channels = spec.width
         self.num_frozen = num_frozen
         self.pixel_mean, self.pixel_std = IMAGENET_MEAN, IMAGENET_STD
         for p in self.frozen_layers().parameters():
@@ -132,6 +143,8 @@ def build_pyramid(cfg: ModelConfig, roi_size: int, load_weights: bool = True) ->
     """The ``-fpn`` backbone of ``cfg`` and its box head; ImageNet weights for the body when
     the recipe asks and ``load_weights``."""
     spec = PYRAMIDS[cfg.backbone]
+    if spec.network == "tiny":
+        return _tiny_pyramid(cfg, roi_size, spec)
     v2 = cfg.backbone.endswith("-v2")
     imagenet = cfg.pretrained or cfg.backbone_weights is not None
     eps = FROZEN_BN_EPS if cfg.frozen_bn_eps is None else cfg.frozen_bn_eps
@@ -157,6 +170,18 @@ def build_pyramid(cfg: ModelConfig, roi_size: int, load_weights: bool = True) ->
     frozen = spec.frozen if cfg.freeze_early else 0
     return BackboneParts(PyramidBackbone(body, spec.taps, fpn, spec, frozen), head,
                          cfg.head_dim)
+
+
+def _tiny_pyramid(cfg: ModelConfig, roi_size: int, spec: Pyramid) -> BackboneParts:
+    """The tiny stack's layers (conv-BN-ReLU each) as the body of a ``spec.width`` pyramid."""
+    layers = tiny_layers()
+    body = nn.ModuleDict((name, nn.Sequential(*layers[3 * i:3 * i + 3]))
+                         for i, name in enumerate(spec.layers))
+    channels = [_out_channels(body[name]) for name in spec.taps]
+    fpn = FeaturePyramidNetwork(channels, spec.width, extra_blocks=LastLevelMaxPool())
+    head = FCHead(spec.width * roi_size * roi_size, cfg.head_dim, cfg.dropout, cfg.svd_fc6,
+                  cfg.svd_fc7)
+    return BackboneParts(PyramidBackbone(body, spec.taps, fpn, spec, 0), head, cfg.head_dim)
 
 
 def _out_channels(layer: nn.Module) -> int:
