@@ -19,6 +19,9 @@ from frcnn_cli.data.annotations import load_annotations
 from frcnn_cli.data.images import read_image
 from frcnn_cli.engine.proposals import read_proposals
 from frcnn_cli.evaluation.detections import load_detections
+from frcnn_cli.export import onnx as onnx_export
+from frcnn_cli.export import torchscript as torchscript_export
+from frcnn_cli.export.capture import capture
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-5
 # (height, width) of each validation image: smaller, larger, non-square, at scale
@@ -77,9 +80,14 @@ def _assert_same(ref, other, what):
         free[j] = False
 
 
-def test_every_path_gives_the_same_detections(cli, trained_shapes, sized, tmp_path):
+def test_every_path_gives_the_same_detections(cli, trained_shapes, sized, tmp_path, monkeypatch):
     ann = load_annotations(sized)
     model = load_model(trained_shapes)
+    # both files from one capture of the model, as test_export_fpn.py does: `frcnn export`
+    # captures the checkpoint's model the same way for each format
+    captured = capture(load_model(trained_shapes))
+    for module in (onnx_export, torchscript_export):
+        monkeypatch.setattr(module, "capture", lambda _: captured)
     classes = np.array([c["id"] for c in model.classes])
     with torch.inference_mode():
         python = {im["id"]: model([_raw(ann.image_path(im))])[0] for im in ann.images}
