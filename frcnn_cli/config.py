@@ -403,64 +403,6 @@ def load_recipe(name_or_path: str | os.PathLike | None = None,
     return recipe_from_dict(raw, source, overridden)
 
 
-def recipe_summaries() -> list[tuple[str, Recipe | None, str]]:
-    """``(name, recipe, line)`` for each of :func:`available_recipes`: the loaded recipe and
-    the first line of its description, or None and the error of a recipe that does not load
-    (one broken file on FRCNN_RECIPE_PATH hides no other)."""
-    out: list[tuple[str, Recipe | None, str]] = []
-    from frcnn_cli.recipe_files import available_recipes
-
-    for name in available_recipes():
-        try:
-            r = load_recipe(name)
-        except RecipeError as e:
-            out.append((name, None, str(e)))
-            continue
-        out.append((name, r, r.description.splitlines()[0] if r.description else ""))
-    return out
-
-
 def dump_yaml(obj: Any) -> str:
     """YAML text of a plain structure, keys in insertion order."""
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=None, width=100)
-
-
-def key_table() -> list[tuple[str, str, str, str]]:
-    """``(key, type, default, meaning)`` for every recipe key, in schema order."""
-    defaults = Recipe().to_dict()
-    rows = []
-    for key, field in all_keys().items():
-        node: Any = defaults
-        for part in key.split("."):
-            node = node[part]
-        rows.append((key, _type_name(field.annotation), _short(node), field.description or ""))
-    return rows
-
-
-def reference_markdown() -> str:
-    """A Markdown table of every recipe key, its default and meaning, generated from the schema."""
-    lines = [
-        "# Recipe reference",
-        "",
-        "Generated from the schema in `frcnn_cli/config.py` by `frcnn recipe keys --markdown`; "
-        "do not edit by hand.",
-        "",
-        "| key | type | default | meaning |",
-        "| --- | --- | --- | --- |",
-    ]
-    for key, typ, default, desc in key_table():
-        desc = desc.replace("|", "\\|")
-        lines.append(f"| `{key}` | {typ} | `{default}` | {desc} |")
-    return "\n".join(lines) + "\n"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def _type_name(ann: Any) -> str:
-    text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
-    text = text or str(ann).replace("typing.", "")
-    return text.replace("|", "or")

@@ -1,6 +1,6 @@
 import pytest
 
-from frcnn_cli import config, recipe_files
+from frcnn_cli import config, recipe_files, recipe_keys
 from frcnn_cli.errors import RecipeError
 
 
@@ -89,5 +89,5 @@ def test_reference_is_generated_and_current():
     from pathlib import Path
 
     ref = Path(__file__).resolve().parents[1] / "docs" / "recipe-reference.md"
-    assert ref.read_text() == config.reference_markdown(), \
+    assert ref.read_text() == recipe_keys.reference_markdown(), \
         "regenerate with: frcnn recipe keys --markdown > docs/recipe-reference.md"

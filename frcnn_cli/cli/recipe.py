@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from frcnn_cli import config
+from frcnn_cli import config, recipe_keys
 from frcnn_cli.cli import console, options
 
 recipe_app = options.Typer(help="List, show and document recipes.", no_args_is_help=True)
@@ -19,7 +19,7 @@ def list_recipes() -> None:
     Example: [bold]frcnn recipe list[/]
     """
     rows = [[name, r.model.backbone if r is not None else ("invalid", "red"), line]
-            for name, r, line in config.recipe_summaries()]
+            for name, r, line in recipe_keys.recipe_summaries()]
     console.table(None, ["recipe", "backbone", "description"], rows)
 
 
@@ -45,9 +45,9 @@ def keys(
     Example: [bold]frcnn recipe keys --markdown > docs/recipe-reference.md[/]
     """
     if markdown:
-        typer.echo(config.reference_markdown(), nl=False)
+        typer.echo(recipe_keys.reference_markdown(), nl=False)
         return
-    rows = [[key, default, desc] for key, _, default, desc in config.key_table()]
+    rows = [[key, default, desc] for key, _, default, desc in recipe_keys.key_table()]
     console.table(None, ["key", "default", "meaning"], rows)
 
 

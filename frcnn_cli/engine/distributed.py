@@ -13,6 +13,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from frcnn_cli.devices import resolve_device
+from frcnn_cli.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -78,3 +81,21 @@ def broadcast_from_main(obj: Any, info: DistInfo) -> Any:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def training_device(device: str, amp: bool) -> torch.device:
+    """A run's ``--device``, refusing ``--amp`` anywhere but on a GPU."""
+    resolved = resolve_device(device)
+    if amp and resolved.type != "cuda":
+        raise InputError("--amp needs a CUDA device (mixed precision training runs on GPUs)")
+    return resolved
+
+
+def join_processes(device: str, amp: bool) -> tuple[torch.device, DistInfo]:
+    """This process's device and its place among torchrun's processes (alone without it)."""
+    resolved = training_device(device, amp)
+    info = init_distributed(resolved)
+    if info.enabled and resolved.type == "cuda":
+        resolved = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(resolved)
+    return resolved, info

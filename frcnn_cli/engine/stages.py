@@ -37,7 +37,7 @@ from frcnn_cli.engine.run_config import (
     stored_run,
     write_config,
 )
-from frcnn_cli.engine.trainer import resume_run, train_run, training_device
+from frcnn_cli.engine.trainer import resume_run, train_run
 from frcnn_cli.errors import InputError
 from frcnn_cli.files import LOCK_NAME, lock_folder, prepare_output_file, require_file
 from frcnn_cli.outputs import PROPOSALS
@@ -114,7 +114,8 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
     repeating the command (or ``resume_alt``) after an interruption finishes the schedule.
     """
     root = Path(args.out)
-    training_device(args)  # a bad --device or --amp stops here, before RUN/ is made
+    # a bad --device or --amp stops here, before RUN/ is made
+    dist_mod.training_device(args.device, args.amp)
     for src, what in ((args.train, "training annotations"), (args.val, "validation annotations")):
         if src and Path(src).resolve() == root.resolve():
             raise InputError(f"run folder {root} is an input; choose another --out")

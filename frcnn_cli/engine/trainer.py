@@ -27,7 +27,6 @@ import torch
 from frcnn_cli import config as config_mod
 from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
 from frcnn_cli.config import Recipe
-from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.initial_model import build_initial_model, warn_if_anchors_cross_border
 from frcnn_cli.engine.interrupts import HoldInterrupts, Interrupted
@@ -80,7 +79,7 @@ class Run:
                  resume: bool = False) -> None:
         """Set up: the processes, the recipe, the data, the model and its optimizer."""
         self.args, self.kind, self.reporter = args, args.kind, reporter
-        self.device, self.dist = _join_processes(args)
+        self.device, self.dist = dist_mod.join_processes(args.device, args.amp)
         self.recipe = config_mod.load_recipe(args.recipe, args.overrides) if recipe is None \
             else recipe
         args.seed = self.seed = self.recipe.train.seed if args.seed is None else args.seed
@@ -392,24 +391,6 @@ class Run:
 
     def _save_model(self, path: Path) -> None:
         save_checkpoint({"model": self.model.state_dict(), "meta": self._meta()}, path)
-
-
-def training_device(args: RunArgs) -> torch.device:
-    """The run's ``--device``, refusing ``--amp`` anywhere but on a GPU."""
-    device = resolve_device(args.device)
-    if args.amp and device.type != "cuda":
-        raise InputError("--amp needs a CUDA device (mixed precision training runs on GPUs)")
-    return device
-
-
-def _join_processes(args: RunArgs) -> tuple[torch.device, dist_mod.DistInfo]:
-    """This process's device and its place among torchrun's processes (alone without it)."""
-    device = training_device(args)
-    dist = dist_mod.init_distributed(device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    return device, dist
 
 
 def _last_good(last_path: Path) -> str:
