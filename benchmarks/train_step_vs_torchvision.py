@@ -78,7 +78,8 @@ def main() -> None:
 
     print(f"recipe {recipe.name}: {recipe.model.backbone}, {args.classes + 1} classes, "
           f"{args.batch} image(s) {h}x{w} -> shorter side {recipe.input.min_size}, "
-          f"channels_last {recipe.model.channels_last}, {torch.get_num_threads()} threads, "
+          f"channels_last {recipe.model.channels_last} (inference; CPU training runs NCHW), "
+          f"{torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     times: dict[str, list[float]] = {name: [] for name in models}
     for name in models:  # warm-up
