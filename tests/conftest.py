@@ -29,6 +29,17 @@ def cli():
     return run
 
 
+@pytest.fixture
+def one_thread():
+    """Small models run faster on one thread, and do not wait on busy cores; restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory):
     """A small synthetic shapes set, made once per session: the folder holding ``train.json``

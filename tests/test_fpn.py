@@ -16,14 +16,6 @@ SMALL = ["model.backbone=mobilenet_v3_large-fpn", "anchors.level_sizes=all",
          "input.max_size=160", "rpn.post_nms_top_n_train=64", "roi_heads.batch_size_per_image=32"]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(*overrides):
     torch.manual_seed(0)
     return frcnn_cli.build_model(load_recipe("coco-r50-fpn", [*SMALL, *overrides]), 2)

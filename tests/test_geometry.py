@@ -5,7 +5,6 @@ training, evaluation, export nor the CLI."""
 import ast
 from pathlib import Path
 
-import pytest
 import torch
 
 import frcnn_cli
@@ -14,14 +13,6 @@ from frcnn_cli.model import transform as transform_mod
 from frcnn_cli.model.transform import resize_image
 
 SMALL = ["input.min_size=128", "input.max_size=200", "model.head_dim=64"]
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(*overrides):

@@ -12,15 +12,6 @@ from frcnn_cli.errors import CheckpointError, InputError
 SMALL = ["input.min_size=128", "input.max_size=160", "model.head_dim=64"]
 
 
-@pytest.fixture
-def one_thread():
-    """Small models run faster on one thread, and do not wait on busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(*overrides, classes=3):
     torch.manual_seed(0)
     return frcnn_cli.build_model(load_recipe("shapes", [*SMALL, *overrides]), classes)

@@ -31,14 +31,6 @@ SCALE = {"fasterrcnn_resnet50_fpn": (160, 224), "fasterrcnn_mobilenet_v3_large_f
 RPN_MIN_SIZE = 8.0
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _settings(name: str) -> tuple[dict, list[str]]:
     """The same changes for torchvision's builder and for frcnn's recipe."""
     low, high = SCALE[name]

@@ -191,16 +191,13 @@ class LevelRPN(RegionProposalNetwork):
         boxes: list[Tensor] = []
         scores: list[Tensor] = []
         if propose:
-            if self.training:
-                pre_n, post_n = self.pre_nms_top_n_train, self.post_nms_top_n_train
-            else:
-                pre_n, post_n = self.pre_nms_top_n_test, self.post_nms_top_n_test
+            pre_n, post_n = self.proposal_counts(pre_nms_top_n, post_nms_top_n)
             counts = [h * w * self.anchors.num_anchors for h, w in map_sizes]
             min_sizes = torch.full_like(scales, self.min_size) if self.torchvision_filter \
                 else self.min_size * scales
             boxes, scores = self.propose_levels(
                 anchors, objectness_score(logits.detach()), deltas.detach(), image_sizes,
-                min_sizes, counts, pre_nms_top_n or pre_n, post_nms_top_n or post_n)
+                min_sizes, counts, pre_n, post_n)
         return boxes, scores, losses
 
     def _dropped(self, boxes: Tensor, logits: Tensor, min_sizes: Tensor) -> Tensor:

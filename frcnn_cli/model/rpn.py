@@ -121,14 +121,21 @@ class RegionProposalNetwork(nn.Module):
         boxes: list[Tensor] = []
         scores: list[Tensor] = []
         if propose:
-            if self.training:
-                pre_n, post_n = self.pre_nms_top_n_train, self.post_nms_top_n_train
-            else:
-                pre_n, post_n = self.pre_nms_top_n_test, self.post_nms_top_n_test
+            pre_n, post_n = self.proposal_counts(pre_nms_top_n, post_nms_top_n)
             boxes, scores = self.propose(anchors, objectness_score(logits.detach()),
                                          deltas.detach(), image_sizes, self.min_size * scales,
-                                         pre_nms_top_n or pre_n, post_nms_top_n or post_n)
+                                         pre_n, post_n)
         return boxes, scores, losses
+
+    def proposal_counts(self, pre_nms_top_n: int | None, post_nms_top_n: int | None
+                        ) -> tuple[int, int]:
+        """Boxes kept before and after NMS: the arguments, or the recipe's for training or
+        test, whichever mode the module is in."""
+        if self.training:
+            pre_n, post_n = self.pre_nms_top_n_train, self.post_nms_top_n_train
+        else:
+            pre_n, post_n = self.pre_nms_top_n_test, self.post_nms_top_n_test
+        return pre_nms_top_n or pre_n, post_nms_top_n or post_n
 
     # ------------------------------------------------------------------ anchor targets and loss
 
