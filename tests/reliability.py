@@ -27,3 +27,25 @@ def assert_user_error(r, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[-1], r.output
     return lines[-1]
+
+
+def small_shapes(folder: Path) -> Path:
+    """A 64 px shapes set in ``folder``: train.json (4 images), val.json (2), images/."""
+    from frcnn_cli.data.synth import synthesize
+
+    synthesize(folder, train=4, val=2, size=64, seed=0, workers=1)
+    return folder
+
+
+def untrained_checkpoint(path: Path) -> Path:
+    """An untrained, complete model checkpoint for the three shapes classes, at ``path``."""
+    from frcnn_cli import config
+    from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
+    from frcnn_cli.model.faster_rcnn import build_model
+
+    recipe = config.load_recipe("shapes", ["input.min_size=64", "input.max_size=64"])
+    classes = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},
+               {"id": 3, "name": "triangle"}]
+    model = build_model(recipe, 3, classes=classes)
+    save_checkpoint({"model": model.state_dict(), "meta": checkpoint_meta(model)}, path)
+    return path

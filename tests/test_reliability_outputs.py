@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from reliability import assert_user_error, digest
+from reliability import assert_user_error, digest, small_shapes, untrained_checkpoint
 
 # the plain progress lines of slow work: "detect 2/4  3.1/s", "reading images 1/6", ...
 PROGRESS = re.compile(r"^(detect|proposals|train|predict|synthesising|reading images) \d",
@@ -23,27 +23,13 @@ FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
 def data(tmp_path):
     """A fresh 64 px shapes set per test (tests try to damage it): train.json (4 images),
     val.json (2), images/."""
-    from frcnn_cli.data.synth import synthesize
-
-    folder = tmp_path / "data"
-    synthesize(folder, train=4, val=2, size=64, seed=0, workers=1)
-    return folder
+    return small_shapes(tmp_path / "data")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """An untrained, complete model checkpoint for the three shapes classes."""
-    from frcnn_cli import config
-    from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
-    from frcnn_cli.model.faster_rcnn import build_model
-
-    recipe = config.load_recipe("shapes", ["input.min_size=64", "input.max_size=64"])
-    classes = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},
-               {"id": 3, "name": "triangle"}]
-    model = build_model(recipe, 3, classes=classes)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint({"model": model.state_dict(), "meta": checkpoint_meta(model)}, path)
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability import digest
+from reliability import digest, small_shapes
 
 FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
         "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
@@ -50,11 +50,7 @@ def assert_refused(r, marker: Path, *fragments: str, command: str = "") -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A 64 px shapes set: train.json (4 images), val.json (2 images), images/."""
-    from frcnn_cli.data.synth import synthesize
-
-    folder = tmp_path_factory.mktemp("data")
-    synthesize(folder, train=4, val=2, size=64, seed=0, workers=1)
-    return folder
+    return small_shapes(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

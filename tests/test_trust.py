@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reliability import assert_user_error, digest
+from reliability import assert_user_error, digest, small_shapes, untrained_checkpoint
 
 FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
         "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
@@ -32,27 +32,13 @@ def flat(text: str) -> str:
 @pytest.fixture
 def data(tmp_path):
     """A fresh 64 px shapes set per test: train.json (4 images), val.json (2), images/."""
-    from frcnn_cli.data.synth import synthesize
-
-    folder = tmp_path / "data"
-    synthesize(folder, train=4, val=2, size=64, seed=0, workers=1)
-    return folder
+    return small_shapes(tmp_path / "data")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """An untrained, complete model checkpoint for the three shapes classes."""
-    from frcnn_cli import config
-    from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint
-    from frcnn_cli.model.faster_rcnn import build_model
-
-    recipe = config.load_recipe("shapes", ["input.min_size=64", "input.max_size=64"])
-    classes = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},
-               {"id": 3, "name": "triangle"}]
-    model = build_model(recipe, 3, classes=classes)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint({"model": model.state_dict(), "meta": checkpoint_meta(model)}, path)
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def edited(path: Path, out: Path, edit) -> Path:
