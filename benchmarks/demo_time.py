@@ -45,14 +45,16 @@ def main() -> int:
     start = time.perf_counter()
     proc = subprocess.Popen(["make", "demo"], cwd=folder, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
-    log = []
+    log, continued = [], False
     for line in proc.stdout:
         log.append(line)
         command = line.strip()
-        if command.startswith((".venv/bin/frcnn", "test -f")):  # make echoes each step
-            words = command.replace("\\", "").split()
-            name = "data synth" if command.startswith("test -f") else " ".join(words[1:2])
+        # make echoes each step; a step written over several lines ends them with a backslash
+        if not continued and command.startswith((".venv/bin/frcnn", "test -f")):
+            # `test -f demo/data/train.json || frcnn data synth ...`: the data step
+            name = "data synth" if command.startswith("test -f") else command.split()[1]
             steps.append((name, time.perf_counter() - start))
+        continued = command.endswith("\\")
     code = proc.wait()
     total = time.perf_counter() - start
     (folder / "demo_time.log").write_text("".join(log))
