@@ -7,6 +7,7 @@ its RoI levels are the same modules as on ResNet-50, in a fraction of the export
 
 import pytest
 import torch
+from random_weights import spread_batchnorm
 
 from frcnn_cli import build_model
 from frcnn_cli.config import load_recipe
@@ -31,13 +32,8 @@ def model():
     torch.manual_seed(0)
     net = build_model(load_recipe("coco-r50-fpn", SETTINGS), 3).eval()
     g = torch.Generator().manual_seed(1)
+    spread_batchnorm(net, g)
     with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.2, generator=g)
-                m.bias.normal_(0, 0.1, generator=g)
         net.rpn.head.cls_logits.weight.normal_(0, 0.2, generator=g)
         net.rpn.head.cls_logits.bias.normal_(0, 1, generator=g)
         net.rpn.head.bbox_pred.weight.normal_(0, 0.02, generator=g)

@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from random_weights import spread_batchnorm
 from torchvision.models import detection
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -65,13 +66,8 @@ def published(request, tmp_path_factory):
     net = getattr(detection, name)(weights=None, weights_backbone=None, **_settings(name)[0])
     net.rpn.min_size = RPN_MIN_SIZE
     g = torch.Generator().manual_seed(1)
+    spread_batchnorm(net, g)
     with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.2, generator=g)
-                m.bias.normal_(0, 0.1, generator=g)
         rpn, predictor = net.rpn.head, net.roi_heads.box_predictor
         rpn.cls_logits.weight.normal_(0, 0.2, generator=g)
         rpn.cls_logits.bias.normal_(0, 1, generator=g)
