@@ -2,7 +2,7 @@
 
     python benchmarks/train_step_vs_torchvision.py                          # VGG16, 375x500
     python benchmarks/train_step_vs_torchvision.py --recipe shapes --size 256x256 --batch 8
-    python benchmarks/train_step_vs_torchvision.py --set model.channels_last_cpu_training=true
+    python benchmarks/train_step_vs_torchvision.py --set model.channels_last=false
 
 One training step is forward (losses), backward and an SGD step (momentum 0.9, the recipe's
 lr), on the same images and boxes, with random weights (``model.pretrained=false``: no
@@ -78,7 +78,7 @@ def main() -> None:
 
     print(f"recipe {recipe.name}: {recipe.model.backbone}, {args.classes + 1} classes, "
           f"{args.batch} image(s) {h}x{w} -> shorter side {recipe.input.min_size}, "
-          f"channels-last CPU training {recipe.model.channels_last_cpu_training}, "
+          f"channels_last {recipe.model.channels_last} (inference; CPU training runs NCHW), "
           f"{torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     times: dict[str, list[float]] = {name: [] for name in models}

@@ -66,11 +66,8 @@ class ModelConfig(Section):
         "statistics came from Detectron, which used none).")
     channels_last: bool = Field(
         True, description="Run convolutions in channels-last memory format at inference, and in "
-        "training on GPUs (faster; results unchanged up to float rounding).")
-    channels_last_cpu_training: bool = Field(
-        False, description="Train in channels-last on a CPU too. Off by default: there the "
-        "backward pass of large layers (VGG16's conv3-conv5) takes 1.5-4x as long as in NCHW; "
-        "small networks such as `tiny` train faster with it (benchmarks/README.md).")
+        "training on GPUs (faster; results unchanged up to float rounding). CPU training runs "
+        "NCHW, whose backward pass is about twice as fast there.")
 
 
 class AnchorConfig(Section):

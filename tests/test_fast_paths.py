@@ -4,7 +4,6 @@ on the CPU, and bf16 autocast (within what its precision allows)."""
 import json
 
 import numpy as np
-import pytest
 import torch
 from torchvision.ops import box_iou
 
@@ -43,52 +42,19 @@ def _assert_same(a, b, box_tol=1e-3, score_tol=1e-5):
 
 
 def test_channels_last_gives_the_contiguous_detections(trained_shapes, shapes_four):
-    fast = _model(trained_shapes, channels_last=True, channels_last_cpu_training=False)
+    fast = _model(trained_shapes, channels_last=True)
     plain = _model(trained_shapes, channels_last=False)
     image = torch.rand(3, 100, 120)
     cl = torch.channels_last
     assert fast.transform([image])[0].tensors.is_contiguous(memory_format=cl)
     assert not plain.transform([image])[0].tensors.is_contiguous(memory_format=cl)
-    # CPU training has its own setting (model.channels_last_cpu_training, off by default)
+    # CPU training runs NCHW: channels-last's backward is about twice as slow there
     assert not fast.train().transform([image])[0].tensors.is_contiguous(memory_format=cl)
     fast.eval()
     with torch.inference_mode():
         compared = sum(_assert_same(fast([image])[0], plain([image])[0])
                        for image in _images(shapes_four))
     assert compared >= 10
-
-
-def _step_gradients(model, images, targets):
-    """The losses and every parameter's gradient of one training step (RoI sampling seeded)."""
-    model.train().zero_grad()
-    torch.manual_seed(0)
-    losses = model(images, [dict(t) for t in targets])
-    sum(losses.values()).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return {k: float(v) for k, v in losses.items()}, grads
-
-
-def test_channels_last_training_gives_the_nchw_gradients(trained_shapes, shapes_four):
-    fast = _model(trained_shapes, channels_last_cpu_training=True)
-    plain = _model(trained_shapes, channels_last_cpu_training=False)
-    images = _images(shapes_four)
-    fast.train()
-    assert fast.transform(images)[0].tensors.is_contiguous(memory_format=torch.channels_last)
-    g = torch.Generator().manual_seed(0)
-    targets = []
-    for image in images:
-        h, w = image.shape[-2:]
-        xy = torch.rand(2, 2, generator=g) * torch.tensor([w * 0.5, h * 0.5])
-        wh = (0.2 + 0.3 * torch.rand(2, 2, generator=g)) * torch.tensor([w, h])
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1),
-                        "labels": torch.randint(1, 4, (2,), generator=g)})
-    fast_losses, fast_grads = _step_gradients(fast, images, targets)
-    plain_losses, plain_grads = _step_gradients(plain, images, targets)
-    assert fast_losses == pytest.approx(plain_losses, rel=1e-4, abs=1e-6)
-    assert fast_grads.keys() == plain_grads.keys() and len(fast_grads) > 10
-    for name, grad in plain_grads.items():
-        scale = grad.abs().max().clamp(min=1e-6)
-        assert (fast_grads[name] - grad).abs().max() / scale < 1e-3, name
 
 
 def test_onednn_fc_gives_the_plain_linear_detections(trained_shapes, shapes_four, monkeypatch):

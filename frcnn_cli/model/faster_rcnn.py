@@ -63,8 +63,7 @@ class FasterRCNN(nn.Module):
         m = recipe.model
         parts = build_backbone(m, m.roi_size, load_weights=load_weights)
         self.transform = ImageTransform(recipe.input, parts.backbone.pixel_mean,
-                                        parts.backbone.pixel_std, m.channels_last,
-                                        m.channels_last_cpu_training)
+                                        parts.backbone.pixel_std, m.channels_last)
         self.backbone = parts.backbone
         if uses_levels(recipe):  # a feature pyramid, or torchvision's anchors or proposals
             self.rpn, self.roi_heads = level_heads(recipe, parts, num_classes)

@@ -71,14 +71,13 @@ class ImageTransform(nn.Module):
     """Resize, normalise and batch images; scale boxes in and out. Holds no weights."""
 
     def __init__(self, cfg: InputConfig, mean: tuple[float, ...], std: tuple[float, ...],
-                 channels_last: bool = False, channels_last_cpu_training: bool = False) -> None:
+                 channels_last: bool = False) -> None:
         super().__init__()
         self.min_size, self.max_size = cfg.min_size, cfg.max_size
         self.train_scales = list(cfg.train_scales or [])
         self.size_divisible = cfg.size_divisible
         self.torchvision_resize = cfg.resize == "torchvision"
         self.channels_last = channels_last
-        self.channels_last_cpu_training = channels_last_cpu_training
         self.register_buffer("mean", torch.tensor(cfg.pixel_mean or mean).reshape(3, 1, 1),
                              persistent=False)
         self.register_buffer("std", torch.tensor(cfg.pixel_std or std).reshape(3, 1, 1),
@@ -120,12 +119,10 @@ class ImageTransform(nn.Module):
         pad_w = -(-max(s[3] for s in sizes) // d) * d
         tensors = torch.stack([F.pad(im, (0, pad_w - im.shape[-1], 0, pad_h - im.shape[-2]))
                                for im in resized])
-        # Channels-last convolutions: faster inference on CPUs and GPUs, and faster training
-        # on GPUs; on a CPU the backward pass of large layers is slower than in NCHW, so CPU
-        # training takes its own setting (benchmarks/README.md). The weights stay NCHW; the
-        # convolutions follow their input's layout.
-        cpu_training = self.training and not tensors.is_cuda
-        if self.channels_last_cpu_training if cpu_training else self.channels_last:
+        if self.channels_last and (not self.training or tensors.is_cuda):
+            # Channels-last convolutions: faster inference on CPUs and GPUs, but about twice
+            # as slow a backward pass on a CPU (benchmarks/README.md), so CPU training runs
+            # NCHW. The weights stay NCHW; the convolutions follow their input's layout.
             tensors = tensors.contiguous(memory_format=torch.channels_last)
         device = tensors.device
         info = torch.tensor(sizes, device=device)
