@@ -49,8 +49,8 @@ def median_ms(fn: Callable[[], object], runs: int) -> float:
 
 
 def record_layers(model: nn.Module, images, targets) -> list[tuple[str, nn.Module, tuple, bool]]:
-    """(name, layer, input shape, input needs a gradient) of each Conv2d/Linear, in call order;
-    layers without trainable weights are skipped unless they are convolutions (forward only)."""
+    """(name, layer, input shape, input needs a gradient) of each Conv2d/Linear, in call
+    order, frozen ones included (they are timed forward only)."""
     seen: list[tuple[str, nn.Module, tuple, bool]] = []
     hooks = []
     for name, layer in model.named_modules():
@@ -76,20 +76,18 @@ def conv_variants(conv: nn.Conv2d, shape: tuple, input_grad: bool, runs: int) ->
     x = torch.randn(shape)
     w, b = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
     args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    g = torch.randn_like(F.conv2d(x, w, b, *args))  # the output's gradient, NCHW
+    mask = [input_grad, True, b is not None]
     out = {}
-    for fmt, xf, wf in (("nchw", x, w), ("nhwc", x.contiguous(memory_format=CL),
-                                          w.contiguous(memory_format=CL))):
-        y = F.conv2d(xf, wf, b, *args)
+    for fmt, xf, wf, gf in (("nchw", x, w, g),
+                            ("nhwc", x.contiguous(memory_format=CL),
+                             w.contiguous(memory_format=CL), g.contiguous(memory_format=CL))):
         out[f"fwd {fmt}"] = median_ms(lambda xf=xf, wf=wf: F.conv2d(xf, wf, b, *args), runs)
-        if not conv.weight.requires_grad:
-            continue
-        g = torch.randn_like(y)
-        mask = [input_grad, True, b is not None]
-        out[f"bwd {fmt}"] = median_ms(lambda g=g, xf=xf, wf=wf, mask=mask: backward(
-            conv, g, xf, wf, mask), runs)
+        if conv.weight.requires_grad:
+            out[f"bwd {fmt}"] = median_ms(lambda gf=gf, xf=xf, wf=wf: backward(
+                conv, gf, xf, wf, mask), runs)
     if conv.weight.requires_grad and input_grad and conv.stride == (1, 1) and conv.groups == 1:
         # dL/dx = conv(dL/dy, W flipped and transposed): a forward convolution, in either format
-        g = torch.randn_like(F.conv2d(x, w, b, *args))
         wt = w.transpose(0, 1).flip(2, 3).contiguous()
         weight_only = median_ms(lambda: backward(conv, g, x, w, [False, True, b is not None]),
                                 runs)
