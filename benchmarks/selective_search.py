@@ -55,9 +55,9 @@ def frcnn(*args: str, output: Path | None = None) -> None:
 
 
 def meta(path: Path) -> dict:
-    from frcnn_cli.engine.proposals import read_proposals
+    from frcnn_cli.proposals.files import read_meta as read_proposals
 
-    return read_proposals(path)["meta"]
+    return read_proposals(path)
 
 
 def main() -> int:

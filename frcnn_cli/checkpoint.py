@@ -27,9 +27,8 @@ import torch
 
 from frcnn_cli.errors import CheckpointError
 from frcnn_cli.files import atomic_open
+from frcnn_cli.outputs import CHECKPOINT_FORMAT
 
-CHECKPOINT_FORMAT = "frcnn-checkpoint"
-PROPOSALS_FORMAT = "frcnn-proposals"
 VERSION = 1
 
 

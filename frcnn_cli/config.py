@@ -16,7 +16,7 @@ import copy
 import difflib
 import os
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,7 +25,14 @@ from frcnn_cli.errors import RecipeError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # every number finite: an inf or nan (from YAML's .inf, or --set) trains nothing useful
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# List items are checked as the matching command-line options are (frcnn anchors --scales).
+Positive = Annotated[float, Field(gt=0)]
+Iteration = Annotated[int, Field(ge=1)]
+Side = Annotated[int, Field(ge=16)]
 
 
 class ModelConfig(Section):
@@ -73,11 +80,11 @@ class ModelConfig(Section):
 class AnchorConfig(Section):
     stride: int = Field(16, ge=1, description="Feature stride of the shared conv map (pixels).")
     base_size: int = Field(16, ge=1, description="Side of the base anchor before scaling.")
-    scales: list[float] = Field(
+    scales: list[Positive] = Field(
         [8, 16, 32], min_length=1, description="Anchor scales times base_size: 128, 256, 512 px.")
-    ratios: list[float] = Field(
+    ratios: list[Positive] = Field(
         [0.5, 1, 2], min_length=1, description="Anchor aspect ratios h/w.")
-    sizes: list[float] = Field(
+    sizes: list[Positive] = Field(
         [32, 64, 128, 256, 512], min_length=1, description="FPN backbones: anchor sizes in "
         "pixels (the side of the ratio-1 anchor), finest level first; the single-map backbones "
         "use scales times base_size instead.")
@@ -96,7 +103,7 @@ class InputConfig(Section):
     min_size: int = Field(600, ge=16, description="Shorter image side after resizing (test and "
                           "single-scale training).")
     max_size: int = Field(1000, ge=16, description="Cap on the longer side after resizing.")
-    train_scales: list[int] | None = Field(
+    train_scales: list[Side] | None = Field(
         None, description="Multi-scale training: each training image takes a shorter side drawn "
         "from this list; null trains at min_size.")
     size_divisible: int = Field(16, ge=1, description="Batched images are padded to a multiple "
@@ -106,10 +113,11 @@ class InputConfig(Section):
         "pixels; torchvision: normalise, then bilinear without antialiasing to floor(side * "
         "scale) pixels (GeneralizedRCNNTransform).")
     pixel_mean: list[float] | None = Field(
-        None, description="Per-channel mean (RGB, 0..1) subtracted after resizing; null takes "
-        "the backbone's own.")
-    pixel_std: list[float] | None = Field(
-        None, description="Per-channel std (RGB, 0..1); null takes the backbone's own.")
+        None, min_length=3, max_length=3, description="Per-channel mean (RGB, 0..1) "
+        "subtracted after resizing; null takes the backbone's own.")
+    pixel_std: list[Positive] | None = Field(
+        None, min_length=3, max_length=3, description="Per-channel std (RGB, 0..1); null "
+        "takes the backbone's own.")
 
 
 class AugmentConfig(Section):
@@ -182,7 +190,7 @@ class RoIHeadsConfig(Section):
         0.0, ge=0, lt=1, description="Background IoU lower bound (0.1 in Fast R-CNN's paper, 0.0 "
         "in the released configs).")
     add_gt_as_proposals: bool = Field(True, description="Add ground truth to the proposals.")
-    box_stds: list[float] = Field(
+    box_stds: list[Positive] = Field(
         [0.1, 0.1, 0.2, 0.2], min_length=4, max_length=4,
         description="Box target normalisation (dx, dy, dw, dh).")
     smooth_l1_beta: float = Field(1.0, ge=0, description="Smooth L1 transition of the head.")
@@ -203,12 +211,13 @@ class SolverConfig(Section):
                                   "original implementation's 2x).")
     bias_weight_decay: float = Field(0.0, ge=0, description="Weight decay of biases.")
     max_iters: int = Field(70000, ge=1, description="Joint training length (iterations).")
-    steps: list[int] = Field([50000], description="Iterations where lr is multiplied by gamma.")
+    steps: list[Iteration] = Field([50000], description="Iterations where lr is multiplied by "
+                                   "gamma.")
     gamma: float = Field(0.1, gt=0, description="Step decay factor.")
     warmup_iters: int = Field(0, ge=0, description="Linear warm-up length.")
     warmup_factor: float = Field(1 / 3, gt=0, le=1, description="lr factor at iteration 0 of "
                                  "warm-up.")
-    clip_grad_norm: float | None = Field(None, description="Clip gradients to this L2 norm; "
+    clip_grad_norm: float | None = Field(None, gt=0, description="Clip gradients to this L2 norm; "
                                          "null: no clipping.")
 
 
@@ -223,22 +232,22 @@ class AltConfig(Section):
     """The paper's 4-step alternating schedule (Section 3.2)."""
 
     rpn_iters: int = Field(80000, ge=1, description="Steps 1 and 3: RPN training length.")
-    rpn_steps: list[int] = Field([60000], description="Steps 1 and 3: lr drops.")
+    rpn_steps: list[Iteration] = Field([60000], description="Steps 1 and 3: lr drops.")
     detector_iters: int = Field(40000, ge=1, description="Steps 2 and 4: detector training "
                                 "length.")
-    detector_steps: list[int] = Field([30000], description="Steps 2 and 4: lr drops.")
+    detector_steps: list[Iteration] = Field([30000], description="Steps 2 and 4: lr drops.")
     rpn_images_per_batch: int = Field(1, ge=1, description="Steps 1 and 3: images per "
                                       "iteration (the original: 1).")
     detector_images_per_batch: int = Field(2, ge=1, description="Steps 2 and 4: images per "
                                            "iteration (the original: 2).")
     stage2_rpn_iters: int | None = Field(None, ge=1, description="Step 3 alone, a fine-tune "
                                          "of the RPN's own layers (null: rpn_iters).")
-    stage2_rpn_steps: list[int] | None = Field(None, description="Step 3's lr drops (null: "
+    stage2_rpn_steps: list[Iteration] | None = Field(None, description="Step 3's lr drops (null: "
                                                "rpn_steps scaled to its length).")
     stage2_detector_iters: int | None = Field(None, ge=1, description="Step 4 alone, a "
                                               "fine-tune of the detector's own layers (null: "
                                               "detector_iters).")
-    stage2_detector_steps: list[int] | None = Field(None, description="Step 4's lr drops "
+    stage2_detector_steps: list[Iteration] | None = Field(None, description="Step 4's lr drops "
                                                     "(null: detector_steps scaled to its "
                                                     "length).")
 
@@ -363,7 +372,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _validation_message(err: ValidationError, source: str,
                         overridden: Iterable[str] = ()) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    parts = list(first["loc"])
+    item = parts.pop() if parts and isinstance(parts[-1], int) else None  # a list's item
+    loc = ".".join(str(p) for p in parts)
     if loc in overridden:  # the value came from the command line, not from the file
         source = f"--set {loc}"
     if first["type"] == "extra_forbidden":
@@ -371,6 +382,8 @@ def _validation_message(err: ValidationError, source: str,
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     where = f" '{loc}'" if loc else ""
+    if item is not None:
+        where = f" item {item + 1} of{where}"
     return f"{source}: bad value for{where}: {first['msg']}{shown}"
 
 

@@ -34,7 +34,7 @@ except ImportError:  # Windows
     fcntl = None
 
 from frcnn_cli.errors import DataError, InputError
-from frcnn_cli.outputs import OutputKind, describe
+from frcnn_cli.outputs import OutputKind, describe, result_marker
 
 log = logging.getLogger("frcnn")
 
@@ -128,7 +128,7 @@ def refuse_unless(path: Path, kind: OutputKind, what: str = "output") -> None:
 
 
 def _a(name: str) -> str:
-    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _writable_dir(folder: Path, what: str) -> None:
@@ -214,6 +214,12 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Pat
     return Path(path)
 
 
+def write_result(path: str | os.PathLike, kind: OutputKind, result: dict[str, Any]) -> Path:
+    """Write a JSON result of ``kind`` atomically, marked as frcnn's (its first key,
+    :func:`frcnn_cli.outputs.result_marker`), so that the next run may replace it."""
+    return write_json(path, {**result_marker(kind), **result})
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` atomically; returns the path."""
     with atomic_open(path) as f:
@@ -273,6 +279,26 @@ def lock_folder(folder: str | os.PathLike, what: str = "run folder",
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, (json.dumps(record) + "\n").encode())
     return FolderLock(path, fd)
+
+
+def folder_holder(folder: str | os.PathLike) -> str | None:
+    """Who holds ``folder``'s lock now (a live process, in words), or None. Nothing is
+    created: a folder without a lock file is held by no one."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if fcntl is None:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fd)
+        return None
+    finally:
+        os.close(fd)  # closing drops a shared lock taken here
 
 
 def _acquire(path: Path, what: str, folder: Path) -> int:

@@ -1,19 +1,22 @@
 """The kinds of file frcnn writes, and how each is recognised, so that a command replaces
 only an earlier output of its own kind (the rule is :func:`frcnn_cli.files.refuse_unless`).
 
-Recognised by content, never by name:
+Recognised by content, never by name, and by a mark frcnn puts in what it writes, so that a
+file of the same shape from another tool (a COCO results list, say) is never taken for one:
 
 - JSON results (``eval --json``, ``eval --proposals``, ``eval --compare-proposals``,
-  ``data stats --json``, ``anchors --json``, ``benchmark --json``): a JSON object with the
-  result's own keys;
+  ``data stats --json``, ``anchors --json``, ``benchmark --json``, a run's ``eval.json``): a
+  JSON object whose first key is ``"frcnn": {"kind": KIND}`` (:func:`result_marker`);
 - detections (``eval --save-detections``, ``predict``'s ``detections.json``): a JSON list of
-  ``{image_id, category_id, bbox, score}``;
+  ``{image_id, category_id, bbox, score}`` whose first entry starts with that mark (the
+  results format allows extra keys); an empty list holds nothing to lose;
 - datasets: the JSON's first key, ``"frcnn": {"written_by": COMMAND}``, names the command
   that wrote it, and only that command replaces it (``data split`` never replaces a set that
   ``data convert`` made, nor one made by hand);
 - proposals (``propose``): a PyTorch file whose ``format`` is ``frcnn-proposals``;
-- exported models (``export``): an ONNX file carrying frcnn's metadata, a TorchScript file
-  with ``frcnn.json``, or an SVD-compressed checkpoint (``meta.svd_of``);
+- exported models (``export``), one kind per format: an ONNX file carrying frcnn's metadata,
+  a TorchScript file with ``frcnn.json``, an SVD-compressed checkpoint (``meta.svd_of``);
+  ``--format torchscript`` never replaces an ONNX file, nor the reverse;
 - pictures (plots of ``eval --plot`` and ``data stats --plot``, drawings of ``predict``):
   the image's Software tag (PNG text or EXIF) says frcnn drew it.
 """
@@ -39,6 +42,12 @@ EXIF_SOFTWARE = 0x0131
 _JSON_LIMIT = 256 << 20
 _HEAD = 4096
 _DATASET_MARK = re.compile(rb'^\s*\{\s*"frcnn"\s*:\s*\{\s*"written_by"\s*:\s*"([^"\\]+)"')
+_RESULT_MARK = re.compile(rb'^\s*\[?\s*\{\s*"frcnn"\s*:\s*\{\s*"kind"\s*:\s*"([^"\\]+)"')
+_EMPTY_LIST = re.compile(rb'^\s*\[\s*\]\s*$')
+
+# The format tags of frcnn's PyTorch files.
+CHECKPOINT_FORMAT = "frcnn-checkpoint"
+PROPOSALS_FORMAT = "frcnn-proposals"
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,27 @@ def _dataset_writer(path: Path) -> str | None:
     return found.group(1).decode("utf-8", "replace") if found else None
 
 
+def result_marker(kind: OutputKind) -> dict[str, Any]:
+    """The first entry of a JSON result of ``kind`` (and of a detections list's first
+    detection): ``{"frcnn": {"kind": NAME}}``."""
+    return {"frcnn": {"kind": kind.name}}
+
+
+def _marked(name: str) -> Callable[[Path], bool]:
+    def recognise(path: Path) -> bool:
+        return _head_mark(path) == name
+    return recognise
+
+
+def _head_mark(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            found = _RESULT_MARK.match(f.read(_HEAD))
+    except OSError:
+        return None
+    return found.group(1).decode("utf-8", "replace") if found else None
+
+
 def _json(path: Path) -> Any:
     """The parsed JSON of ``path``, or None when it is not JSON (or too large to look at)."""
     try:
@@ -91,18 +121,15 @@ def _parsed(path: str, mtime_ns: int, size: int) -> Any:
         return None
 
 
-def _object_with(*keys: str) -> Callable[[Path], bool]:
-    def recognise(path: Path) -> bool:
-        data = _json(path)
-        return isinstance(data, dict) and all(k in data for k in keys)
-    return recognise
-
-
 def _is_detections(path: Path) -> bool:
-    data = _json(path)
-    return isinstance(data, list) and all(
-        isinstance(d, dict) and {"image_id", "category_id", "bbox", "score"} <= d.keys()
-        for d in data)
+    """A detections list frcnn wrote (its first entry marked), or an empty list."""
+    if _head_mark(path) == DETECTIONS_NAME:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return path.stat().st_size < _HEAD and bool(_EMPTY_LIST.match(f.read(_HEAD)))
+    except OSError:
+        return False
 
 
 def _torch_dict(path: Path) -> dict[str, Any] | None:
@@ -119,24 +146,28 @@ def _torch_dict(path: Path) -> dict[str, Any] | None:
 
 
 def _is_proposals(path: Path) -> bool:
-    from frcnn_cli.checkpoint import PROPOSALS_FORMAT
-
     obj = _torch_dict(path)
     return obj is not None and obj.get("format") == PROPOSALS_FORMAT
 
 
-def _is_export(path: Path) -> bool:
-    """An ONNX or TorchScript file ``frcnn export`` wrote, or its SVD checkpoint."""
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                if any(name.endswith("extra/frcnn.json") for name in z.namelist()):
-                    return True
-        except (OSError, zipfile.BadZipFile):
-            return False
-        obj = _torch_dict(path)
-        return obj is not None and isinstance(obj.get("meta"), dict) and "svd_of" in obj["meta"]
-    # ONNX: a protobuf ModelProto; its metadata_props (field 14) follow the graph, at the end
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive ``frcnn export`` wrote (it carries ``extra/frcnn.json``)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(name.endswith("extra/frcnn.json") for name in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _is_svd_checkpoint(path: Path) -> bool:
+    """A checkpoint ``frcnn export --svd`` wrote (``meta.svd_of``)."""
+    obj = _torch_dict(path)
+    return obj is not None and isinstance(obj.get("meta"), dict) and "svd_of" in obj["meta"]
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX file ``frcnn export`` wrote: a protobuf ModelProto whose metadata_props (field
+    14, after the graph, at the end) hold ``frcnn_version``."""
     try:
         with open(path, "rb") as f:
             if f.read(1) != b"\x08":  # field 1, ir_version
@@ -174,22 +205,31 @@ def drawing_metadata(fmt: str) -> dict[str, Any]:
     return {"exif": exif} if fmt in ("JPEG", "PNG", "TIFF", "WEBP") else {}
 
 
-EVAL_RESULT = OutputKind("eval result", _object_with("metric", "mAP", "per_class"))
-RECALL_RESULT = OutputKind("proposal recall result",
-                           _object_with("top_n", "recall", "average_recall"))
-PROPOSAL_COMPARISON = OutputKind("proposal comparison",
-                                 _object_with("num_images", "num_objects", "sources"))
-DETECTIONS = OutputKind("detections file", _is_detections)
-DATA_STATS = OutputKind("data stats result", _object_with("images", "objects", "distributions"))
-ANCHORS = OutputKind("anchors result", _object_with("stride", "base_size", "base_anchors"))
-BENCHMARK = OutputKind("benchmark result", _object_with("device", "precision", "models"))
+def _result_kind(name: str) -> OutputKind:
+    return OutputKind(name, _marked(name))
+
+
+DETECTIONS_NAME = "detections file"
+EVAL_RESULT = _result_kind("eval result")
+RECALL_RESULT = _result_kind("proposal recall result")
+PROPOSAL_COMPARISON = _result_kind("proposal comparison")
+DATA_STATS = _result_kind("data stats result")
+ANCHORS = _result_kind("anchors result")
+BENCHMARK = _result_kind("benchmark result")
+DETECTIONS = OutputKind(DETECTIONS_NAME, _is_detections)
 PROPOSALS = OutputKind("proposals file", _is_proposals)
-EXPORT = OutputKind("exported model", _is_export)
+ONNX_EXPORT = OutputKind("ONNX export", _is_onnx)
+TORCHSCRIPT_EXPORT = OutputKind("TorchScript export", _is_torchscript)
+SVD_CHECKPOINT = OutputKind("checkpoint compressed by SVD", _is_svd_checkpoint)
 PLOT = OutputKind("plot", _drawn_by(PLOT_SOFTWARE))
 DRAWING = OutputKind("drawing", _drawn_by(DRAWING_SOFTWARE))
 
+# ``frcnn export --format F`` writes EXPORT_KINDS[F]
+EXPORT_KINDS = {"onnx": ONNX_EXPORT, "torchscript": TORCHSCRIPT_EXPORT,
+                "checkpoint": SVD_CHECKPOINT}
+
 _KINDS = (EVAL_RESULT, RECALL_RESULT, PROPOSAL_COMPARISON, DETECTIONS, DATA_STATS, ANCHORS,
-          BENCHMARK, PROPOSALS, EXPORT, PLOT, DRAWING)
+          BENCHMARK, PROPOSALS, ONNX_EXPORT, TORCHSCRIPT_EXPORT, SVD_CHECKPOINT, PLOT, DRAWING)
 
 
 def describe(path: Path) -> str:
@@ -199,11 +239,12 @@ def describe(path: Path) -> str:
     if writer is not None:
         return f"a dataset written by frcnn {writer}"
     obj = _torch_dict(path)
-    if obj is not None and obj.get("format") == "frcnn-checkpoint":
+    if obj is not None and obj.get("format") == CHECKPOINT_FORMAT \
+            and not _is_svd_checkpoint(path):
         return "a checkpoint"
     for kind in _KINDS:
         if kind.recognise(path):
-            return f"{'an' if kind.name[0] in 'aeiou' else 'a'} {kind.name}"
+            return f"{'an' if kind.name[0].lower() in 'aeiou' else 'a'} {kind.name}"
     if obj is not None or zipfile.is_zipfile(path):
         return "a PyTorch file"
     if picture_software(path) is not None or _is_image(path):

@@ -4,6 +4,8 @@ and meaning, read from the schema in :mod:`frcnn_cli.config` (``docs/recipe-refe
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
 import yaml
@@ -63,7 +65,22 @@ def _short(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
 def _type_name(ann: Any) -> str:
+    """A key's type in words: ``float``, ``list[float > 0] or None``, ``Literal[...]``."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Annotated:
+        marks = [part for m in args[1:] for part in (*getattr(m, "metadata", ()), m)]
+        bounds = [f"{sign} {getattr(m, key)}" for m in marks for key, sign in _BOUNDS
+                  if getattr(m, key, None) is not None]
+        return " ".join([_type_name(args[0]), *bounds])
+    if origin is list:
+        return f"list[{_type_name(args[0])}]"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if ann is type(None):
+        return "None"
     text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
-    text = text or str(ann).replace("typing.", "")
-    return text.replace("|", "or")
+    return (text or str(ann).replace("typing.", "")).replace("|", "or")

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from frcnn_cli.data.annotations import annotations_from_dict
-from frcnn_cli.engine.proposals import save_proposals
 from frcnn_cli.errors import DataError
 from frcnn_cli.evaluation.plots import plot_proposal_comparison
-from frcnn_cli.evaluation.recall import (
+from frcnn_cli.proposals.files import save_proposals
+from frcnn_cli.proposals.recall import (
     ProposalSource,
     compare_proposal_files,
     compare_proposals,
@@ -100,7 +100,8 @@ def _write(path, per_image, image_ids, meta, reverse=False):
             boxes, scores = boxes[::-1], scores[::-1]
         props[image_id] = (torch.tensor(boxes.copy(), dtype=torch.float32).reshape(-1, 4),
                            torch.tensor(scores.copy(), dtype=torch.float32))
-    return save_proposals(props, image_ids, path, meta)
+    return save_proposals(props, [{"id": i, "file_name": f"{i}.jpg"} for i in image_ids], path,
+                          meta)
 
 
 def test_counted_objects_leaves_difficult_and_crowd_out(tmp_path):

@@ -112,7 +112,7 @@ def test_proposal_recall(model_path, shapes_data):
 
 def test_a_class_the_model_never_learned_is_named(caplog):
     from frcnn_cli.data.annotations import Annotations
-    from frcnn_cli.evaluation.inference import check_classes
+    from frcnn_cli.data.usable import match_classes as check_classes
 
     model_classes = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}]
     ann = Annotations(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from frcnn_cli.evaluation.recall import box_iou_xyxy, object_coverage, proposal_recall
+from frcnn_cli.proposals.recall import box_iou_xyxy, object_coverage, proposal_recall
 
 O1, O2 = [0, 0, 10, 10], [20, 0, 30, 10]
 P1 = [0, 0, 10, 10]    # O1: IoU 1

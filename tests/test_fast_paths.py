@@ -1,7 +1,9 @@
 """The fast paths give the plain paths' detections: channels-last convolutions, oneDNN's fc6/fc7
 on the CPU, and bf16 autocast (within what its precision allows)."""
 
+import contextlib
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,14 +83,44 @@ def test_onednn_fc_gives_the_plain_linear_detections(trained_shapes, shapes_four
     assert sum(_assert_same(a, b) for a, b in zip(fast, plain, strict=True)) >= 10
 
 
-def test_bf16_agrees_with_fp32(cli, trained_shapes, shapes_four, tmp_path):
-    """bf16 autocast finds the fp32 detections up to its rounding: the same count, each with a
-    twin of its class at IoU > 0.95 scoring within 0.01, and the same proposals (each fp32
-    proposal among the top 50 has a twin at IoU > 0.9). `frcnn eval --precision bf16` runs it.
+def _kernels() -> str:
+    """Which CPU kernels ran, for the failure message: torch's CPU capability, and whether
+    the CPU has native bf16 (AVX-512 BF16 or AMX) or torch emulates it in fp32."""
+    flags = set()
+    with contextlib.suppress(OSError):
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    return (f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 "
+            f"{'native' if native else 'emulated'}")
 
-    (Its VOC07 mAP on the 100 validation images of the demo set, for a weak and a strong model,
-    is benchmarks/bf16_accuracy.py's: on these nine objects two detections 0.001 apart that
-    swap places move the 11-point mAP by 0.05, whatever the precision.)"""
+
+def _twins(a, b, floor):
+    """Every detection of ``a`` scoring at least ``floor`` has a twin in ``b``: its class, IoU
+    > 0.95, score within 0.01. Returns how many were compared."""
+    compared = 0
+    for box, score, label in zip(a["boxes"], a["scores"], a["labels"], strict=True):
+        if score < floor:
+            continue
+        same = b["labels"] == label
+        iou = box_iou(box[None], b["boxes"][same])[0]
+        assert len(iou) and iou.max() > 0.95, (float(score), _kernels())
+        assert (b["scores"][same][iou > 0.95] - score).abs().min() <= 0.01, _kernels()
+        compared += 1
+    return compared
+
+
+def test_bf16_agrees_with_fp32(cli, trained_shapes, shapes_four, tmp_path):
+    """bf16 autocast finds the fp32 detections up to its rounding: each detection clear of the
+    score threshold (by 0.02, more than bf16 moves a score) has a twin of its class at IoU >
+    0.95 scoring within 0.01, both ways, and the same proposals (each fp32 proposal among the
+    top 50 has a twin at IoU > 0.9). `frcnn eval --precision bf16` runs it.
+
+    A detection near the threshold may cross it in one precision and not the other: native
+    bf16 (AVX-512 BF16, AMX) rounds otherwise than torch's emulation on an AVX2 CPU, and one
+    such detection (13 against 14) failed a count comparison there. The message names the
+    kernels that ran. (VOC07 mAP on the 100 validation images of the demo set, for a weak and
+    a strong model, is benchmarks/bf16_accuracy.py's: on these nine objects two detections
+    0.001 apart that swap places move the 11-point mAP by 0.05, whatever the precision.)"""
     maps = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / f"{precision}.json"
@@ -99,6 +131,7 @@ def test_bf16_agrees_with_fp32(cli, trained_shapes, shapes_four, tmp_path):
     assert maps["fp32"] > 0.8 and maps["bf16"] > 0.8, maps
 
     model = load_model(trained_shapes)
+    floor = model.recipe.roi_heads.score_thresh + 0.02
     compared, twins = 0, []
     with torch.inference_mode():
         for image in _images(shapes_four):
@@ -107,19 +140,13 @@ def test_bf16_agrees_with_fp32(cli, trained_shapes, shapes_four, tmp_path):
                 low = model([image])[0]
                 low_proposals = model.detect([image], rpn_only=True)[0]
             assert low["boxes"].dtype == torch.float32 and low["scores"].dtype == torch.float32
-            assert len(low["boxes"]) == len(full["boxes"])
-            for box, score, label in zip(full["boxes"], full["scores"], full["labels"],
-                                         strict=True):
-                same = low["labels"] == label
-                iou = box_iou(box[None], low["boxes"][same])[0]
-                assert iou.max() > 0.95
-                assert (low["scores"][same][iou > 0.95] - score).abs().min() <= 0.01
-                compared += 1
+            compared += _twins(full, low, floor)
+            _twins(low, full, floor)
             proposals = model.detect([image], rpn_only=True)[0]["boxes"][:50]
             best = box_iou(proposals, low_proposals["boxes"]).max(dim=1).values
             twins.append((best > 0.9).float().mean())
-    assert compared >= 20
-    assert np.mean(twins) >= 0.95, twins
+    assert compared >= 20, _kernels()
+    assert np.mean(twins) >= 0.95, (twins, _kernels())
 
 
 def test_fp16_on_a_cpu_is_refused_before_any_work(cli, trained_shapes, shapes_four):

@@ -17,11 +17,11 @@ from PIL import Image
 from frcnn_cli import load_model
 from frcnn_cli.data.annotations import load_annotations
 from frcnn_cli.data.images import read_image
-from frcnn_cli.engine.proposals import read_proposals
 from frcnn_cli.evaluation.detections import load_detections
 from frcnn_cli.export import onnx as onnx_export
 from frcnn_cli.export import torchscript as torchscript_export
 from frcnn_cli.export.capture import capture
+from frcnn_cli.proposals.files import read_raw as read_proposals
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-5
 # (height, width) of each validation image: smaller, larger, non-square, at scale

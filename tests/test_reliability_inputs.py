@@ -305,8 +305,8 @@ def test_training_skips_what_it_cannot_use_and_says_so(cli, messy, tmp_path):
     r = cli("train", "--recipe", "shapes", "--train", messy, "--out", run, "--iters", 3, *FAST)
     assert r.exit_code == 0, r.output
     out = flat(r.output)
-    assert "skippinganimageintraining:cannotdecodeimage" in out and "truncated.png" in out
-    assert "trainingignores3degenerateboxes,1boxoutsideimage" in out, r.output
+    assert "trainingleavesout1image(s)thatcannotberead" in out and "truncated.png" in out
+    assert "3degenerateboxes,1boxoutsideimageleftout,intrainingandevaluation" in out, r.output
     assert (run / "model.pt").is_file()
     assert digest(messy.parent) == before
 
@@ -319,10 +319,11 @@ def test_training_on_nothing_usable_is_one_line(cli, messy, tmp_path):
     before = digest(folder)
     r = cli("train", "--recipe", "shapes", "--train", broken, "--out", tmp_path / "a",
             "--iters", 1, *FAST)
-    assert_user_error(r, "cannot be decoded", "truncated.png", "frcnn data check")
+    assert_user_error(r, "none of its 3 image(s) can be read", "truncated.png",
+                      "frcnn data check")
     r = cli("train", "--recipe", "shapes", "--train", empty, "--out", tmp_path / "b",
             "--iters", 1, *FAST)
-    assert_user_error(r, "the training set has no images")
+    assert_user_error(r, "lists no image")
     r = cli("data", "check", empty)
     assert_user_error(r, "has 1 error(s)")
     assert "empty.json lists no image" in r.output
@@ -337,7 +338,8 @@ def test_unknown_category_stops_train_and_eval(cli, messy, checkpoint, tmp_path)
     before = digest(messy.parent)
     r = cli("train", "--recipe", "shapes", "--train", bad, "--out", tmp_path / "run",
             "--iters", 1, *FAST)
-    assert_user_error(r, "annotation 1 has category 7", "frcnn data check")
+    assert_user_error(r, "annotation 1 (image 1): category 7 is not in 'categories'",
+                      "frcnn data check")
     r = cli("eval", checkpoint, "--data", bad, "--device", "cpu")
     assert_user_error(r, "category 7")
     r = cli("data", "check", bad)
@@ -362,7 +364,7 @@ def test_eval_names_a_missing_or_broken_image_and_an_empty_truth(cli, messy, che
         r = cli("eval", ckpt, "--data", missing, "--device", "cpu")
         assert_user_error(r, "image not found", "gone.png")
     r = cli("eval", checkpoint, "--data", truncated, "--device", "cpu")
-    assert_user_error(r, "cannot decode image", "truncated.png")
+    assert_user_error(r, "cannot read image header", "truncated.png")
     assert r.output.count("truncated.png") == 1  # named once
     r = cli("eval", checkpoint, "--data", no_objects, "--device", "cpu")
     assert_user_error(r, "has no object to evaluate against")
@@ -429,9 +431,10 @@ def test_wrong_kind_of_file_is_named(cli, messy, checkpoint, tmp_path):
     png = messy.parent / "images" / "0.png"
     val = messy
     proposals = tmp_path / "proposals.pt"
-    from frcnn_cli.engine.proposals import save_proposals
+    from frcnn_cli.proposals.files import save_proposals
 
-    save_proposals({1: (torch.zeros(1, 4), torch.zeros(1))}, [1], proposals, {})
+    save_proposals({1: (torch.zeros(1, 4), torch.zeros(1))}, [{"id": 1, "file_name": "1.jpg"}],
+                   proposals, {})
     truncated_ckpt = tmp_path / "truncated.pt"
     truncated_ckpt.write_bytes(checkpoint.read_bytes()[:5000])
     results = tmp_path / "results.json"
@@ -489,9 +492,9 @@ def test_missing_paths_are_named(cli, messy, checkpoint, tmp_path):
         (("data", "convert", gone / "a.csv", "-f", "csv", "--out", tmp_path / "c.json"),
          "not found"),
         (("train", "--recipe", "shapes", "--train", gone / "a.json", "--out", tmp_path / "r"),
-         "training annotations not found"),
+         "training set not found"),
         (("train", "--recipe", "shapes", "--train", val, "--val", gone / "v.json", "--out",
-          tmp_path / "r2"), "validation annotations not found"),
+          tmp_path / "r2"), "validation set not found"),
         (("train", "--recipe", "shapes", "--train", val, "--out", tmp_path / "r3", "--init",
           gone / "m.pt"), "not found"),
         (("train", "--resume", gone), "run folder not found"),

@@ -106,12 +106,12 @@ def evil_checkpoint(request, good_checkpoint, tmp_path, marker):
 def good_proposals(data, tmp_path):
     """A valid proposals file for the training set (one box per image)."""
     from frcnn_cli.data.annotations import load_annotations
-    from frcnn_cli.engine.proposals import save_proposals
+    from frcnn_cli.proposals.files import save_proposals
 
     ann = load_annotations(data / "train.json")
     ids = [im["id"] for im in ann.images]
     props = {i: (torch.tensor([[4.0, 4.0, 40.0, 40.0]]), torch.tensor([0.9])) for i in ids}
-    return save_proposals(props, ids, tmp_path / "good-proposals.pt", {})
+    return save_proposals(props, ann.images, tmp_path / "good-proposals.pt", {}, ann.path)
 
 
 @pytest.fixture(params=["zip", "raw-pickle"])

@@ -7,15 +7,15 @@ import pytest
 
 from frcnn_cli.data.annotations import load_annotations
 from frcnn_cli.data.images import opencv, read_image
-from frcnn_cli.engine import selective_search as ss
-from frcnn_cli.engine.selective_search import (
+from frcnn_cli.errors import FrcnnError, InputError
+from frcnn_cli.proposals import search as ss
+from frcnn_cli.proposals.search import (
     MAX_PROPOSALS,
     contrib_fix_command,
     rank_scores,
     selective_search,
     selective_search_dataset,
 )
-from frcnn_cli.errors import FrcnnError, InputError
 
 
 def test_install_has_contrib_opencv_and_albumentations_works():
@@ -107,10 +107,10 @@ def test_dataset_in_workers_equals_one_process(val, tmp_path):
     assert one.meta["method"] == "selective-search" and one.meta["mode"] == "fast"
     assert one.meta["seconds_per_image"] == pytest.approx(np.mean(one.seconds))
 
-    from frcnn_cli.engine.proposals import read_proposals, save_proposals
+    from frcnn_cli.proposals.files import read_raw, save_proposals
 
-    path = save_proposals(one.proposals, one.image_ids, tmp_path / "ss.pt", one.meta)
-    back = read_proposals(path)
+    path = save_proposals(one.proposals, val.images, tmp_path / "ss.pt", one.meta)
+    back = read_raw(path)
     assert back["meta"]["mode"] == "fast" and back["counts"].tolist() == [
         len(one.proposals[i][0]) for i in one.image_ids]
 

@@ -12,11 +12,11 @@ from frcnn_cli import load_model
 from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
 from frcnn_cli.data.annotations import load_annotations
 from frcnn_cli.data.images import read_image
-from frcnn_cli.engine.proposals import read_proposals
-from frcnn_cli.engine.selective_search import selective_search
 from frcnn_cli.errors import InputError
 from frcnn_cli.evaluation.detections import load_detections
 from frcnn_cli.model.faster_rcnn import build_model
+from frcnn_cli.proposals.files import read_raw as read_proposals
+from frcnn_cli.proposals.search import selective_search
 
 FAST = ["--set", "input.min_size=128", "--set", "input.max_size=128",
         "--set", "data.num_workers=0", "--set", "alt.detector_images_per_batch=2",
@@ -256,7 +256,7 @@ def test_compare_proposals_command(cli, faster_rcnn, ss_val, shapes_data, tmp_pa
     other = tmp_path / "eval.json"
     other.write_text(json.dumps({"metric": "voc07", "mAP": 0.5, "per_class": {}}))
     r = cli("eval", "--data", data, "--compare-proposals", ss_val, "--json", other)
-    assert r.exit_code == 2 and "eval result" in said(r) and "mAP" in other.read_text()
+    assert r.exit_code == 2 and "holds a JSON file" in said(r) and "mAP" in other.read_text()
     for args, reason in (([ss_val, "--metric", "voc07"], "drop --metric"),
                          ([], "needs the proposal files")):
         r = cli("eval", "--data", data, "--compare-proposals", *args)

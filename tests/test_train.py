@@ -281,7 +281,7 @@ def test_train_alt_keeps_the_recipe_it_started_with(cli, shapes_data, tmp_path, 
 
 
 def test_propose_writes_proposals_in_image_pixels(cli, shapes_data, tmp_path):
-    from frcnn_cli.engine.proposals import load_proposals, read_proposals
+    from frcnn_cli.proposals.files import read_proposals, read_raw
 
     run = tmp_path / "rpn"
     r = cli("train-rpn", "--recipe", "shapes", "--train", shapes_data / "train.json",
@@ -290,7 +290,7 @@ def test_propose_writes_proposals_in_image_pixels(cli, shapes_data, tmp_path):
     out = tmp_path / "p.pt"
     r = cli("propose", run / "model.pt", "--data", shapes_data / "val.json", "--out", out)
     assert r.exit_code == 0, r.output
-    obj = read_proposals(out)
+    obj = read_raw(out)
     from frcnn_cli.data.annotations import load_annotations
 
     ann = load_annotations(shapes_data / "val.json")
@@ -299,7 +299,7 @@ def test_propose_writes_proposals_in_image_pixels(cli, shapes_data, tmp_path):
     boxes = obj["boxes"]
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 128).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
-    assert set(load_proposals(out, ann)) == {im["id"] for im in ann.images}
+    assert set(read_proposals(out, ann).boxes) == {im["id"] for im in ann.images}
     # the file and the output say how many of the objects the proposals cover
     cover = obj["meta"]["coverage"]
     assert cover["objects"] == len(ann.annotations)
@@ -308,7 +308,7 @@ def test_propose_writes_proposals_in_image_pixels(cli, shapes_data, tmp_path):
     # proposals of another dataset are refused with a clear message
     r = cli("train-detector", "--recipe", "shapes", "--train", shapes_data / "train.json",
             "--proposals", out, "--out", tmp_path / "det", "--stage", "1", "--iters", "2", *FAST)
-    assert r.exit_code == 2 and "has no proposals for" in r.output
+    assert r.exit_code == 2 and "was made for another dataset" in r.output
 
 
 def test_training_errors_are_one_line(cli, shapes_data, tmp_path):

@@ -120,7 +120,7 @@ def test_degenerate_ground_truth_is_left_out_of_every_metric_with_a_warning(data
         caplog.clear()
         result = evaluate_detections(ann, dets, metric)
         assert result.mAP == pytest.approx(1.0), metric
-        assert "4 ground-truth boxes not finite or without area are left out" in caplog.text
+        assert "4 degenerate boxes left out, in training and evaluation alike" in caplog.text
 
 
 def test_the_cli_warns_about_degenerate_ground_truth(cli, data):
@@ -134,15 +134,15 @@ def test_the_cli_warns_about_degenerate_ground_truth(cli, data):
             data / "e.json")
     assert r.exit_code == 0, r.output
     assert json.loads((data / "e.json").read_text())["mAP"] == pytest.approx(1.0)
-    assert "1ground-truthboxnotfiniteorwithoutareaisleftout" in flat(r.output)
+    assert "1degenerateboxleftout,intrainingandevaluationalike" in flat(r.output)
 
 
 def test_classes_are_matched_by_name_when_the_ids_differ():
     """The checkpoint knows its classes by name: a dataset numbering them otherwise gets its
     own ids for them; one without a name of the model is refused."""
     from frcnn_cli.data.annotations import annotations_from_dict
+    from frcnn_cli.data.usable import match_classes as check_classes
     from frcnn_cli.errors import DataError
-    from frcnn_cli.evaluation.inference import check_classes
 
     model = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},
              {"id": 3, "name": "triangle"}]
@@ -216,10 +216,11 @@ def test_one_box_rule_for_datasets_detections_and_proposals(cli, data, tmp_path)
     r = cli("data", "check", data / "s.json")
     assert_user_error(r, "'bbox' must be [x, y, w, h] numbers")
 
-    from frcnn_cli.checkpoint import PROPOSALS_FORMAT, save_safe
+    from frcnn_cli.checkpoint import save_safe
     from frcnn_cli.data.annotations import load_annotations
-    from frcnn_cli.engine.proposals import load_proposals
     from frcnn_cli.errors import CheckpointError
+    from frcnn_cli.outputs import PROPOSALS_FORMAT
+    from frcnn_cli.proposals.files import read_proposals
 
     ann = load_annotations(data / "val.json")
     ids = [im["id"] for im in ann.images]
@@ -229,7 +230,7 @@ def test_one_box_rule_for_datasets_detections_and_proposals(cli, data, tmp_path)
                       "boxes": boxes, "scores": torch.ones(3), "meta": {}},
                      tmp_path / "p.pt")
     with pytest.raises(CheckpointError, match=f"of image id {ids[1]} is not finite"):
-        load_proposals(path, ann)
+        read_proposals(path, ann)
 
 
 # --------------------------------------------------------------------------- written over
@@ -301,12 +302,13 @@ def test_every_output_kind_refuses_what_it_did_not_make(data, checkpoint, tmp_pa
                  "image": data / "images" / "val" / "000001.jpg",
                  "unknown": tmp_path / "notes.txt"}
     (tmp_path / "notes.txt").write_text("my notes")
+    mark = outputs.result_marker
     own = {
-        outputs.EVAL_RESULT: {"metric": "voc07", "mAP": 0.5, "per_class": {}},
-        outputs.DETECTIONS: [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4],
-                              "score": 0.5}],
-        outputs.ANCHORS: {"stride": 16, "base_size": 16, "base_anchors": []},
-        outputs.DATA_STATS: {"images": 1, "objects": 2, "distributions": {}},
+        outputs.EVAL_RESULT: {**mark(outputs.EVAL_RESULT), "metric": "voc07", "mAP": 0.5},
+        outputs.DETECTIONS: [{**mark(outputs.DETECTIONS), "image_id": 1, "category_id": 1,
+                              "bbox": [1, 2, 3, 4], "score": 0.5}],
+        outputs.ANCHORS: {**mark(outputs.ANCHORS), "stride": 16, "base_anchors": []},
+        outputs.DATA_STATS: {**mark(outputs.DATA_STATS), "images": 1, "distributions": {}},
         outputs.dataset_kind("data split"): {**outputs.dataset_marker("data split"),
                                               "images": [], "categories": []},
     }
@@ -322,7 +324,8 @@ def test_every_output_kind_refuses_what_it_did_not_make(data, checkpoint, tmp_pa
         prepare_output_file(tmp_path / "dataset written by frcnn data split.json",
                             outputs.dataset_kind("data convert"))
     assert not outputs.PROPOSALS.recognise(checkpoint)
-    assert not outputs.EXPORT.recognise(checkpoint)
+    for kind in outputs.EXPORT_KINDS.values():
+        assert not kind.recognise(checkpoint)
     assert not outputs.PLOT.recognise(strangers["image"])
 
 

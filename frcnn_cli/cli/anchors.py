@@ -87,10 +87,10 @@ def anchors(
     result = _print_level_anchors(r) if uses_levels(r) else _print_base_anchors(r)
 
     if data is not None:
-        from frcnn_cli.data.annotations import load_annotations
+        from frcnn_cli.data.usable import open_dataset
         from frcnn_cli.model.coverage import anchor_coverage, scale_advice
 
-        ann = load_annotations(data)
+        ann = open_dataset(data, "anchors")
         report, suggestions = anchor_coverage(ann, r)
         _print_coverage(report, suggestions, data, r)
         advice = scale_advice(ann, r)
@@ -100,10 +100,11 @@ def anchors(
         result["input_scale"] = advice
 
     if json_out is not None:
-        from frcnn_cli.files import prepare_output_file, write_json
+        from frcnn_cli.files import prepare_output_file, write_result
         from frcnn_cli.outputs import ANCHORS
 
-        write_json(prepare_output_file(json_out, ANCHORS, [data], "--json file"), result)
+        write_result(prepare_output_file(json_out, ANCHORS, [data], "--json file"), ANCHORS,
+                     result)
         console.info(f"wrote {json_out}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import traceback
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ import typer
 from frcnn_cli import __version__
 from frcnn_cli.cli import console, options
 from frcnn_cli.errors import FrcnnError
+from frcnn_cli.interrupts import Terminated, terminate_as_interrupt
 
 # Each module registers its commands on ``app`` with ``register(app)``.
 COMMAND_MODULES = ["recipe", "data", "anchors", "evaluate", "predict", "train", "export",
@@ -37,6 +39,9 @@ class FrcnnGroup(options.Group):
                 console.err_console.print(traceback.format_exc(), markup=False)
             console.error(str(e))
             raise typer.Exit(e.exit_code) from None
+        except Terminated:
+            console.error("terminated (SIGTERM)")
+            raise typer.Exit(128 + signal.SIGTERM) from None
         except KeyboardInterrupt:
             console.error("interrupted")
             raise typer.Exit(130) from None
@@ -85,6 +90,7 @@ def _global(
     [bold]frcnn train --recipe shapes --train demo/train.json --val demo/val.json --out runs/a[/].
     """
     console.setup_logging(quiet=quiet, debug=debug)
+    terminate_as_interrupt()  # a scheduler's SIGTERM stops a command as Ctrl-C does
 
 
 for _name in COMMAND_MODULES:

@@ -89,9 +89,9 @@ def benchmark(
                            console.reporter())
     _report(result)
     if json_out is not None:
-        from frcnn_cli.files import write_json
+        from frcnn_cli.files import write_result
 
-        write_json(json_out, {"source": source, **result.to_dict()})
+        write_result(json_out, BENCHMARK, {"source": source, **result.to_dict()})
         console.info(f"wrote {json_out}")
 
 

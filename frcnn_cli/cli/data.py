@@ -221,9 +221,8 @@ def stats(
     Example: [bold]frcnn data stats demo/train.json --recipe shapes --plot demo/stats[/]
     """
     from frcnn_cli import config
-    from frcnn_cli.data.annotations import load_annotations
     from frcnn_cli.data.stats import PLOT_FILES, dataset_stats, plot_stats
-    from frcnn_cli.files import prepare_output_dir, prepare_output_file, write_json
+    from frcnn_cli.files import prepare_output_dir, prepare_output_file, write_result
     from frcnn_cli.outputs import DATA_STATS, PLOT
 
     if json_out is not None:
@@ -231,7 +230,9 @@ def stats(
     folder = prepare_output_dir(plot, inputs=[annotations], what="--plot",
                                 writes=[(name, PLOT) for name in PLOT_FILES]) \
         if plot is not None else None
-    ann = load_annotations(annotations)
+    from frcnn_cli.data.usable import open_dataset
+
+    ann = open_dataset(annotations, "stats")
     if json_out is not None:
         prepare_output_file(json_out, DATA_STATS, inputs=ann.image_files(),
                             what="--json output")
@@ -255,7 +256,7 @@ def stats(
         for path in plot_stats(st, folder):
             console.info(f"wrote {path}")
     if json_out is not None:
-        write_json(json_out, st.to_dict())
+        write_result(json_out, DATA_STATS, st.to_dict())
         console.info(f"wrote {json_out}")
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from frcnn_cli.cli import console
+from frcnn_cli.cli import console, options
 
 
 def tile(
@@ -31,6 +31,7 @@ def tile(
     max_pixels: Annotated[int, typer.Option(
         "--max-pixels", help="Refuse images with more pixels than this; decoding takes 3 "
         "bytes a pixel.", min=1)] = 2**30,
+    many_tiles: options.ManyTiles = False,
 ) -> None:
     """Cut images larger than --size into overlapping tiles, for training on large images
     with small objects (aerial, satellite, microscopy, documents).
@@ -48,10 +49,12 @@ def tile(
 
     s = tile_dataset(annotations, out, size, overlap=overlap, min_visible=min_visible,
                      negatives=parse_negatives(negatives), seed=seed, max_pixels=max_pixels,
-                     reporter=console.reporter())
+                     reporter=console.reporter(), many_tiles=many_tiles)
     console.info(f"{s.images} images -> {s.tiles} tiles ({s.whole_images} images kept whole), "
                  f"{s.objects} objects kept, {s.ignore_regions} cut to ignore regions, "
                  f"{s.empty_kept} of {s.empty_tiles} empty tiles kept")
     for note in s.notes():
         console.info(("note:", "yellow"), f" {note}")
-    console.info(f"wrote {s.path} and {s.folder}/")
+    written = s.folder.is_dir() and any(s.folder.iterdir())
+    console.info(f"wrote {s.path}" + (f" and {s.folder}/" if written else
+                                      " (every image kept whole: no tile files written)"))

@@ -71,6 +71,8 @@ def evaluate(
     overlap: options.Overlap = None,
     tile_batch: options.TileBatch = None,
     max_detections: options.MaxDetections = None,
+    many_tiles: options.ManyTiles = False,
+    ignore_dataset_mismatch: options.IgnoreDatasetMismatch = False,
     max_pixels: options.MaxPixels = None,
 ) -> None:
     """Evaluate a model (or saved detections) on a dataset: per-class AP and mAP.
@@ -99,7 +101,7 @@ def evaluate(
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, require_file
     from frcnn_cli.outputs import DETECTIONS, EVAL_RESULT, PLOT, RECALL_RESULT
 
-    tiling = tiling_from_options(tile, overlap, tile_batch, max_detections)
+    tiling = tiling_from_options(tile, overlap, tile_batch, max_detections, many_tiles)
     if tiling is not None and (detections is not None or proposals):
         raise InputError(f"--tile runs the model's detector; drop "
                          f"{'--detections' if detections is not None else '--proposals'}")
@@ -112,6 +114,9 @@ def evaluate(
 
     if data is None:
         raise InputError("eval needs --data ANN.json, the dataset to evaluate on")
+    if ignore_dataset_mismatch and not (compare_proposals or proposal_file is not None):
+        raise InputError("--ignore-dataset-mismatch applies to proposal files: "
+                         "--proposal-file or --compare-proposals")
     if compare_proposals:
         from frcnn_cli.cli.proposal_eval import compare
 
@@ -119,13 +124,14 @@ def evaluate(
                                       ("--save-detections", save_detections),
                                       ("--proposals", proposals),
                                       ("--proposal-file", proposal_file),
-                                      ("--precision", precision is not options.Precision.fp32))
+                                      ("--precision", precision is not options.Precision.fp32),
+                                      ("--tile", tiling is not None))
                  if v]
         if given:
             raise InputError(f"--compare-proposals compares proposal files; drop "
                              f"{', '.join(given)}")
         compare([p for p in (checkpoint, *(more_files or [])) if p is not None], data,
-                json_out, plot)
+                json_out, plot, ignore_dataset_mismatch)
         return
     if more_files:
         raise InputError(f"eval takes one checkpoint (got {1 + len(more_files)} paths); "
@@ -167,9 +173,13 @@ def evaluate(
         if plot is not None:
             prepare_output_dir(plot, inputs, "--plot folder")
 
-    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.data.usable import open_dataset
 
-    ann = load_annotations(data)
+    if checkpoint is not None:  # a broken checkpoint is named before any image is read
+        from frcnn_cli.checkpoint import load_checkpoint
+
+        load_checkpoint(checkpoint)
+    ann = open_dataset(data, "eval" if detections is None else "score")
     # the dataset's images are inputs too: no output may replace one
     for path, kind, what in ((json_out, RECALL_RESULT if proposals else EVAL_RESULT,
                               "--json file"),
@@ -183,10 +193,10 @@ def evaluate(
         prepare_output_dir(plot, inputs, "--plot folder",
                            writes=[(n, PLOT) for n in pr_plot_names(class_names(ann))])
     if detections is not None:
-        from frcnn_cli.evaluation.detections import load_detections
+        from frcnn_cli.evaluation.detections import read_detections
         from frcnn_cli.evaluation.evaluate import evaluate_detections
 
-        dets = load_detections(detections)
+        dets = read_detections(detections, ann)
         result = evaluate_detections(ann, dets, (metric or Metric.voc07).value,
                                      source=str(detections))
         _report(result, data, json_out, plot)
@@ -210,12 +220,13 @@ def evaluate(
     if proposals:
         from frcnn_cli.evaluation.inference import evaluate_proposals
         from frcnn_cli.evaluation.plots import plot_recall_curve
-        from frcnn_cli.files import write_json
+        from frcnn_cli.files import write_result
+        from frcnn_cli.outputs import RECALL_RESULT
 
         rec = evaluate_proposals(model, ann, torch_device, console.reporter(), batch_size,
                                  precision=precision.value, max_pixels=max_pixels)
         _recall_table(rec, data)
-        write_json(json_out, {"checkpoint": str(checkpoint), "data": str(data),
+        write_result(json_out, RECALL_RESULT, {"checkpoint": str(checkpoint), "data": str(data),
                               **rec.to_dict()})
         plot_recall_curve(rec, png)
         console.info(f"wrote {json_out} and {png}")
@@ -224,11 +235,11 @@ def evaluate(
     from frcnn_cli.cli.proposal_eval import timing
     from frcnn_cli.evaluation.detections import save_detections as write_detections
     from frcnn_cli.evaluation.inference import evaluate_model
-    from frcnn_cli.evaluation.proposal_sources import proposals_for
+    from frcnn_cli.proposals.sources import proposals_for
 
     chosen = metric.value if metric is not None else model.recipe.eval.metric
     dets: list = []
-    source = proposals_for(model, proposal_file, ann)
+    source = proposals_for(model, proposal_file, ann, ignore_dataset_mismatch)
     tiled: list = []
     result = evaluate_model(model, ann, chosen, torch_device, console.reporter(), batch_size,
                             detections=dets, precision=precision.value, proposals=source,
@@ -265,9 +276,10 @@ def _report(result, data: Path, json_out: Path | None, plot: Path | None) -> Non
             console.table(f"COCO {kind} (pycocotools)", names,
                           [[result.summary[n] for n in names]])
     if json_out is not None:
-        from frcnn_cli.files import write_json
+        from frcnn_cli.files import write_result
+        from frcnn_cli.outputs import EVAL_RESULT
 
-        write_json(json_out, result.to_dict())
+        write_result(json_out, EVAL_RESULT, result.to_dict())
         console.info(f"wrote {json_out}")
     if plot is not None:
         from frcnn_cli.evaluation.plots import plot_pr_curves

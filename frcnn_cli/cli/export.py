@@ -81,7 +81,9 @@ def export(
     --format checkpoint --out runs/a/model-svd.pt[/]
     """
     from frcnn_cli.files import prepare_output_file, require_file
-    from frcnn_cli.outputs import EXPORT
+    from frcnn_cli.outputs import EXPORT_KINDS
+
+    kind = EXPORT_KINDS[fmt.value]
 
     require_file(checkpoint, "checkpoint")
     if opset is not None and fmt is not Format.onnx:
@@ -102,7 +104,7 @@ def export(
     if data is not None:
         require_file(data, "dataset")
     inputs = [checkpoint, *(check_images or []), *([data] if data else [])]
-    prepare_output_file(out, EXPORT, inputs, "--out file")
+    prepare_output_file(out, kind, inputs, "--out file")
 
     from frcnn_cli import load_model
 
@@ -122,10 +124,10 @@ def export(
         torch_device = resolve_device(device)
         ann = None
         if data is not None:
-            from frcnn_cli.data.annotations import load_annotations
+            from frcnn_cli.data.usable import open_dataset
 
-            ann = load_annotations(data)
-            prepare_output_file(out, EXPORT, ann.image_files(), "--out file")
+            ann = open_dataset(data, "eval")
+            prepare_output_file(out, kind, ann.image_files(), "--out file")
         console.info(f"truncated SVD of fc6 (rank {svd})"
                      + (f" and fc7 (rank {fc7})" if fc7 else "") + " ...")
         model, report = truncated.compress_and_measure(model, svd, fc7, ann, torch_device,

@@ -52,6 +52,12 @@ MaxDetections = Annotated[Optional[int], typer.Option(  # noqa: UP045
     "--max-detections", min=1, show_default=False,
     help="With --tile: detections kept per image after merging \\[default: 1000]; each tile "
     "keeps the recipe's roi_heads.detections_per_img.")]
+IgnoreDatasetMismatch = Annotated[bool, typer.Option(
+    "--ignore-dataset-mismatch", help="Use a proposals file made for another dataset (whose "
+    "file names differ for the same image ids): refused without it.")]
+ManyTiles = Annotated[bool, typer.Option(
+    "--many-tiles", help="Tile even when the tiles would cover each pixel more than 25 times "
+    "over (an overlap near 1 makes thousands of tiles of a small image): refused without it.")]
 MaxPixels = Annotated[Optional[int], typer.Option(  # noqa: UP045
     "--max-pixels", min=1, show_default=False,
     help="Refuse images with more pixels than this \\[default: 2^30, e.g. 32768 x 32768]; "

@@ -32,6 +32,7 @@ def predict(
     overlap: options.Overlap = None,
     tile_batch: options.TileBatch = None,
     max_detections: options.MaxDetections = None,
+    many_tiles: options.ManyTiles = False,
     max_pixels: options.MaxPixels = None,
     device: options.Device = "auto",
     precision: options.PrecisionOption = options.Precision.fp32,
@@ -61,7 +62,7 @@ def predict(
     from frcnn_cli.files import prepare_output_dir, require_file
     from frcnn_cli.outputs import DETECTIONS, DRAWING
 
-    tiling = tiling_from_options(tile, overlap, tile_batch, max_detections)
+    tiling = tiling_from_options(tile, overlap, tile_batch, max_detections, many_tiles)
     require_file(checkpoint, "checkpoint")
     found = find_images(inputs, exclude=out)
     if not found:
@@ -77,7 +78,7 @@ def predict(
     from frcnn_cli.devices import autocast, resolve_device
     from frcnn_cli.evaluation.detections import save_detections
     from frcnn_cli.evaluation.predict import predict_files
-    from frcnn_cli.evaluation.proposal_sources import proposals_for
+    from frcnn_cli.proposals.sources import proposals_for
 
     torch_device = resolve_device(device)
     autocast(torch_device, precision.value)  # fp16 on a CPU is refused before any work

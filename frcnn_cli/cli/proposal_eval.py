@@ -10,15 +10,16 @@ from frcnn_cli.cli import console
 from frcnn_cli.errors import InputError
 
 
-def compare(files: list[Path], data: Path, json_out: Path | None, plot: Path | None) -> None:
+def compare(files: list[Path], data: Path, json_out: Path | None, plot: Path | None,
+            ignore_dataset_mismatch: bool = False) -> None:
     """``eval --data ANN --compare-proposals A.pt B.pt ...``: recall at IoU 0.5 and 0.7 and
     AR for 100/300/1000/2000 proposals per image, a table per measure, and the JSON and
     plots."""
-    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.data.usable import open_dataset
     from frcnn_cli.evaluation.plots import COMPARISON_PLOTS
-    from frcnn_cli.evaluation.recall import compare_proposal_files
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, require_file
     from frcnn_cli.outputs import PLOT, PROPOSAL_COMPARISON
+    from frcnn_cli.proposals.recall import compare_proposal_files
 
     if not files:
         raise InputError("--compare-proposals needs the proposal files to compare "
@@ -32,10 +33,11 @@ def compare(files: list[Path], data: Path, json_out: Path | None, plot: Path | N
     if plot is not None:
         prepare_output_dir(plot, inputs, "--plot folder",
                            writes=[(name, PLOT) for name in COMPARISON_PLOTS])
-    ann = load_annotations(data)
+    ann = open_dataset(data, "eval")
     if json_out is not None:  # the dataset's images are inputs too
         prepare_output_file(json_out, PROPOSAL_COMPARISON, ann.image_files(), "--json file")
-    comparison = compare_proposal_files(files, ann)
+    comparison = compare_proposal_files(files, ann,
+                                        ignore_dataset_mismatch=ignore_dataset_mismatch)
     summary = comparison.to_dict()
     names = _names(files)
     counts = [str(n) for n in comparison.top_n]
@@ -54,9 +56,9 @@ def compare(files: list[Path], data: Path, json_out: Path | None, plot: Path | N
             for name, source in zip(names, summary["sources"], strict=True)]
     console.info(f"proposals per image at most (mean): {', '.join(used)}")
     if json_out is not None:
-        from frcnn_cli.files import write_json
+        from frcnn_cli.files import write_result
 
-        write_json(json_out, {"data": str(data), **summary})
+        write_result(json_out, PROPOSAL_COMPARISON, {"data": str(data), **summary})
         console.info(f"wrote {json_out}")
     if plot is not None:
         from frcnn_cli.evaluation.plots import plot_proposal_comparison

@@ -158,6 +158,7 @@ def train_detector(
     iters: Iters = None, overrides: options.Overrides = None, device: options.Device = "auto",
     seed: Seed = None, checkpoint_every: CheckpointEvery = None, resume: Resume = None,
     amp: Amp = False, init_weights: InitWeights = None, backbone_weights: BackboneWeights = None,
+    ignore_dataset_mismatch: options.IgnoreDatasetMismatch = False,
 ) -> None:
     """Steps 2 and 4 of the 4-step schedule: train the Fast R-CNN detector on fixed proposals.
 
@@ -171,7 +172,8 @@ def train_detector(
     _refuse_with_resume(resume, recipe=recipe, train=train, val=val, out=out, iters=iters,
                         overrides=overrides, seed=seed, checkpoint_every=checkpoint_every, amp=amp,
                         init=init, init_weights=init_weights, stage=stage, proposals=proposals,
-                        backbone_weights=backbone_weights)
+                        backbone_weights=backbone_weights,
+                        ignore_dataset_mismatch=ignore_dataset_mismatch)
     args = None
     if resume is None:
         if stage is None:
@@ -180,7 +182,8 @@ def train_detector(
             raise InputError("train-detector needs --proposals (made by frcnn propose)")
         args = _args("train-detector", recipe, train, val, out, overrides, iters, device, seed,
                      checkpoint_every, amp, backbone_weights, stage=stage, init=init,
-                     init_weights=init_weights, proposals=str(proposals))
+                     init_weights=init_weights, proposals=str(proposals),
+                     ignore_dataset_mismatch=ignore_dataset_mismatch)
     _run(args, resume, device)
 
 
@@ -240,7 +243,7 @@ def propose(
     Example: [bold]frcnn propose --method selective-search --data d/train.json --out ss.pt
     --workers 2[/]
     """
-    from frcnn_cli.engine.proposals import read_proposals
+    from frcnn_cli.proposals.files import read_meta
 
     if data is None or out is None:
         raise InputError("propose needs --data ANN.json and --out FILE")
@@ -259,21 +262,21 @@ def propose(
             raise InputError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with "
                              "--method selective-search")
     if search:
-        from frcnn_cli.engine import selective_search as ss
+        from frcnn_cli.proposals import search as ss
 
         path = ss.propose_selective_search(
             data, out, (mode or Mode.fast).value,
             ss.MAX_PROPOSALS if max_proposals is None else max_proposals,
             ss.MAX_SIDE if max_side is None else max_side, workers or 1, console.reporter())
     else:
-        from frcnn_cli.engine.stages import propose as run_propose
+        from frcnn_cli.proposals.rpn import propose as run_propose
 
         path = run_propose(checkpoint, data, out, device, console.reporter(), batch_size,
                            max_proposals)
-    obj = read_proposals(path)
-    n = len(obj["counts"])
-    mean = float(obj["counts"].float().mean()) if n else 0.0
-    seconds = obj["meta"].get("seconds_per_image")
+    meta = read_meta(path)
+    n = len(meta["counts"])
+    mean = float(meta["counts"].float().mean()) if n else 0.0
+    seconds = meta.get("seconds_per_image")
     speed = f", {seconds:.3g} s per image" if seconds is not None else ""
     console.result(("done", "bold green"),
                    f": {n} images, {mean:.0f} proposals per image{speed} -> {path}")

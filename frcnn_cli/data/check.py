@@ -33,7 +33,8 @@ import numpy as np
 
 from frcnn_cli.boxes import box_problem
 from frcnn_cli.data.annotations import Annotations
-from frcnn_cli.data.images import image_size
+from frcnn_cli.data.images import image_header, orient_boxes
+from frcnn_cli.data.usable import structure_problems
 from frcnn_cli.errors import DataError
 from frcnn_cli.progress import SILENT, Reporter
 
@@ -52,6 +53,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "duplicate image id": (ERROR, "not fixable: which image an annotation means is lost"),
     "duplicate annotation id": (ERROR, "renumbered"),
     "duplicate category id": (ERROR, "merged when the names agree"),
+    "duplicate category name": (ERROR, "not fixable: give each category its own name, or "
+                                "merge them with data convert --map"),
     "box partly outside image": (WARNING, "clipped"),
     "tiny box": (WARNING, "dropped"),
     "duplicate box": (WARNING, "dropped"),
@@ -87,6 +90,8 @@ class CheckReport:
     issues: list[Issue] = field(default_factory=list)
     # image list index -> (width, height) read from the file, None when unreadable
     measured: dict[int, tuple[int, int] | None] = field(default_factory=dict)
+    # image list index -> the file's EXIF orientation (1: none), for the files read
+    orientation: dict[int, int] = field(default_factory=dict)
 
     def add(self, kind: str, message: str) -> None:
         self.issues.append(Issue(kind, message))
@@ -125,13 +130,13 @@ def check_dataset(ann: Annotations, decode: bool = True, reporter: Reporter = SI
 
 def _measure(ann: Annotations, decode: bool, reporter: Reporter, workers: int | None,
              report: CheckReport) -> dict[int, tuple[int, int] | None]:
-    def probe(i: int) -> tuple[tuple[int, int] | None, str | None, str]:
+    def probe(i: int) -> tuple[tuple[int, int, int] | None, str | None, str]:
         im = ann.images[i]
         path = ann.image_path(im)
         if not path.is_file():
             return None, "missing image", f"image {im['id']}: {path} not found"
         try:
-            return image_size(path, decode=decode), None, ""
+            return image_header(path, decode=decode), None, ""
         except DataError as e:
             return None, "unreadable image", f"image {im['id']}: {e}"
 
@@ -140,8 +145,10 @@ def _measure(ann: Annotations, decode: bool, reporter: Reporter, workers: int | 
     # decoders release the GIL: threads keep every core busy without copying the dataset
     with ThreadPoolExecutor(workers) as pool, \
             reporter.task("reading images", total=len(ann.images)) as task:
-        for i, (size, kind, message) in enumerate(pool.map(probe, range(len(ann.images)))):
-            measured[i] = size
+        for i, (header, kind, message) in enumerate(pool.map(probe, range(len(ann.images)))):
+            measured[i] = None if header is None else header[:2]
+            if header is not None:
+                report.orientation[i] = header[2]
             if kind is not None:
                 report.add(kind, message)
             task.update(advance=1)
@@ -150,8 +157,7 @@ def _measure(ann: Annotations, decode: bool, reporter: Reporter, workers: int | 
 
 def _check_ids(ann: Annotations, report: CheckReport) -> None:
     for what, items, kind in (("image", ann.images, "duplicate image id"),
-                              ("annotation", ann.annotations, "duplicate annotation id"),
-                              ("category", ann.categories, "duplicate category id")):
+                              ("annotation", ann.annotations, "duplicate annotation id")):
         counts = Counter(x["id"] for x in items)
         for value, n in counts.items():
             if n > 1:
@@ -160,15 +166,8 @@ def _check_ids(ann: Annotations, report: CheckReport) -> None:
     for name, n in files.items():
         if n > 1:
             report.add("duplicate file", f"{name} is listed {n} times")
-    image_ids = {im["id"] for im in ann.images}
-    cat_ids = {c["id"] for c in ann.categories}
-    for a in ann.annotations:
-        if a["image_id"] not in image_ids:
-            report.add("orphan annotation", f"annotation {a['id']}: image {a['image_id']} "
-                       "does not exist")
-        if a["category_id"] not in cat_ids:
-            report.add("unknown category", f"annotation {a['id']} (image {a['image_id']}): "
-                       f"category {a['category_id']} is not in 'categories'")
+    for kind, message in structure_problems(ann):  # the rules every command applies
+        report.add(kind, message)
     used = Counter(a["category_id"] for a in ann.annotations)
     for c in ann.classes:
         if not used.get(c["id"]):
@@ -263,19 +262,10 @@ def fix_dataset(ann: Annotations, report: CheckReport) -> tuple[Annotations, dic
         seen_cats.setdefault(c["id"], c["name"])
         kept_cats.append(c)
 
-    # images: drop unreadable ones, set sizes from the files. Repeated image ids stay: which
-    # image an annotation means is lost, so the copy keeps the error for the user.
-    kept_images, first_of_id = [], {}
-    for i, im in enumerate(images):
-        size = report.measured.get(i)
-        if size is None and i in report.measured:
-            changes["missing or unreadable images dropped"] += 1
-            continue
-        if size is not None and (im.get("width"), im.get("height")) != tuple(size):
-            im["width"], im["height"] = size
-            changes["image sizes set from the files"] += 1
+    kept_images, turned = _fixed_images(images, report, changes)
+    first_of_id = {}
+    for im in kept_images:
         first_of_id.setdefault(im["id"], im)
-        kept_images.append(im)
     extent = {im["id"]: (float(im["width"]), float(im["height"])) for im in kept_images
               if im.get("width") and im.get("height")}
     cat_ids = {c["id"] for c in kept_cats}
@@ -290,6 +280,10 @@ def fix_dataset(ann: Annotations, report: CheckReport) -> tuple[Annotations, dic
         if a["category_id"] not in cat_ids:
             changes["annotations of unknown categories dropped"] += 1
             continue
+        if a["image_id"] in turned:
+            a["bbox"] = [round(float(v), 4) for v in orient_boxes([a["bbox"]],
+                                                                    *turned[a["image_id"]])[0]]
+            changes["boxes turned with their EXIF-rotated image"] += 1
         problem = box_problem(a["bbox"], extent[a["image_id"]])
         kind = problem[0] if problem else None
         if kind in ("degenerate box", "box outside image", "tiny box"):
@@ -316,6 +310,30 @@ def fix_dataset(ann: Annotations, report: CheckReport) -> tuple[Annotations, dic
         fixed.reindex()
         changes["duplicate boxes dropped"] += len(duplicates)
     return fixed, dict(changes)
+
+
+def _fixed_images(images: list[dict[str, Any]], report: CheckReport, changes: Counter[str]
+                  ) -> tuple[list[dict[str, Any]], dict[Any, tuple[int, int, int]]]:
+    """The images ``--fix`` keeps (unreadable ones dropped), sizes set from the files, and
+    ``{image_id: (orientation, width, height)}`` of those whose record states the size of the
+    file's stored frame while EXIF turns it a quarter: their boxes were drawn on the stored
+    pixels and are turned with the picture (:func:`~frcnn_cli.data.images.orient_boxes`).
+    Repeated image ids stay: which image an annotation means is lost, so the copy keeps the
+    error for the user."""
+    kept, turned = [], {}
+    for i, im in enumerate(images):
+        size = report.measured.get(i)
+        if size is None and i in report.measured:
+            changes["missing or unreadable images dropped"] += 1
+            continue
+        stated = (im.get("width"), im.get("height"))
+        if size is not None and stated != tuple(size):
+            if stated == tuple(size)[::-1] and report.orientation.get(i, 1) in (5, 6, 7, 8):
+                turned[im["id"]] = (report.orientation[i], *stated)
+            im["width"], im["height"] = size
+            changes["image sizes set from the files"] += 1
+        kept.append(im)
+    return kept, turned
 
 
 def clip_box(bbox: list[float], width: float, height: float) -> list[float]:

@@ -23,8 +23,9 @@ Training drops objects marked difficult unless the recipe's ``data.use_difficult
 otherwise, and hands objects marked iscrowd (COCO crowds, objects ``frcnn data tile`` cut) to the
 model as ignore regions, where anchors and proposals are neither objects nor background, unless
 ``data.use_crowd`` trains on them as objects; test mode keeps every object, flagged. Boxes are
-clipped to the image and those under a pixel wide or high are dropped (training warns once
-with the count of such boxes: degenerate, tiny or outside their image). An image that cannot
+clipped to the image and those under a pixel wide or high are dropped; boxes no loss can use
+(not finite, no area, wholly outside the image) are left out of training with one warning
+(:func:`frcnn_cli.data.usable.without_unusable`). An image that cannot
 be decoded stops a test run with a DataError naming it; in training it is skipped with a
 warning and the next image takes its place. An image whose decoded size is not the one its
 record states (``width``, ``height``) stops training and testing alike: its boxes belong to
@@ -51,7 +52,7 @@ from frcnn_cli.data.transforms import (
     hflip_boxes,
     valid_boxes,
 )
-from frcnn_cli.data.usable import SizeMismatch, check_size
+from frcnn_cli.data.usable import SizeMismatch, check_size, without_unusable
 from frcnn_cli.errors import DataError, FrcnnError, InputError
 
 log = logging.getLogger("frcnn")
@@ -69,17 +70,18 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, annotations: Annotations, recipe: Recipe, train: bool,
                  proposals: Mapping[int, Any] | None = None,
-                 max_pixels: int | None = MAX_PIXELS) -> None:
-        self.annotations = annotations
+                 max_pixels: int | None = MAX_PIXELS, skip_unreadable: bool = False) -> None:
+        # the boxes no loss can use are left out with a warning (a no-op for a set read
+        # through data.usable.open_dataset, which did it already)
+        self.annotations = without_unusable(annotations) if train else annotations
         self.max_pixels = max_pixels
+        self.skip_unreadable = skip_unreadable
         self.recipe = recipe
         self.train = train
         self.images = list(annotations.images)
         self.proposals = proposals
         self.augmentation = build_augmentation(recipe.augment) if train else None
         self._objects = [self._read_objects(im) for im in self.images]
-        if train:
-            self._warn_unusable_boxes()
         if proposals is not None:
             missing = [im["id"] for im in self.images if im["id"] not in proposals]
             if missing:
@@ -119,30 +121,10 @@ class DetectionDataset(torch.utils.data.Dataset):
                 "iscrowd": np.asarray(crowd, bool),
                 "ignore": np.asarray(ignore, np.float32).reshape(-1, 4)}
 
-    def _warn_unusable_boxes(self) -> None:
-        """Say once how many boxes training will ignore: not finite, without area, or outside
-        the image (as the JSON states its size); a broken set must not train silently."""
-        from frcnn_cli.boxes import box_problem
-        from frcnn_cli.data.check import PLURAL
-
-        counts: dict[str, int] = {}
-        for im in self.images:
-            extent = (float(im["width"]), float(im["height"])) \
-                if im.get("width") and im.get("height") else None
-            for a in self.annotations.objects(im["id"]):
-                problem = box_problem(a["bbox"], extent)
-                if problem is not None and problem[0] != "box partly outside image":
-                    counts[problem[0]] = counts.get(problem[0], 0) + 1
-        if counts:
-            kinds = ", ".join(f"{n} {PLURAL[kind] if n > 1 else kind}"
-                              for kind, n in counts.items())
-            log.warning("%s: training ignores %s; 'frcnn data check' lists them and --fix "
-                        "drops them", self.annotations.path or "dataset", kinds)
-
     def __getitem__(self, request: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
         index, seed = request if isinstance(request, tuple) else (request, None)
         if not self.train:
-            return self._sample(index, None)
+            return self._test_sample(index)
         if seed is None:
             # no seed from a sampler: follow torch's generator, so torch.manual_seed rules
             seed = int(torch.randint(2**31, (1,)).item())
@@ -158,6 +140,19 @@ class DetectionDataset(torch.utils.data.Dataset):
                     log.warning("skipping an image in training: %s", e)
         raise DataError(f"{_MAX_SKIPS + 1} images in a row cannot be decoded, from "
                         f"{self.annotations.image_path(self.images[index])}; run frcnn data check")
+
+    def _test_sample(self, index: int) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """A test sample; with ``skip_unreadable`` an image that cannot be decoded is
+        ``(None, {"image_id", "skipped": reason})``, with a warning, as training skips it."""
+        try:
+            return self._sample(index, None)
+        except SizeMismatch:
+            raise
+        except DataError as e:
+            if not self.skip_unreadable:
+                raise
+            log.warning("skipping an image, as training does: %s", e)
+            return None, {"image_id": self.images[index]["id"], "skipped": str(e)}
 
     def _sample(self, index: int, rng: np.random.Generator | None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -306,9 +301,11 @@ def build_train_loader(annotations: Annotations, recipe: Recipe, images_per_batc
 def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int = 1,
                       num_workers: int | None = None, rank: int = 0, world_size: int = 1,
                       proposals: Mapping[int, Any] | None = None,
-                      max_pixels: int | None = MAX_PIXELS) -> torch.utils.data.DataLoader:
+                      max_pixels: int | None = MAX_PIXELS, skip_unreadable: bool = False
+                      ) -> torch.utils.data.DataLoader:
     """Every image once, in dataset order, at its own size, not augmented:
-    ``(images, targets)``; an image over ``max_pixels`` pixels stops it with a DataError.
+    ``(images, targets)``; an image over ``max_pixels`` pixels stops it with a DataError, as
+    does one that cannot be decoded, unless ``skip_unreadable`` (its image is then None).
 
     Process ``rank`` of ``world_size`` gets images ``rank, rank + world_size, ...``. Targets
     carry ``image_id`` and ``orig_size``, and every object with its ``difficult`` and
@@ -317,7 +314,7 @@ def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int 
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     dataset = DetectionDataset(annotations, recipe, train=False, proposals=proposals,
-                               max_pixels=max_pixels)
+                               max_pixels=max_pixels, skip_unreadable=skip_unreadable)
     indices = list(range(rank, len(dataset), world_size))
     workers = recipe.data.num_workers if num_workers is None else num_workers
     batches = torch.utils.data.BatchSampler(indices, batch_size, drop_last=False)

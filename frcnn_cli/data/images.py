@@ -140,19 +140,24 @@ def _warn_dropped_bands(im: Image.Image, path: Path) -> None:
 def to_rgb(im: Image.Image) -> np.ndarray:
     """A decoded PIL image as uint8 ``[H, W, 3]`` RGB.
 
-    16-bit images keep their high byte (``v // 256``), as Pillow decodes 16-bit colour;
-    32-bit integer images are scaled from 0..65535 (``v / 257``); float images in 0..1 are
-    scaled by 255; alpha is dropped.
+    16-bit images keep their high byte (``v // 256``), as Pillow decodes 16-bit colour.
+    32-bit integer images say nothing of the range their values use, so it is read from the
+    values: 0..255 is taken as 8-bit data, as it is; 0..65535 as 16-bit (``v / 257``); larger
+    values are scaled by the image's maximum. Float images in 0..1 are scaled by 255; alpha is
+    dropped.
     """
     if im.mode.startswith("I;16"):
         gray = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if im.mode in ("I", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        if im.mode == "F" and arr.size and np.nanmax(arr) <= 1.0:
+        top = float(np.nanmax(arr)) if arr.size else 0.0
+        if im.mode == "F" and top <= 1.0:
             arr = arr * 255.0
-        elif im.mode != "F":
+        elif im.mode == "I" and 255 < top <= 65535:
             arr = arr / 257.0
+        elif im.mode == "I" and top > 65535:
+            arr = arr * (255.0 / top)
         gray = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if im.mode != "RGB":
@@ -169,6 +174,14 @@ def image_size(path: str | os.PathLike, decode: bool = False,
     truncated, corrupt or larger than ``max_pixels``. The header alone is read whatever its
     size: it costs no memory.
     """
+    width, height, _ = image_header(path, decode, max_pixels)
+    return width, height
+
+
+def image_header(path: str | os.PathLike, decode: bool = False,
+                 max_pixels: int | None = MAX_PIXELS) -> tuple[int, int, int]:
+    """:func:`image_size` and the file's EXIF orientation (1: none; 2..8 as EXIF numbers
+    them, see :func:`orient_boxes`)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"image not found: {p}")
@@ -185,7 +198,25 @@ def image_size(path: str | os.PathLike, decode: bool = False,
         raise DataError(f"cannot {what} {p}: {_reason(e, p)}") from None
     if orientation in _SWAPS_SIDES:
         width, height = height, width
-    return int(width), int(height)
+    return int(width), int(height), int(orientation) if orientation in range(1, 9) else 1
+
+
+def orient_boxes(boxes: np.ndarray, orientation: int, width: int, height: int) -> np.ndarray:
+    """Boxes ``(N, 4)`` ``[x, y, w, h]`` in the pixels of a file's stored (raw) frame,
+    ``width`` x ``height``, moved to the frame :func:`read_image` shows after applying the
+    EXIF ``orientation``: mirrored (2, 4), turned half way (3), transposed (5, 7) or turned a
+    quarter (6 clockwise, 8 anticlockwise), as Pillow's ``exif_transpose``."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    w, h = float(width), float(height)
+    corners = {  # orientation -> (x1', y1', x2', y2') of the two corners, in any order
+        1: (x1, y1, x2, y2), 2: (w - x1, y1, w - x2, y2), 3: (w - x1, h - y1, w - x2, h - y2),
+        4: (x1, h - y1, x2, h - y2), 5: (y1, x1, y2, x2), 6: (h - y1, x1, h - y2, x2),
+        7: (h - y1, w - x1, h - y2, w - x2), 8: (y1, w - x1, y2, w - x2),
+    }[orientation if orientation in range(1, 9) else 1]
+    ax, ay, bx, by = corners
+    left, top = np.minimum(ax, bx), np.minimum(ay, by)
+    return np.stack([left, top, np.maximum(ax, bx) - left, np.maximum(ay, by) - top], axis=1)
 
 
 def _reason(e: BaseException, path: Path) -> str:

@@ -39,12 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from frcnn_cli.data.annotations import (
-    Annotations,
-    load_annotations,
-    relative_name,
-    save_annotations,
-)
+from frcnn_cli.data.annotations import Annotations, relative_name, save_annotations
 from frcnn_cli.data.images import MAX_PIXELS, image_size, opencv, read_image
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.files import prepare_output_file
@@ -62,6 +57,10 @@ DEFAULT_MIN_VISIBLE = 0.5  # share of a cut box's area a tile must hold to keep 
 # spending most iterations on them.
 DEFAULT_NEGATIVES = 0.2
 MIN_TILE_SIZE = 32
+# How many times the tiles may cover each pixel on average before a tiling is refused unless
+# asked for (--many-tiles): an overlap of 0.2 covers it about 1.6 times, 0.5 four times; 25
+# is an overlap near 0.8, where a typo (0.99 for 0.09) makes thousands of tiles per image.
+MAX_COVERAGE = 25
 _PNG_COMPRESSION = 1  # zlib level: the fast end; the pixels are the same at any level
 
 
@@ -108,6 +107,26 @@ def tile_windows(width: int, height: int, size: int, overlap: float = DEFAULT_OV
     return [Window(x, y, min(size, width), min(size, height))
             for y in tile_starts(height, size, overlap)
             for x in tile_starts(width, size, overlap)]
+
+
+def count_tiles(sizes: list[tuple[int, int]], size: int, overlap: float,
+                many_tiles: bool = False) -> int:
+    """The tiles of images of ``sizes`` ``[(width, height)]``, logged; InputError, unless
+    ``many_tiles``, when they would cover the images' pixels more than :data:`MAX_COVERAGE`
+    times over (an overlap close to 1 makes thousands of tiles of a small image)."""
+    tiles = covered = 0
+    for width, height in sizes:
+        windows = tile_windows(int(width), int(height), size, overlap)
+        tiles += len(windows)
+        covered += sum(w.width * w.height for w in windows)
+    pixels = sum(int(w) * int(h) for w, h in sizes)
+    if not many_tiles and pixels and covered > MAX_COVERAGE * pixels:
+        raise InputError(f"{size} px tiles at overlap {overlap:g} make {tiles:,} tiles of "
+                         f"{len(sizes)} image(s), covering each pixel {covered / pixels:.0f} "
+                         f"times over (more than {MAX_COVERAGE}); lower --overlap, or pass "
+                         "--many-tiles if this is meant")
+    log.info("%d image(s) -> %d tile(s) of %d px", len(sizes), tiles, size)
+    return tiles
 
 
 def clip_boxes(boxes: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -198,21 +217,26 @@ def parse_negatives(text: str) -> float | None:
 def tile_dataset(annotations: str | os.PathLike, out: str | os.PathLike, size: int,
                  overlap: float = DEFAULT_OVERLAP, min_visible: float = DEFAULT_MIN_VISIBLE,
                  negatives: float | None = DEFAULT_NEGATIVES, seed: int = 0,
-                 max_pixels: int | None = MAX_PIXELS, reporter: Reporter = SILENT
-                 ) -> TileSummary:
+                 max_pixels: int | None = MAX_PIXELS, reporter: Reporter = SILENT,
+                 many_tiles: bool = False) -> TileSummary:
     """Cut the images of the COCO file ``annotations`` into tiles and write ``out`` (COCO)
     with the tile images in ``<out stem>_tiles/`` beside it; see the module doc.
 
-    ``negatives``: empty tiles kept per tile with objects (None: all). Raises InputError for
-    bad arguments, an ``out`` that would replace an input or a tile folder that already holds
-    files, and DataError for unreadable images or images whose size differs from their record.
+    ``negatives``: empty tiles kept per tile with objects (None: all); ``many_tiles``: see
+    :func:`count_tiles`, which counts the tiles (logged) before any is cut. Raises InputError
+    for bad arguments, an ``out`` that would replace an input or a tile folder that already
+    holds files, and DataError for images the dataset door refuses
+    (:func:`frcnn_cli.data.usable.open_dataset`: unreadable, or another size than their
+    record).
     """
+    from frcnn_cli.data.usable import open_dataset
+
     check_tiling(size, overlap)
     if not (math.isfinite(min_visible) and 0 < min_visible <= 1):
         raise InputError(f"--min-visible is a share of a box's area in (0, 1], got {min_visible}")
-    if negatives is not None and not (negatives >= 0):
-        raise InputError(f"--negatives must be 0 or more (or all), got {negatives}")
-    ann = load_annotations(annotations)
+    if negatives is not None and not (math.isfinite(negatives) and negatives >= 0):
+        raise InputError(f"--negatives must be a number, 0 or more, or 'all', got {negatives}")
+    ann = open_dataset(annotations, "tile")
     out = prepare_output_file(out, dataset_kind("data tile"),
                               inputs=[annotations, *ann.image_files()], what="--out")
     folder = out.parent / f"{out.stem}_tiles"
@@ -220,6 +244,7 @@ def tile_dataset(annotations: str | os.PathLike, out: str | os.PathLike, size: i
         raise InputError(f"{folder} already exists and holds files; data tile never replaces "
                          "files: delete it or choose another --out")
 
+    count_tiles([_size(ann, im) for im in ann.images], size, overlap, many_tiles)
     tiles, summary = plan_tiles(ann, size, overlap, min_visible)
     summary.path, summary.folder = out, folder
     kept = choose_negatives(tiles, negatives, seed)

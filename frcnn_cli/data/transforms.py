@@ -53,7 +53,9 @@ def hflip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
 
 def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror an ``[H, W, C]`` image and its ``[N, 4]`` boxes left to right."""
-    return np.ascontiguousarray(image[:, ::-1]), hflip_boxes(boxes, image.shape[1])
+    # a copy, not ascontiguousarray: numpy calls a one-pixel-wide view contiguous and would
+    # keep its negative stride, which torch cannot take
+    return image[:, ::-1].copy(), hflip_boxes(boxes, image.shape[1])
 
 
 class Augmentation:

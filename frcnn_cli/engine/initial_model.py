@@ -40,6 +40,7 @@ def build_initial_model(args: RunArgs, recipe: Recipe, classes: list[dict]):
     # the recipe's network (frozen BatchNorm where ImageNet weights would go), weights from CKPT
     model = build_model(recipe, len(classes), classes=classes, load_weights=False)
     state = ckpt["model"]
+    refuse_other_network(state, model, args.init, ckpt["meta"], recipe)
     if ckpt_classes and not classes_match(ckpt_classes, classes):
         if kind.previous is not None:
             raise CheckpointError(
@@ -57,6 +58,25 @@ def build_initial_model(args: RunArgs, recipe: Recipe, classes: list[dict]):
         raise CheckpointError(f"{args.init} does not fit recipe '{recipe.name}' "
                               f"(missing weight '{missing[0]}')")
     return model
+
+
+def refuse_other_network(state: dict, model, source: str, meta: dict, recipe: Recipe) -> None:
+    """CheckpointError, before any weight is loaded, when the checkpoint holds another
+    network than ``recipe`` builds: a weight of both whose shape differs, other than the
+    class-specific outputs (which fine-tuning to other classes starts afresh)."""
+    from frcnn_cli.model.torchvision_weights import CLASS_LAYERS
+
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape \
+                and not key.startswith(tuple(CLASS_LAYERS)):
+            theirs = (meta.get("recipe") or {}).get("model", {}).get("backbone", "?")
+            raise CheckpointError(
+                f"--init {source} holds another network than recipe '{recipe.name}' builds "
+                f"(its backbone: {theirs}; the recipe's: {recipe.model.backbone}; weight "
+                f"'{key}' is {tuple(value.shape)} there, {tuple(own[key].shape)} here): give "
+                "a checkpoint of the recipe's network, or the recipe the checkpoint was "
+                "trained with")
 
 
 def from_torchvision_detector(name: str, weights: str | None, recipe: Recipe,

@@ -5,7 +5,8 @@ lock it holds on its folder while it writes there."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from frcnn_cli import config as config_mod
 from frcnn_cli.config import Recipe, scaled_steps
 from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.errors import InputError
-from frcnn_cli.files import LOCK_NAME, FolderLock, lock_folder, write_text
+from frcnn_cli.files import LOCK_NAME, FolderLock, folder_holder, lock_folder, write_text
 
 
 @dataclass
@@ -36,12 +37,24 @@ class RunArgs:
     init: str | None = None            # "imagenet", a checkpoint path or "torchvision:NAME"
     init_weights: str | None = None    # with torchvision:NAME, a local file of its weights
     proposals: str | None = None       # train-detector: proposals file
+    ignore_dataset_mismatch: bool = False  # train-detector: proposals made for another set
     amp: bool = False
 
     @property
     def kind(self) -> RunKind:
         """What the command trains: joint, or one step of the 4-step schedule."""
         return RunKind.of(self.command, self.stage)
+
+    def resolved(self) -> RunArgs:
+        """These arguments with every input file's path made absolute, as a run stores them:
+        ``--resume`` then works from any working directory."""
+        def absolute(path: str | None) -> str | None:
+            if path is None or path == "imagenet" or path.startswith("torchvision:"):
+                return path
+            return str(Path(path).resolve())
+        return replace(self, train=absolute(self.train), val=absolute(self.val),
+                       proposals=absolute(self.proposals), init=absolute(self.init),
+                       init_weights=absolute(self.init_weights))
 
 
 @dataclass
@@ -78,6 +91,56 @@ def write_config(out: Path, args: RunArgs, recipe: Recipe, **extra: Any) -> None
     """``out/config.yaml``: ``args``, the resolved recipe, and any ``extra`` sections."""
     text = config_mod.dump_yaml({"args": asdict(args), "recipe": recipe.to_dict(), **extra})
     write_text(out / "config.yaml", text)
+
+
+def data_fingerprint(ann) -> dict[str, Any]:
+    """What a run stores of a dataset it trains or validates on (``RUN/config.yaml``'s
+    ``data``), so that ``--resume`` can tell when it changed: its classes, its image count and
+    a digest of its images' ids and file names."""
+    digest = hashlib.sha1()
+    for im in ann.images:
+        digest.update(f"{im['id']}\t{im['file_name']}\n".encode())
+    return {"classes": [{"id": c["id"], "name": c["name"]} for c in ann.classes],
+            "images": len(ann.images), "digest": digest.hexdigest()}
+
+
+def refuse_changed_data(run_dir: Path, now: dict[str, dict[str, Any] | None]) -> None:
+    """InputError naming what changed when a dataset of the run in ``run_dir`` is not the one
+    it started with (``now``: ``{"train": fingerprint, "val": ...}``). Runs that stored
+    none (older ones) are not checked."""
+    stored = _read_yaml(Path(run_dir) / "config.yaml").get("data") or {}
+    for which, fingerprint in now.items():
+        then = stored.get(which)
+        if not then or not fingerprint or then == fingerprint:
+            continue
+        named = {"train": "training set", "val": "validation set"}[which]
+        old = {c["name"] for c in then["classes"]}
+        new = {c["name"] for c in fingerprint["classes"]}
+        if then["classes"] != fingerprint["classes"]:
+            what = "its classes changed"
+            if old != new:
+                what += " (" + "; ".join(
+                    part for part in (_listed_names("added", new - old),
+                                      _listed_names("removed", old - new)) if part) + ")"
+        else:
+            what = (f"its images changed ({then['images']} when the run started, "
+                    f"{fingerprint['images']} now)" if then["images"] != fingerprint["images"]
+                    else "its images changed (ids or file names)")
+        raise InputError(f"cannot resume {run_dir}: the {named} is not the one it started "
+                         f"with: {what}. A run continues only on its own data: restore the "
+                         "file, or start a new run in another --out")
+
+
+def _listed_names(verb: str, names: set[str]) -> str:
+    return f"{verb} {', '.join(repr(n) for n in sorted(names))}" if names else ""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_config(run_dir: str | Path) -> tuple[RunArgs, dict[str, Any]]:
@@ -127,20 +190,23 @@ def claim_run_folder(out: Path, command: str, resume: bool) -> FolderLock:
     lock = lock_folder(out, "run folder", f"frcnn {command}")
     try:  # another run may have started, or finished, between the check and the lock
         if resume:
-            _require_resumable(out)
+            _require_resumable(out, live=False)
         else:
-            refuse_unless_empty(out, command)
+            refuse_unless_empty(out, command, live=False)
     except BaseException:
         lock.release()
         raise
     return lock
 
 
-def refuse_unless_empty(out: Path, command: str) -> None:
-    """InputError saying what ``out`` holds and what to do, unless it is missing or empty."""
+def refuse_unless_empty(out: Path, command: str, live: bool = True) -> None:
+    """InputError saying what ``out`` holds and what to do, unless it is missing or empty
+    (``live``: first, whether a live run holds it; not once this process has locked it)."""
     held = _contents(out)
     if not held:
         return
+    if live:
+        _refuse_if_live(out)
     if "config.yaml" in held and "last.pt" in held:
         raise InputError(f"{out} already holds a run; resume it with frcnn "
                          f"{_stored_command(out, command)} --resume {out} or choose another "
@@ -158,7 +224,18 @@ def refuse_unless_empty(out: Path, command: str) -> None:
                      "another --out")
 
 
-def _require_resumable(out: Path) -> None:
+def _refuse_if_live(out: Path) -> None:
+    """InputError naming the process when a live run holds ``out``: what it holds is that
+    run's, however unfinished it looks."""
+    holder = folder_holder(out)
+    if holder is not None:
+        raise InputError(f"run folder {out} is in use by {holder}; wait for it to end or stop "
+                         "it, or choose another --out")
+
+
+def _require_resumable(out: Path, live: bool = True) -> None:
+    if live:
+        _refuse_if_live(out)
     if not (out / "last.pt").is_file():
         raise InputError(f"{out} holds a run that stopped before its first checkpoint (no "
                          "last.pt): there is nothing to resume; start it again in an empty "

@@ -14,95 +14,37 @@ the detector share one backbone: ``RUN/model.pt``.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from frcnn_cli import config as config_mod
+from frcnn_cli import distributed as dist_mod
 from frcnn_cli.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.config import Recipe
 from frcnn_cli.devices import resolve_device
-from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.kinds import RunKind
-from frcnn_cli.engine.proposals import generate_proposals, save_proposals
 from frcnn_cli.engine.run_config import (
     RunArgs,
     RunResult,
+    data_fingerprint,
+    refuse_changed_data,
     refuse_unless_empty,
     stored_run,
     write_config,
 )
 from frcnn_cli.engine.trainer import resume_run, train_run
 from frcnn_cli.errors import InputError
-from frcnn_cli.files import LOCK_NAME, lock_folder, prepare_output_file, require_file
-from frcnn_cli.outputs import PROPOSALS
+from frcnn_cli.files import LOCK_NAME, lock_folder, require_file
 from frcnn_cli.progress import SILENT, Reporter
+from frcnn_cli.proposals.rpn import propose
 
 log = logging.getLogger("frcnn")
 
 FINAL_STAGE = "alt"  # meta["stage"] of RUN/model.pt: the four steps' shared model
-
-
-def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
-            device: str = "auto", reporter: Reporter = SILENT, batch_size: int = 1,
-            max_proposals: int | None = None) -> Path:
-    """Run a checkpoint's RPN over a dataset with the training proposal settings (or up to
-    ``max_proposals`` per image); write ``out``.
-
-    Works under torchrun: each process proposes for its share, the main one writes the file.
-    """
-    from frcnn_cli.data.annotations import load_annotations
-    from frcnn_cli.engine.proposals import rpn_counts
-    from frcnn_cli.model.faster_rcnn import load_model
-
-    dev = resolve_device(device)
-    dist = dist_mod.init_distributed(dev)
-    if dist.enabled and dev.type == "cuda":
-        dev = torch.device("cuda", dist.local_rank)
-    ann = load_annotations(require_file(data, "annotations"))
-    if dist.is_main:
-        prepare_output_file(out, PROPOSALS,
-                            itertools.chain([checkpoint, data], ann.image_files()),
-                            "proposals file")
-    model = load_model(require_file(checkpoint, "checkpoint"), device=dev)
-    mine, seconds = generate_proposals(model, ann, dev, reporter if dist.is_main else SILENT,
-                                       rank=dist.rank, world_size=dist.world_size,
-                                       batch_size=batch_size, max_proposals=max_proposals)
-    parts = dist_mod.gather_to_main(mine, dist)
-    if dist.is_main:
-        merged = {k: v for part in parts for k, v in part.items()}
-        ids = [img["id"] for img in ann.images]
-        rpn = model.recipe.rpn
-        pre, post = rpn_counts(model.recipe, max_proposals)
-        save_proposals(merged, ids, out, {
-            "method": "rpn", "checkpoint": str(checkpoint), "annotations": str(data),
-            "pre_nms_top_n": pre, "post_nms_top_n": post,
-            "nms_thresh": rpn.nms_thresh, "min_size": rpn.min_size,
-            "seconds_per_image": sum(seconds) / len(seconds) if seconds else 0.0,
-            "device": str(dev),
-            "coverage": proposal_coverage([merged[i][0] for i in ids], ann)})
-    dist_mod.barrier(dist)
-    dist_mod.shutdown(dist)
-    return Path(out)
-
-
-def proposal_coverage(boxes: list[torch.Tensor], ann) -> dict[str, float | int] | None:
-    """The proposals file's ``meta["coverage"]`` (see engine/proposals.py), logged."""
-    from frcnn_cli.evaluation.recall import counted_objects, proposal_recall
-
-    top = max([1, *map(len, boxes)])  # every proposal of every image
-    result = proposal_recall([b.numpy() for b in boxes], counted_objects(ann), [top])
-    if not result.num_objects:
-        return None
-    covered = {f"iou_{t}": round(result.recall_at(top, t), 4) for t in (0.5, 0.7)}
-    log.info("the proposals cover %.1f %% of the %d objects at IoU 0.5, %.1f %% at IoU 0.7",
-             100 * covered["iou_0.5"], result.num_objects, 100 * covered["iou_0.7"])
-    return {**covered, "objects": result.num_objects}
 
 
 def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
@@ -114,6 +56,7 @@ def train_alt(args: RunArgs, reporter: Reporter = SILENT) -> RunResult:
     repeating the command (or ``resume_alt``) after an interruption finishes the schedule.
     """
     root = Path(args.out)
+    args = args.resolved()
     # a bad --device or --amp stops here, before RUN/ is made
     dist_mod.training_device(args.device, args.amp)
     for src, what in ((args.train, "training annotations"), (args.val, "validation annotations")):
@@ -155,7 +98,8 @@ def _train_stages(root: Path, args: RunArgs, reporter: Reporter, is_main: bool) 
         path = stage_dir / "proposals.pt"
         if not path.is_file():
             log.info("%s: proposing for the training set", stage_dir.name)
-            propose(stage_dir / "model.pt", args.train, path, args.device, reporter)
+            propose(stage_dir / "model.pt", args.train, path, args.device, reporter,
+                    purpose="train")
         return path
 
     s1_rpn = run(RunKind.STAGE1_RPN, init=init)
@@ -185,34 +129,50 @@ def resume_alt(run_dir: str | os.PathLike, reporter: Reporter = SILENT,
 
 def evaluate_final(root: Path, args: RunArgs, reporter: Reporter = SILENT) -> float:
     """VOC07 (the recipe's metric) of ``RUN/model.pt`` on --val, written to ``RUN/eval.json``."""
-    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.data.usable import open_dataset
     from frcnn_cli.evaluation.inference import evaluate_model
-    from frcnn_cli.files import write_json
+    from frcnn_cli.files import write_result
     from frcnn_cli.model.faster_rcnn import load_model
+    from frcnn_cli.outputs import EVAL_RESULT
 
     device = resolve_device(args.device)
     model = load_model(root / "model.pt", device=device)
-    result = evaluate_model(model, load_annotations(args.val), metric=model.recipe.eval.metric,
+    result = evaluate_model(model, open_dataset(args.val, "val"), metric=model.recipe.eval.metric,
                             device=device, reporter=reporter)
-    write_json(root / "eval.json", result.to_dict())
+    write_result(root / "eval.json", EVAL_RESULT, result.to_dict())
     return float(result.mAP)
 
 
 def _start_or_continue(root: Path, args: RunArgs, is_main: bool) -> tuple[RunArgs, Recipe]:
     """The run's arguments and recipe: those stored in ``RUN/config.yaml`` when the run has
     started before (the same arguments again, or ``--resume``), else ``args`` and the recipe
-    file's recipe, stored now, once."""
+    file's recipe, stored now, once. Either way the data are checked first, as every stage
+    will read them (a bad --val fails here, not after four stages)."""
     if (root / "config.yaml").is_file():
         stored, recipe = stored_run(root, args.device)
         _refuse_other_arguments(root, stored, args)
+        refuse_changed_data(root, _checked_data(stored, recipe))
         log.info("%s: continuing with the recipe stored in its config.yaml", root)
         return stored, recipe
     recipe = config_mod.load_recipe(args.recipe, args.overrides)
+    data = _checked_data(args, recipe)
     if is_main:
-        refuse_unless_empty(root, "train-alt")  # as found once locked
-        write_config(root, replace(args, command="train-alt"), recipe,
+        refuse_unless_empty(root, "train-alt", live=False)  # as found once locked
+        write_config(root, replace(args, command="train-alt"), recipe, data=data,
                      stages={kind.value: str(root / kind.value) for kind in RunKind.steps()})
     return args, recipe
+
+
+def _checked_data(args: RunArgs, recipe: Recipe) -> dict[str, Any]:
+    """The training and validation sets read as the stages will read them (every rule of
+    :func:`frcnn_cli.data.usable.open_dataset`), and their fingerprints."""
+    from frcnn_cli.data.usable import match_classes, open_dataset
+
+    train = open_dataset(args.train, "train", recipe)
+    val = open_dataset(args.val, "val") if args.val else None
+    if val is not None:
+        match_classes(train.classes, val)
+    return {"train": data_fingerprint(train), "val": data_fingerprint(val) if val else None}
 
 
 # What a stage writes before its first checkpoint: a stage stopped that early starts again.
@@ -246,7 +206,8 @@ def _refuse_other_arguments(root: Path, stored: RunArgs, args: RunArgs) -> None:
     if stored.command != "train-alt":
         raise InputError(f"{root} holds a {stored.command} run, not a train-alt run; resume it "
                          f"with frcnn {stored.command} --resume {root}")
-    old, new = asdict(stored), asdict(replace(args, command="train-alt"))
+    # paths compared absolute: a run started before runs stored them so kept them as given
+    old, new = asdict(stored.resolved()), asdict(replace(args.resolved(), command="train-alt"))
     changed = [name for name in old if name not in ("out", "device") and old[name] != new[name]]
     if changed:
         option = {"overrides": "set"}

@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 
 from frcnn_cli import config as config_mod
+from frcnn_cli import distributed as dist_mod
 from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
 from frcnn_cli.config import Recipe
-from frcnn_cli.engine import distributed as dist_mod
 from frcnn_cli.engine.initial_model import build_initial_model, warn_if_anchors_cross_border
-from frcnn_cli.engine.interrupts import HoldInterrupts, Interrupted
 from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.metrics import LossWindow, MetricsLog, short_names
 from frcnn_cli.engine.optim import build_optimizer, build_scheduler
@@ -38,13 +37,22 @@ from frcnn_cli.engine.run_config import (
     RunArgs,
     RunResult,
     claim_run_folder,
+    data_fingerprint,
     images_per_batch,
+    refuse_changed_data,
     schedule_for,
     stored_run,
     write_config,
 )
 from frcnn_cli.errors import FrcnnError, InputError, TrainingError
-from frcnn_cli.files import FolderLock, prepare_output_dir, require_file, write_json
+from frcnn_cli.files import FolderLock, prepare_output_dir, write_result
+from frcnn_cli.interrupts import (
+    HoldInterrupts,
+    Interrupted,
+    Terminated,
+    sigterm_as_interrupt,
+)
+from frcnn_cli.outputs import EVAL_RESULT
 from frcnn_cli.progress import SILENT, Reporter
 
 log = logging.getLogger("frcnn")
@@ -54,7 +62,7 @@ def train_run(args: RunArgs, reporter: Reporter = SILENT, resume: bool = False,
               recipe: Recipe | None = None) -> RunResult:
     """Train one run as ``args`` says (``recipe``: the resolved recipe, else loaded from
     ``args.recipe`` and ``args.overrides``); see the module docstring for what it writes."""
-    run = Run(args, reporter, recipe, resume)
+    run = Run(args if resume else args.resolved(), reporter, recipe, resume)
     try:
         if resume:
             run.resume()
@@ -89,7 +97,11 @@ class Run:
         if self.images_per_batch % self.dist.world_size:
             raise InputError(f"{self.images_per_batch} images per batch cannot be split over "
                              f"{self.dist.world_size} processes; set a multiple")
-        self._load_annotations()
+        self._load_annotations(resume)
+        # the proposals of steps 2 and 4 (and Selective Search's settings when it made them,
+        # with its search of --val): read before the run folder is taken
+        self.proposal_source = self.val_proposals = None
+        self.proposals = self._load_proposals()
         self.out = Path(args.out)
         self.last_path, self.model_path = self.out / "last.pt", self.out / "model.pt"
         self.lock = self._prepare_folder(resume)
@@ -101,9 +113,6 @@ class Run:
 
     def _set_up(self, args: RunArgs, steps: list[int]) -> None:
         """The proposals, model, optimizer and logs, once the folder is this run's."""
-        # Selective Search's settings when it made --proposals, and its search of --val
-        self.proposal_source = self.val_proposals = None
-        self.proposals = self._load_proposals()
         self.model = self._build_model()
         self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, self.recipe.solver)
@@ -126,7 +135,7 @@ class Run:
         """A new run: batches from the first, ``config.yaml`` written."""
         self.batches = self._batches()
         if self.dist.is_main:
-            write_config(self.out, self.args, self.recipe)
+            write_config(self.out, self.args, self.recipe, data=self.data)
 
     def resume(self) -> None:
         """Continue from ``last.pt``: weights, optimizer, lr schedule, random states and the
@@ -159,12 +168,13 @@ class Run:
         between two iterations with its state saved (:class:`Interrupted`)."""
         self._begin_loop()
         try:
-            while self.iteration < self.max_iters:
-                self.step(*next(self.batches))
-                if self._validation_due():
-                    self.validate()
-        except KeyboardInterrupt:
-            raise self._interrupted() from None
+            with sigterm_as_interrupt():
+                while self.iteration < self.max_iters:
+                    self.step(*next(self.batches))
+                    if self._validation_due():
+                        self.validate()
+        except KeyboardInterrupt as stop:
+            raise self._interrupted(isinstance(stop, Terminated)) from None
         finally:
             self.hold.release()
             self.task.close()
@@ -202,8 +212,8 @@ class Run:
                 self.best_map = value
                 self._save_model(self.out / "best.pt")
             if final:
-                write_json(self.out / "eval.json", {"iteration": self.iteration,
-                                                    **result.to_dict()})
+                write_result(self.out / "eval.json", EVAL_RESULT,
+                             {"iteration": self.iteration, **result.to_dict()})
             self.model.train()
         self.best_map = dist_mod.broadcast_from_main(self.best_map, self.dist)
         dist_mod.barrier(self.dist)
@@ -243,15 +253,20 @@ class Run:
 
     # ------------------------------------------------------------------ set-up parts
 
-    def _load_annotations(self) -> None:
-        from frcnn_cli.data.annotations import load_annotations
+    def _load_annotations(self, resume: bool) -> None:
+        """The training and validation sets, every rule checked before the run folder is
+        taken (:func:`frcnn_cli.data.usable.open_dataset`): a run that would fail at its
+        first validation fails here; a resumed run only on the data it started with."""
+        from frcnn_cli.data.usable import match_classes, open_dataset
 
-        self.train_ann = load_annotations(require_file(self.args.train, "training annotations"))
-        self.val_ann = load_annotations(require_file(self.args.val, "validation annotations")) \
-            if self.args.val else None
-        from frcnn_cli.data.usable import check_training_sets
-
-        check_training_sets(self.train_ann, self.val_ann, self.recipe)  # before the run folder
+        self.train_ann = open_dataset(self.args.train, "train", self.recipe)
+        self.val_ann = open_dataset(self.args.val, "val") if self.args.val else None
+        if self.val_ann is not None:
+            match_classes(self.train_ann.classes, self.val_ann)
+        self.data = {"train": data_fingerprint(self.train_ann),
+                     "val": data_fingerprint(self.val_ann) if self.val_ann else None}
+        if resume:
+            refuse_changed_data(Path(self.args.out), self.data)
 
     def _prepare_folder(self, resume: bool) -> FolderLock | None:
         """Take the run folder (never an input; for a new run only a missing or empty one)
@@ -270,18 +285,19 @@ class Run:
         """Steps 2 and 4 train on the proposals of ``--proposals``; other runs on none."""
         if not self.kind.is_detector:
             return None
-        from frcnn_cli.engine.proposals import proposals_by_image, read_proposals
-        from frcnn_cli.engine.selective_search import search_settings
-        from frcnn_cli.evaluation.proposal_sources import search_for
+        from frcnn_cli.proposals.files import read_proposals
+        from frcnn_cli.proposals.search import search_settings
+        from frcnn_cli.proposals.sources import search_for
 
         if not self.args.proposals:
             raise InputError("train-detector needs --proposals (made by frcnn propose)")
-        found = read_proposals(self.args.proposals)
+        found = read_proposals(self.args.proposals, self.train_ann,
+                               self.args.ignore_dataset_mismatch)
         # a detector trained on Selective Search needs it at test time too: its checkpoints
         # say so (meta["proposals"]), and validation searches --val (once for all)
-        self.proposal_source = search_settings(found.get("meta"))
+        self.proposal_source = search_settings(found.meta)
         self.val_proposals = search_for(self.proposal_source, remember=True)
-        return proposals_by_image(found, self.train_ann, self.args.proposals)
+        return found.boxes
 
     def _build_model(self):
         seed_everything(self.seed)  # the same initial weights in every process
@@ -370,19 +386,21 @@ class Run:
         return bool(self.val_ann is not None and every and self.iteration % every == 0
                     and self.iteration < self.max_iters)
 
-    def _interrupted(self) -> Interrupted:
-        """Ctrl-C: ``last.pt`` saved at the boundary the hold kept, unless a second Ctrl-C
-        broke into an iteration (its state is half-way: the file's is kept)."""
+    def _interrupted(self, terminated: bool) -> Interrupted:
+        """Ctrl-C or SIGTERM: ``last.pt`` saved at the boundary the hold kept, unless a second
+        signal broke into an iteration (its state is half-way: the file's is kept)."""
         self.task.close()
         dist_mod.shutdown(self.dist)
         cmd = f"frcnn {self.args.command} --resume {self.out}"
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
         if self.hold.forced:
             resume = f" Resume with: {cmd}" if self.last_path.exists() else ""
-            return Interrupted(f"stopped during iteration {self.iteration + 1}; "
-                               f"{_last_good(self.last_path)}{resume}")
+            signal = " (SIGTERM)" if terminated else ""
+            return Interrupted(f"stopped{signal} during iteration {self.iteration + 1}; "
+                               f"{_last_good(self.last_path)}{resume}", terminated)
         self.save_last()
-        return Interrupted(f"interrupted at iteration {self.iteration}; state saved to "
-                           f"{self.last_path}. Resume with: {cmd}")
+        return Interrupted(f"{how} at iteration {self.iteration}; state saved to "
+                           f"{self.last_path}. Resume with: {cmd}", terminated)
 
     def _meta(self) -> dict:
         source = {"proposals": self.proposal_source} if self.proposal_source else {}

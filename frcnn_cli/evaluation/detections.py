@@ -5,8 +5,13 @@ A detections file is a JSON list, one entry per detected box::
     [{"image_id": 42, "category_id": 3, "bbox": [x, y, w, h], "score": 0.91}, ...]
 
 ``bbox`` is continuous pixels of the image file (not of a resized copy), ``category_id`` the
-dataset's category id (not the model's label). Extra keys (``file_name``, ``category_name``
-written by ``frcnn predict``) are allowed and ignored.
+dataset's category id (not the model's label). Extra keys are allowed.
+
+:func:`read_detections` is the one reader of such a file for a dataset. Detections that carry
+``file_name`` (``frcnn predict`` writes it, numbering its images 1..N in the order given) are
+matched to the dataset's images by file, not by id: the dataset's id replaces theirs. A file
+whose names and ids disagree among themselves, or that names a file the dataset lacks, is
+refused.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from frcnn_cli.boxes import is_number, require_xywh
 from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.errors import DataError
 from frcnn_cli.files import require_file, write_json
+from frcnn_cli.outputs import DETECTIONS, result_marker
 
 # Larger lists are written without indentation (a COCO-sized run has millions of lines).
 _INDENT_LIMIT = 10000
@@ -93,9 +99,96 @@ def load_detections(path: str | os.PathLike) -> list[dict[str, Any]]:
     return data
 
 
+def read_detections(path: str | os.PathLike, ann: Annotations) -> list[dict[str, Any]]:
+    """The detections of the file ``path`` for the images of ``ann``: read
+    (:func:`load_detections`) and, when they carry ``file_name``, matched by file
+    (:func:`match_files`). Each entry is checked later, against the dataset, by
+    :func:`detection_arrays`."""
+    return match_files(ann, load_detections(path), str(path))
+
+
+def match_files(ann: Annotations, detections: list[dict[str, Any]], source: str
+                ) -> list[dict[str, Any]]:
+    """``detections`` with each ``image_id`` set to the id of the dataset image its
+    ``file_name`` names (unchanged when no detection has one). DataError when only some carry
+    a name, when one name goes with two ids or one id with two names, or when a name is no
+    image of the dataset (or names two of them)."""
+    named = [isinstance(d, dict) and "file_name" in d for d in detections]
+    if not any(named):
+        return detections
+    if not all(named):
+        k = named.index(False)
+        raise DataError(f"{source}: detection {k} has no 'file_name' but others have one; "
+                        "give every detection its file, or none")
+    files = _FileIndex(ann)
+    ids_of: dict[Any, Any] = {}
+    name_of: dict[Any, str] = {}
+    out = []
+    for k, d in enumerate(detections):
+        name, given = str(d["file_name"]), d.get("image_id")
+        other_id = ids_of.setdefault(name, given)
+        other_name = name_of.setdefault(_key(given), name)
+        if other_id != given or other_name != name:
+            elsewhere = (f"{name} with image_id {other_id!r}" if other_id != given
+                         else f"image_id {given!r} with {other_name}")
+            raise DataError(f"{source}: its file names and image ids disagree (detection {k}: "
+                            f"{name} with image_id {given!r}; elsewhere {elsewhere}); is it "
+                            "two files in one?")
+        found = files.lookup(name)
+        if found is None:
+            raise DataError(f"{source}: detection {k} is of {name}, which is no image of the "
+                            f"dataset{_named(ann)}{files.ambiguity(name)}; were the detections "
+                            "made on these images?")
+        out.append({**d, "image_id": found})
+    return out
+
+
+class _FileIndex:
+    """The dataset's image ids by file: the resolved path, else the longest unique tail of the
+    path (``val/000001.jpg`` names ``images/val/000001.jpg``; a bare name, when one image has
+    it)."""
+
+    def __init__(self, ann: Annotations) -> None:
+        self.by_path = {str(ann.image_path(im).resolve()): im["id"] for im in ann.images}
+        self.by_tail: dict[tuple[str, ...], list[Any]] = {}
+        for im in ann.images:
+            parts = Path(im["file_name"]).parts
+            for k in range(1, len(parts) + 1):
+                self.by_tail.setdefault(parts[-k:], []).append(im["id"])
+
+    def lookup(self, name: str) -> Any:
+        found = self.by_path.get(str(Path(name).resolve()))
+        if found is not None:
+            return found
+        parts = Path(name).parts
+        for k in range(len(parts), 0, -1):
+            ids = self.by_tail.get(parts[-k:], [])
+            if len(ids) == 1:
+                return ids[0]
+            if ids:
+                return None
+        return None
+
+    def ambiguity(self, name: str) -> str:
+        ids = self.by_tail.get(Path(name).parts[-1:], [])
+        return f" (its name fits {len(ids)} images)" if len(ids) > 1 else ""
+
+
+def _key(value: Any) -> Any:
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
 def save_detections(path: str | os.PathLike, detections: list[dict[str, Any]]) -> Path:
-    """Write detections atomically as a JSON list."""
+    """Write detections atomically as a JSON list, the first marked as frcnn's
+    (:func:`frcnn_cli.outputs.result_marker`: an extra key, which the results format allows)
+    so that the next run may replace the file and no other tool's list is taken for it."""
     indent = 1 if len(detections) <= _INDENT_LIMIT else None
+    if detections:
+        detections = [{**result_marker(DETECTIONS), **detections[0]}, *detections[1:]]
     return write_json(path, detections, indent=indent)
 
 

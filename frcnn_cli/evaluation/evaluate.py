@@ -5,8 +5,9 @@
     result.mAP, result.per_class["circle"]
 
 Classes without an object that counts (for VOC: not difficult, not crowd) have AP None and are
-left out of the mean. Objects whose box is not finite or has no area count in no metric: they
-are left out with a warning, as training leaves them out.
+left out of the mean. Objects whose box no detection can match (not finite, no area, wholly
+outside the image) count in no metric: they are left out with a warning, as training leaves
+them out (:func:`frcnn_cli.data.usable.without_unusable`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from frcnn_cli.boxes import is_degenerate
 from frcnn_cli.data.annotations import Annotations
+from frcnn_cli.data.usable import without_unusable
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation import coco, voc
 from frcnn_cli.evaluation.detections import detection_arrays, ground_truth_arrays
@@ -80,7 +81,7 @@ def evaluate_detections(ann: Annotations, detections: list[dict[str, Any]],
     """
     if metric not in METRICS:
         raise InputError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
-    ann = without_degenerate(ann)
+    ann = without_unusable(ann)
     dets = detection_arrays(ann, detections, source)
     gt = ground_truth_arrays(ann)
     names = class_names(ann)
@@ -117,21 +118,6 @@ def evaluate_detections(ann: Annotations, detections: list[dict[str, Any]],
         curves={n: PRCurve(c.recall, c.precision)
                 for n, c in zip(names, per_class, strict=True) if c.ap is not None},
         num_images=len(ann.images))
-
-
-def without_degenerate(ann: Annotations) -> Annotations:
-    """``ann`` without the objects whose box is not finite or has no area (no detection can
-    match one, so each would only lower the recall), with a warning counting them: they are
-    left out of every metric, as training leaves them out."""
-    kept = [a for a in ann.annotations if not is_degenerate(a["bbox"])]
-    left_out = len(ann.annotations) - len(kept)
-    if not left_out:
-        return ann
-    log.warning("%s: %d ground-truth box%s not finite or without area %s left out of the "
-                "evaluation, as training leaves them out; 'frcnn data check' lists them",
-                ann.path or "dataset", left_out, "es" if left_out > 1 else "",
-                "are" if left_out > 1 else "is")
-    return Annotations(ann.images, kept, ann.categories, ann.root, ann.path, ann.extra)
 
 
 def class_names(ann: Annotations) -> list[str]:

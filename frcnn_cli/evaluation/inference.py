@@ -27,58 +27,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from frcnn_cli.data.annotations import Annotations, load_annotations
+from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import MAX_PIXELS, image_size, read_image
+from frcnn_cli.data.usable import match_classes, open_dataset, without_unusable
 from frcnn_cli.devices import autocast
-from frcnn_cli.errors import DataError
 from frcnn_cli.evaluation.detections import to_coco_results
-from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections, without_degenerate
-from frcnn_cli.evaluation.proposal_sources import ExternalProposals, detect, proposals_for
-from frcnn_cli.evaluation.recall import TOP_N, RecallResult, counted_objects, proposal_recall
+from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
 from frcnn_cli.evaluation.tiled import TiledImage, Tiling, detect_tiled
 from frcnn_cli.progress import SILENT, Reporter
+from frcnn_cli.proposals.recall import TOP_N, RecallResult, counted_objects, proposal_recall
+from frcnn_cli.proposals.sources import ExternalProposals, detect, proposals_for
 
 log = logging.getLogger("frcnn")
 
 DEFAULT_BATCH_SIZE = 1
 COCO_MAX_DETECTIONS = 100  # pycocotools' largest maxDets: the detections it scores per image
-
-
-def check_classes(model_classes: list[dict[str, Any]], ann: Annotations) -> list[dict[str, Any]]:
-    """The dataset's categories for the model's labels 1..K (``classes[label - 1]``).
-
-    A checkpoint knows its classes by name: when the dataset has the same ids with the same
-    names they are the model's own; when it numbers the same names otherwise, each label is
-    matched to the category of its name (with a one-line note). A class name of the model
-    that the dataset lacks (or has twice) is a DataError: its detections could not be scored.
-    """
-    names = {c["id"]: c["name"] for c in ann.classes}
-    classes = list(model_classes)
-    if any(names.get(c["id"]) != c["name"] for c in model_classes):
-        ids: dict[str, list[Any]] = {}
-        for c in ann.classes:
-            ids.setdefault(c["name"], []).append(c["id"])
-        unmatched = [c["name"] for c in model_classes if len(ids.get(c["name"], [])) != 1]
-        if unmatched or len({c["name"] for c in model_classes}) < len(model_classes):
-            where = f" {ann.path}" if ann.path is not None else ""
-            ours = ", ".join(f"{c['id']}:{c['name']}" for c in model_classes)
-            theirs = ", ".join(f"{c['id']}:{c['name']}" for c in ann.classes)
-            raise DataError(f"the model's classes ({ours}) are not the dataset{where}'s "
-                            f"({theirs}); was it trained on another label set?")
-        classes = [{"id": ids[c["name"]][0], "name": c["name"]} for c in model_classes]
-        moved = ", ".join(f"{c['name']} {c['id']} -> {m['id']}"
-                          for c, m in zip(model_classes, classes, strict=True)
-                          if c["id"] != m["id"])
-        log.warning("note: the dataset numbers the model's classes differently (%s); "
-                    "detections are matched to its categories by name", moved)
-    known = {c["id"] for c in classes}
-    present = {a["category_id"] for a in ann.annotations}
-    unknown = [name for i, name in names.items() if i not in known and i in present]
-    if unknown:
-        log.warning("the model was not trained on %s, which the dataset has: %s AP 0",
-                    ", ".join(f"'{n}'" for n in unknown), "they score" if len(unknown) > 1
-                    else "it scores")
-    return classes
 
 
 def _batches(model, ann: Annotations, device: torch.device, reporter: Reporter,
@@ -110,7 +73,7 @@ def _tiled(model, ann: Annotations, device: torch.device, reporter: Reporter, ti
     image's record is appended to ``images``."""
     sizes = [(im["width"], im["height"]) if im.get("width") and im.get("height")
              else image_size(ann.image_path(im)) for im in ann.images]
-    total = sum(len(tiling.windows(int(w), int(h))) for w, h in sizes)
+    total = tiling.count([(int(w), int(h)) for w, h in sizes])
     with reporter.task("detect (tiles)", total=total) as task:
         for im in ann.images:
             pixels = read_image(ann.image_path(im), max_pixels)
@@ -125,7 +88,7 @@ def _tiled(model, ann: Annotations, device: torch.device, reporter: Reporter, ti
 def _annotations(annotations: Annotations | str | os.PathLike) -> Annotations:
     if isinstance(annotations, Annotations):
         return annotations
-    return load_annotations(annotations)
+    return open_dataset(annotations, "eval")
 
 
 @torch.inference_mode()
@@ -138,17 +101,17 @@ def predict_dataset(model, annotations: Annotations | str | os.PathLike,
     """Detections of ``model`` on every image of a dataset, as COCO results in file pixels.
 
     The model is put in eval mode on ``device``, in ``precision`` (fp32, or autocast to
-    bf16/fp16); its labels are mapped to the dataset's category ids by :func:`check_classes`
-    (by name; DataError if the model knows a class the dataset does not). It detects on
-    ``proposals``' boxes when given, else on those its checkpoint names (Selective Search for
-    a detector trained on it), else on its RPN's. With ``tiling``, the model runs on each
-    image's tiles (``batch_size`` is then unused), and a list passed as ``tiled_images``
-    receives each image's tiles and detections. Images over ``max_pixels`` pixels are refused
-    (DataError).
+    bf16/fp16); its labels are mapped to the dataset's category ids by
+    :func:`~frcnn_cli.data.usable.match_classes` (by name; DataError if the model knows a class
+    the dataset does not). It detects on ``proposals``' boxes when given, else on those its
+    checkpoint names (Selective Search for a detector trained on it), else on its RPN's. With
+    ``tiling``, the model runs on each image's tiles (``batch_size`` is then unused), and a list
+    passed as ``tiled_images`` receives each image's tiles and detections. Images over
+    ``max_pixels`` pixels are refused (DataError).
     """
     ann = _annotations(annotations)
     device = torch.device(device)
-    classes = check_classes(model.classes, ann)
+    classes = match_classes(model.classes, ann)
     model.eval().to(device)
     proposals = proposals if proposals is not None else proposals_for(model)
     results: list[dict[str, Any]] = []
@@ -204,7 +167,7 @@ def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
     recipe's test value unless it is smaller); since NMS keeps boxes by falling score, the top
     300 of those are the 300 a smaller setting would give.
     """
-    ann = without_degenerate(_annotations(annotations))
+    ann = without_unusable(_annotations(annotations))
     device = torch.device(device)
     model.eval().to(device)
     settings = {"pre_nms_top_n": max(model.recipe.rpn.pre_nms_top_n_test, max(top_n)),

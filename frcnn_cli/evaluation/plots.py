@@ -19,7 +19,7 @@ from frcnn_cli.outputs import PLOT, PLOT_SOFTWARE
 
 if TYPE_CHECKING:
     from frcnn_cli.evaluation.evaluate import EvalResult
-    from frcnn_cli.evaluation.recall import ProposalComparison, RecallResult
+    from frcnn_cli.proposals.recall import ProposalComparison, RecallResult
 
 
 def _figure(width: float = 5.0, height: float = 4.0):
@@ -47,8 +47,9 @@ def safe_name(name: str) -> str:
 
 def pr_plot_names(class_names: list[str]) -> list[str]:
     """The files :func:`plot_pr_curves` writes for these classes: ``pr_<class>.png`` each, in
-    order, then ``pr_all.png``."""
-    names, used = [], set()
+    order, then ``pr_all.png``; a class named ``all`` (or a name that differs from another
+    only in punctuation) gets underscores until its file is its own."""
+    names, used = [], {"all"}
     for name in class_names:
         stem = safe_name(name)
         while stem in used:  # two names that differ only in punctuation
@@ -132,7 +133,7 @@ def plot_proposal_comparison(comparison: ProposalComparison, folder: str | os.Pa
     """Write ``recall_vs_iou.png`` (recall against IoU for the top ``top_n`` proposals of each
     source, the paper's Figure 4) and ``recall_vs_proposals.png`` (recall against the number
     of proposals at IoU 0.5 and 0.7); returns the paths written."""
-    from frcnn_cli.evaluation.recall import COMPARE_IOUS
+    from frcnn_cli.proposals.recall import COMPARE_IOUS
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

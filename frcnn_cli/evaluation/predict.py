@@ -33,11 +33,11 @@ from frcnn_cli.devices import autocast
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.draw import draw_detections
-from frcnn_cli.evaluation.proposal_sources import ExternalProposals, detect, proposals_for
 from frcnn_cli.evaluation.tiled import TiledImage, Tiling, detect_tiled
 from frcnn_cli.files import atomic_open
 from frcnn_cli.outputs import drawing_metadata
 from frcnn_cli.progress import SILENT, Reporter
+from frcnn_cli.proposals.sources import ExternalProposals, detect, proposals_for
 
 # Suffixes written back in their own format; anything else becomes PNG.
 # (BMP holds no tag saying frcnn drew it, so a second run could not replace it: PNG too.)
@@ -148,8 +148,7 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
     # the model keeps down to the recipe's threshold unless the user asks for less
     detect_thresh = min(model.recipe.roi_heads.score_thresh, score_thresh)
     report = PredictReport()
-    steps = [1] * len(jobs) if tiling is None else [_tile_count(job.source, tiling)
-                                                     for job in jobs]
+    steps = [1] * len(jobs) if tiling is None else _tile_counts(jobs, tiling)
     with reporter.task("predict" if tiling is None else "predict (tiles)",
                        total=sum(steps)) as task:
         for job, step in zip(jobs, steps, strict=True):
@@ -189,14 +188,18 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
     return report
 
 
-def _tile_count(path: Path, tiling: Tiling) -> int:
-    """The tiles of an image file, from its header (1 for a file that cannot be read: it is
-    skipped later, with its reason)."""
-    try:
-        width, height = image_size(path)
-    except DataError:
-        return 1
-    return len(tiling.windows(width, height))
+def _tile_counts(jobs: list[ImageJob], tiling: Tiling) -> list[int]:
+    """The tiles of each image, from the files' headers (1 for a file that cannot be read: it
+    is skipped later, with its reason); refused before any work when far too many
+    (:meth:`Tiling.count`)."""
+    sizes: list[tuple[int, int] | None] = []
+    for job in jobs:
+        try:
+            sizes.append(image_size(job.source))
+        except DataError:
+            sizes.append(None)
+    tiling.count([s for s in sizes if s is not None])
+    return [1 if s is None else len(tiling.windows(*s)) for s in sizes]
 
 
 def save_image(image, path: Path) -> Path:

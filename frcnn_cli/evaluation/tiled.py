@@ -47,7 +47,14 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from frcnn_cli.data.tiling import DEFAULT_OVERLAP, MIN_TILE_SIZE, Window, check_tiling, tile_windows
+from frcnn_cli.data.tiling import (
+    DEFAULT_OVERLAP,
+    MIN_TILE_SIZE,
+    Window,
+    check_tiling,
+    count_tiles,
+    tile_windows,
+)
 from frcnn_cli.errors import InputError
 from frcnn_cli.model.matching import cover
 from frcnn_cli.progress import Task
@@ -159,6 +166,7 @@ class Tiling:
     overlap: float = DEFAULT_OVERLAP
     tile_batch: int = DEFAULT_TILE_BATCH
     max_detections: int = DEFAULT_MAX_DETECTIONS
+    many_tiles: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < MIN_TILE_SIZE:
@@ -173,6 +181,11 @@ class Tiling:
     def windows(self, width: int, height: int) -> list[Window]:
         """The tiles of a ``width`` x ``height`` image."""
         return tile_windows(width, height, self.size, self.overlap)
+
+    def count(self, sizes: list[tuple[int, int]]) -> int:
+        """The tiles of images of ``sizes`` ``[(width, height)]``, refused when far too many
+        (:func:`~frcnn_cli.data.tiling.count_tiles`) before any is cut."""
+        return count_tiles(sizes, self.size, self.overlap, self.many_tiles)
 
 
 @dataclass
@@ -194,12 +207,13 @@ class TiledImage:
 
 
 def tiling_from_options(size: int | None, overlap: float | None = None,
-                        tile_batch: int | None = None, max_detections: int | None = None
-                        ) -> Tiling | None:
-    """The Tiling of ``--tile``, ``--overlap``, ``--tile-batch``, ``--max-detections`` (None:
-    not given, the default), or None without ``--tile``. InputError for a tiling option given
-    without ``--tile``, or a value that cannot work."""
-    given = {"overlap": overlap, "tile_batch": tile_batch, "max_detections": max_detections}
+                        tile_batch: int | None = None, max_detections: int | None = None,
+                        many_tiles: bool | None = None) -> Tiling | None:
+    """The Tiling of ``--tile``, ``--overlap``, ``--tile-batch``, ``--max-detections``,
+    ``--many-tiles`` (None or False: not given, the default), or None without ``--tile``.
+    InputError for a tiling option given without ``--tile``, or a value that cannot work."""
+    given = {"overlap": overlap, "tile_batch": tile_batch, "max_detections": max_detections,
+             "many_tiles": many_tiles or None}
     given = {k: v for k, v in given.items() if v is not None}
     if size is None:
         if given:

@@ -221,7 +221,7 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
         if cuda:
             torch.cuda.synchronize(device)
 
-    from frcnn_cli.evaluation.proposal_sources import proposals_for
+    from frcnn_cli.proposals.sources import proposals_for
 
     image = image.to(device)
     nets = [m.eval().to(device) for m in models.values()]

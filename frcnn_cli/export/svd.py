@@ -198,10 +198,11 @@ def compress_and_measure(model: nn.Module, fc6: int | None, fc7: int | None = No
     :class:`~frcnn_cli.data.annotations.Annotations`, evaluate both models on it with the
     recipe's ``eval.metric``. Returns the compressed model (on the CPU, in eval mode) and
     the report; ``model`` is left where it was."""
-    from frcnn_cli.evaluation.inference import check_classes, evaluate_model
+    from frcnn_cli.data.usable import match_classes
+    from frcnn_cli.evaluation.inference import evaluate_model
 
     if annotations is not None:  # before any slow work
-        check_classes(model.classes, annotations)
+        match_classes(model.classes, annotations)
     small, layers = compress(model, fc6, fc7)
     home = next(model.parameters()).device
     models = {"full": model.to(device), "svd": small.to(device)}

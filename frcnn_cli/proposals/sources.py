@@ -26,7 +26,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from frcnn_cli.devices import synchronize
 from frcnn_cli.errors import CheckpointError, DataError
+from frcnn_cli.proposals.files import read_proposals
+from frcnn_cli.proposals.search import (
+    MAX_PROPOSALS,
+    MAX_SIDE,
+    METHOD,
+    selective_search,
+    ximgproc_cv2,
+)
 
 if TYPE_CHECKING:
     from frcnn_cli.data.annotations import Annotations
@@ -55,10 +64,10 @@ class ExternalProposals:
         start = time.perf_counter()
         proposals = [self.boxes(image, i).to(device)
                      for image, i in zip(images, image_ids, strict=True)]
-        _sync(device)
+        synchronize(device)
         middle = time.perf_counter()
         outputs = model.detect(images, proposals=proposals, **settings)
-        _sync(device)
+        synchronize(device)
         self.proposal_seconds += middle - start
         self.network_seconds += time.perf_counter() - middle
         self.images += len(images)
@@ -79,14 +88,12 @@ class ExternalProposals:
 
 class SelectiveSearch(ExternalProposals):
     """Selective Search on each image as it comes, with the settings the detector was trained
-    on (``mode``, ``max_proposals``, ``max_side``; see engine/selective_search.py).
+    on (``mode``, ``max_proposals``, ``max_side``; see :mod:`frcnn_cli.proposals.search`).
     ``remember``: keep each image's boxes by image id, so that searching a dataset again (a
     training run's validations) costs nothing."""
 
     def __init__(self, mode: str, max_proposals: int | None, max_side: int | None,
                  remember: bool = False) -> None:
-        from frcnn_cli.engine.selective_search import METHOD, ximgproc_cv2
-
         super().__init__()
         ximgproc_cv2()  # no contrib OpenCV: say so before any image is decoded
         self.method = METHOD
@@ -94,8 +101,6 @@ class SelectiveSearch(ExternalProposals):
         self.remembered: dict[Any, Tensor] | None = {} if remember else None
 
     def boxes(self, image: Tensor, image_id: Any) -> Tensor:
-        from frcnn_cli.engine.selective_search import selective_search
-
         if self.remembered is not None and image_id in self.remembered:
             return self.remembered[image_id]
         if image.dtype != torch.uint8:  # float in 0..1 (the Python API's convention)
@@ -131,15 +136,14 @@ class GivenProposals(ExternalProposals):
         return self.per_image[image_id]
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, annotations: Annotations) -> GivenProposals:
+    def from_file(cls, path: str | os.PathLike, annotations: Annotations,
+                  ignore_dataset_mismatch: bool = False) -> GivenProposals:
         """A proposals file (``frcnn propose``, RPN or Selective Search) for the images of
-        ``annotations``, best first by its scores; DataError when it lacks one of them."""
-        from frcnn_cli.evaluation.recall import read_proposal_source
-
-        found = read_proposal_source(path, annotations)
-        per_image = {im["id"]: torch.from_numpy(np.ascontiguousarray(boxes, np.float32))
-                     for im, boxes in zip(annotations.images, found.boxes, strict=True)}
-        return cls(per_image, found.method, f"proposals file {path}", found.seconds_per_image)
+        ``annotations``, best first by its scores (:func:`~frcnn_cli.proposals.files.
+        read_proposals`: DataError when it lacks one of them or was made for another
+        dataset)."""
+        found = read_proposals(path, annotations, ignore_dataset_mismatch)
+        return cls(found.boxes, found.method, f"proposals file {path}", found.seconds_per_image)
 
     def describe(self) -> str:
         made = (f", made at {self.made_in:.3g} s per image" if self.made_in is not None
@@ -148,14 +152,15 @@ class GivenProposals(ExternalProposals):
 
 
 def proposals_for(model, proposal_file: str | os.PathLike | None = None,
-                  annotations: Annotations | None = None) -> ExternalProposals | None:
+                  annotations: Annotations | None = None,
+                  ignore_dataset_mismatch: bool = False) -> ExternalProposals | None:
     """The test-time proposals of ``model``: the boxes of ``proposal_file`` for the images of
     ``annotations`` when given; else the search its checkpoint names (``model.proposal_source``);
     else None, its own RPN."""
     if proposal_file is not None:
         if annotations is None:
             raise ValueError("a proposals file is read for the images of a dataset")
-        return GivenProposals.from_file(proposal_file, annotations)
+        return GivenProposals.from_file(proposal_file, annotations, ignore_dataset_mismatch)
     return search_for(getattr(model, "proposal_source", None))
 
 
@@ -163,8 +168,6 @@ def search_for(settings: dict[str, Any] | None, remember: bool = False
                ) -> SelectiveSearch | None:
     """The search a checkpoint's ``meta["proposals"]`` names (None: none); ``remember``: as
     :class:`SelectiveSearch`."""
-    from frcnn_cli.engine.selective_search import MAX_PROPOSALS, MAX_SIDE, METHOD
-
     if not settings:
         return None
     if settings.get("method") != METHOD:
@@ -183,7 +186,3 @@ def detect(model, images: list[Tensor], image_ids: list[Any], proposals: Externa
         return model.detect(images, **settings)
     return proposals.detect(model, images, image_ids, **settings)
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -2,8 +2,9 @@
 tested on, and the ~2 s per image CPU bottleneck that the RPN removes (the paper's Section 1).
 
     boxes = selective_search(read_image("a.jpg"), mode="fast")        # [N, 4], best first
-    found = selective_search_dataset(load_annotations("val.json"), workers=4)
-    save_proposals(found.proposals, found.image_ids, "ss.pt", found.meta)
+    ann = open_dataset("val.json", "propose")
+    found = selective_search_dataset(ann, workers=4)
+    save_proposals(found.proposals, ann.images, "ss.pt", found.meta, ann.path)
     propose_selective_search("val.json", "ss.pt", workers=4)          # the same, frcnn propose
 
 OpenCV's implementation (``cv2.ximgproc``, from opencv-contrib-python-headless) is used as it
@@ -48,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from frcnn_cli.data.annotations import Annotations, load_annotations
+from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import opencv, read_image
 from frcnn_cli.errors import FrcnnError, InputError
 from frcnn_cli.progress import SILENT, Reporter
@@ -155,7 +156,8 @@ def rank_scores(count: int) -> np.ndarray:
 
 @dataclass
 class SelectiveSearchProposals:
-    """Selective Search over a dataset, as :func:`engine.proposals.save_proposals` takes it.
+    """Selective Search over a dataset, as :func:`~frcnn_cli.proposals.files.save_proposals`
+    takes it.
 
     ``proposals``: ``{image_id: (boxes float32 [P, 4], scores float32 [P])}`` (torch tensors,
     boxes in the file's pixels, best first, scores the reciprocal rank); ``image_ids``: in
@@ -246,17 +248,18 @@ def propose_selective_search(data: str | os.PathLike, out: str | os.PathLike,
                              reporter: Reporter = SILENT) -> Path:
     """``frcnn propose --method selective-search``: Selective Search on every image of the
     dataset ``data``, written to the proposals file ``out`` (the format of an RPN's, see
-    :mod:`frcnn_cli.engine.proposals`), its meta that of :func:`selective_search_dataset`
+    :mod:`frcnn_cli.proposals.files`), its meta that of :func:`selective_search_dataset`
     with the objects covered at IoU 0.5 and 0.7 (``coverage``, logged)."""
-    from frcnn_cli.engine.proposals import save_proposals
-    from frcnn_cli.engine.stages import proposal_coverage
-    from frcnn_cli.files import prepare_output_file, require_file
+    from frcnn_cli.data.usable import open_dataset
+    from frcnn_cli.files import prepare_output_file
     from frcnn_cli.outputs import PROPOSALS
+    from frcnn_cli.proposals.files import save_proposals
+    from frcnn_cli.proposals.recall import proposal_coverage
 
-    ann = load_annotations(require_file(data, "annotations"))
+    ann = open_dataset(data, "propose")
     prepare_output_file(out, PROPOSALS, itertools.chain([data], ann.image_files()),
                         "proposals file")
     found = selective_search_dataset(ann, mode, max_proposals, max_side, workers, reporter)
     coverage = proposal_coverage([found.proposals[i][0] for i in found.image_ids], ann)
-    return save_proposals(found.proposals, found.image_ids, out,
-                          {**found.meta, "coverage": coverage})
+    return save_proposals(found.proposals, ann.images, out, {**found.meta, "coverage": coverage},
+                          ann.path)

@@ -10,6 +10,7 @@ IoU >= t. Difficult and crowd objects are left out, as in the detection metrics.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,10 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from frcnn_cli.boxes import is_degenerate
-from frcnn_cli.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
+    import torch
+
     from frcnn_cli.data.annotations import Annotations
+
+log = logging.getLogger("frcnn")
 
 TOP_N = (300, 1000, 2000)
 # Figure 4 of the paper plots recall from IoU 0.5 to 1; average recall (AR) is the mean over
@@ -214,42 +218,37 @@ def compare_proposals(sources: list[ProposalSource], objects: list[np.ndarray],
     return ProposalComparison(list(sources), results, list(top_n))
 
 
-def read_proposal_source(path: str | os.PathLike, annotations: Annotations) -> ProposalSource:
+def read_proposal_source(path: str | os.PathLike, annotations: Annotations,
+                         ignore_dataset_mismatch: bool = False) -> ProposalSource:
     """A proposals file (``frcnn propose``, RPN or Selective Search) as a source for
-    :func:`compare_proposals`, in the order of ``annotations``' images.
+    :func:`compare_proposals`, in the order of ``annotations``' images, each image's boxes
+    best first (read by :func:`frcnn_cli.proposals.files.read_proposals`, which refuses a
+    file made for another dataset unless ``ignore_dataset_mismatch``)."""
+    from frcnn_cli.proposals.files import read_proposals
 
-    Each image's boxes are put best first by the file's scores. The method and seconds per
-    image come from the file's meta (a file without ``method`` but with a ``checkpoint`` is an
-    RPN's). Raises DataError when the file lacks an image of the dataset.
-    """
-    from frcnn_cli.engine.proposals import read_proposals
-
-    obj = read_proposals(path)
-    boxes, scores = obj["boxes"].float().numpy(), obj["scores"].float().numpy()
-    if len(scores) != len(boxes):
-        raise CheckpointError(f"proposals file {path} is inconsistent (a score per box)")
-    per_image = {}
-    ends = np.cumsum(obj["counts"].numpy())
-    for image_id, end, count in zip(obj["image_ids"].tolist(), ends, obj["counts"].tolist(),
-                                    strict=True):
-        order = np.argsort(-scores[end - count:end], kind="stable")
-        per_image[image_id] = boxes[end - count:end][order]
-    missing = [im["id"] for im in annotations.images if im["id"] not in per_image]
-    if missing:
-        dataset = f" {annotations.path}" if annotations.path is not None else ""
-        raise DataError(f"proposals file {path} has no proposals for {len(missing)} image(s) "
-                        f"of the dataset{dataset} (e.g. image id {missing[0]}); make them with "
-                        "frcnn propose for this dataset")
-    meta = obj.get("meta") or {}
-    method = meta.get("method") or ("rpn" if "checkpoint" in meta else "unknown")
-    seconds = meta.get("seconds_per_image")
-    return ProposalSource([per_image[im["id"]] for im in annotations.images], str(path),
-                          str(method), float(seconds) if seconds is not None else None)
+    found = read_proposals(path, annotations, ignore_dataset_mismatch)
+    return ProposalSource([found.boxes[im["id"]].numpy().astype(np.float32)
+                           for im in annotations.images], str(path), found.method,
+                          found.seconds_per_image)
 
 
 def compare_proposal_files(paths: list[str | os.PathLike], annotations: Annotations,
-                           top_n: tuple[int, ...] | list[int] = COMPARE_TOP_N
-                           ) -> ProposalComparison:
+                           top_n: tuple[int, ...] | list[int] = COMPARE_TOP_N,
+                           ignore_dataset_mismatch: bool = False) -> ProposalComparison:
     """:func:`compare_proposals` of proposal files on a dataset (``eval --compare-proposals``)."""
-    sources = [read_proposal_source(p, annotations) for p in paths]
+    sources = [read_proposal_source(p, annotations, ignore_dataset_mismatch) for p in paths]
     return compare_proposals(sources, counted_objects(annotations), top_n)
+
+
+def proposal_coverage(boxes: list[torch.Tensor], ann) -> dict[str, float | int] | None:
+    """A proposals file's ``meta["coverage"]`` (see :mod:`frcnn_cli.proposals.files`), logged:
+    step 2 learns from these boxes, and an object they miss reaches it only as its
+    ground-truth box."""
+    top = max([1, *map(len, boxes)])  # every proposal of every image
+    result = proposal_recall([b.numpy() for b in boxes], counted_objects(ann), [top])
+    if not result.num_objects:
+        return None
+    covered = {f"iou_{t}": round(result.recall_at(top, t), 4) for t in (0.5, 0.7)}
+    log.info("the proposals cover %.1f %% of the %d objects at IoU 0.5, %.1f %% at IoU 0.7",
+             100 * covered["iou_0.5"], result.num_objects, 100 * covered["iou_0.7"])
+    return {**covered, "objects": result.num_objects}

@@ -1,0 +1,126 @@
+"""An RPN's proposals for every image of a dataset: ``frcnn propose CKPT``, and the propose steps
+of the 4-step schedule (the boxes steps 2 and 4 learn on).
+
+    propose("runs/a/stage1-rpn/model.pt", "train.json", "proposals.pt")
+
+The RPN runs with the recipe's *training* proposal numbers (12000 -> NMS -> 2000 in the paper),
+as the original's ``rpn_generate`` does for the Fast R-CNN steps; ``max_proposals`` keeps up
+to that many after NMS instead. Under torchrun each process proposes for its share of the
+images and the main one writes the file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frcnn_cli import distributed as dist_mod
+from frcnn_cli.devices import resolve_device, synchronize
+from frcnn_cli.outputs import PROPOSALS
+from frcnn_cli.progress import SILENT, Reporter
+from frcnn_cli.proposals.files import save_proposals
+from frcnn_cli.proposals.recall import proposal_coverage
+
+
+@torch.inference_mode()
+def generate_proposals(model, annotations, device: torch.device, reporter: Reporter = SILENT,
+                       rank: int = 0, world_size: int = 1, batch_size: int = 1,
+                       max_proposals: int | None = None, skip_unreadable: bool = False
+                       ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[float]]:
+    """Run the model's RPN over (this process's share of) a dataset with the training
+    proposal numbers (or ``max_proposals``, see :func:`rpn_counts`).
+
+    Returns ``{image_id: (boxes [P, 4] in the file's pixels, scores [P])}`` and the seconds
+    per image of each forward (backbone and RPN; decoding excluded). ``skip_unreadable``: an
+    image that cannot be decoded gets no entry, with a warning (training skips it too);
+    otherwise it stops the run with a DataError naming it.
+    """
+    from frcnn_cli.data.dataset import build_test_loader
+
+    loader = build_test_loader(annotations, model.recipe, batch_size=batch_size,
+                               rank=rank, world_size=world_size,
+                               skip_unreadable=skip_unreadable)
+    model.eval()
+    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    seconds: list[float] = []
+    total = len(range(rank, len(annotations.images), world_size))
+    pre, post = rpn_counts(model.recipe, max_proposals)
+    with reporter.task("proposals", total=total) as task:
+        for batch, targets in loader:
+            task.update(advance=len(targets))
+            images = [im.to(device) for im in batch if im is not None]
+            targets = [t for im, t in zip(batch, targets, strict=True) if im is not None]
+            if images:
+                synchronize(device)
+                start = time.perf_counter()
+                results = model.detect(images, rpn_only=True, pre_nms_top_n=pre,
+                                       post_nms_top_n=post)
+                synchronize(device)
+                seconds += [(time.perf_counter() - start) / len(images)] * len(images)
+                for res, target in zip(results, targets, strict=True):
+                    out[int(target["image_id"])] = (res["boxes"].float().cpu(),
+                                                    res["scores"].float().cpu())
+    return out, seconds
+
+
+def rpn_counts(recipe, max_proposals: int | None = None) -> tuple[int, int]:
+    """Proposals kept before and after the RPN's NMS by ``frcnn propose``: the recipe's
+    training numbers, or ``max_proposals`` after NMS (and at least as many before)."""
+    rpn = recipe.rpn
+    if max_proposals is None:
+        return rpn.pre_nms_top_n_train, rpn.post_nms_top_n_train
+    return max(rpn.pre_nms_top_n_train, max_proposals), max_proposals
+
+
+def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
+            device: str = "auto", reporter: Reporter = SILENT, batch_size: int = 1,
+            max_proposals: int | None = None, purpose: str = "propose") -> Path:
+    """Run a checkpoint's RPN over the dataset ``data`` and write the proposals file ``out``.
+
+    ``purpose="train"``: the training set of a 4-step run, read as training reads it: images
+    that training skips (missing, unreadable) get no proposals instead of stopping the run.
+    """
+    from frcnn_cli.data.usable import open_dataset
+    from frcnn_cli.files import prepare_output_file, require_file
+    from frcnn_cli.model.faster_rcnn import load_model
+
+    dev = resolve_device(device)
+    dist = dist_mod.init_distributed(dev)
+    if dist.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+    require_file(checkpoint, "checkpoint")
+    ann = open_dataset(data, purpose)
+    if dist.is_main:
+        prepare_output_file(out, PROPOSALS, [checkpoint, data, *ann.image_files()],
+                            "proposals file")
+    model = load_model(checkpoint, device=dev)
+    mine, seconds = generate_proposals(model, ann, dev, reporter if dist.is_main else SILENT,
+                                       rank=dist.rank, world_size=dist.world_size,
+                                       batch_size=batch_size, max_proposals=max_proposals,
+                                       skip_unreadable=purpose == "train")
+    parts = dist_mod.gather_to_main(mine, dist)
+    if dist.is_main:
+        merged = {k: v for part in parts for k, v in part.items()}
+        save_proposals(merged, ann.images, out, _rpn_meta(model.recipe, checkpoint,
+                                                          max_proposals, seconds, dev, merged,
+                                                          ann), ann.path)
+    dist_mod.barrier(dist)
+    dist_mod.shutdown(dist)
+    return Path(out)
+
+
+def _rpn_meta(recipe, checkpoint, max_proposals: int | None, seconds: list[float],
+              device: torch.device, merged: dict, ann) -> dict[str, Any]:
+    pre, post = rpn_counts(recipe, max_proposals)
+    empty = torch.zeros(0, 4)
+    return {"method": "rpn", "checkpoint": str(checkpoint), "pre_nms_top_n": pre,
+            "post_nms_top_n": post, "nms_thresh": recipe.rpn.nms_thresh,
+            "min_size": recipe.rpn.min_size,
+            "seconds_per_image": sum(seconds) / len(seconds) if seconds else 0.0,
+            "device": str(device),
+            "coverage": proposal_coverage([merged.get(im["id"], (empty,))[0]
+                                           for im in ann.images], ann)}
