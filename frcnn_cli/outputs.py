@@ -4,8 +4,8 @@ only an earlier output of its own kind (the rule is :func:`frcnn_cli.files.refus
 Recognised by content, never by name:
 
 - JSON results (``eval --json``, ``eval --proposals``, ``eval --compare-proposals``,
-  ``data stats --json``, ``anchors --json``, ``benchmark --json``): a JSON object with the
-  result's own keys;
+  ``data stats --json``, ``anchors --json``, ``benchmark --json``, ``errors.json`` and
+  ``confusion.json`` of ``eval --analyze``): a JSON object with the result's own keys;
 - detections (``eval --save-detections``, ``predict``'s ``detections.json``): a JSON list of
   ``{image_id, category_id, bbox, score}``;
 - datasets: the JSON's first key, ``"frcnn": {"written_by": COMMAND}``, names the command
@@ -14,8 +14,9 @@ Recognised by content, never by name:
 - proposals (``propose``): a PyTorch file whose ``format`` is ``frcnn-proposals``;
 - exported models (``export``): an ONNX file carrying frcnn's metadata, a TorchScript file
   with ``frcnn.json``, or an SVD-compressed checkpoint (``meta.svd_of``);
-- pictures (plots of ``eval --plot`` and ``data stats --plot``, drawings of ``predict``):
-  the image's Software tag (PNG text or EXIF) says frcnn drew it.
+- pictures (plots of ``eval --plot``, ``eval --analyze`` and ``data stats --plot``, drawings
+  of ``predict`` and of ``eval --analyze``): the image's Software tag (PNG text or EXIF) says
+  frcnn drew it, and which kind of drawing it is.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 # The software tag of the pictures frcnn draws (PNG text or EXIF 0x0131 "Software").
 PLOT_SOFTWARE = "frcnn plot"
 DRAWING_SOFTWARE = "frcnn predict"
+ERROR_DRAWING_SOFTWARE = "frcnn error analysis"
 EXIF_SOFTWARE = 0x0131
 
 # JSON files larger than this are not parsed to be recognised (the detections of a COCO-sized
@@ -165,12 +167,13 @@ def picture_software(path: Path) -> str | None:
         return None
 
 
-def drawing_metadata(fmt: str) -> dict[str, Any]:
-    """``Image.save`` arguments that tag a drawing of ``predict`` (EXIF Software)."""
+def drawing_metadata(fmt: str, software: str = DRAWING_SOFTWARE) -> dict[str, Any]:
+    """``Image.save`` arguments that tag a drawing (EXIF Software): of ``predict`` by
+    default, of the error analysis with :data:`ERROR_DRAWING_SOFTWARE`."""
     from PIL import Image
 
     exif = Image.Exif()
-    exif[EXIF_SOFTWARE] = DRAWING_SOFTWARE
+    exif[EXIF_SOFTWARE] = software
     return {"exif": exif} if fmt in ("JPEG", "PNG", "TIFF", "WEBP") else {}
 
 
@@ -187,9 +190,15 @@ PROPOSALS = OutputKind("proposals file", _is_proposals)
 EXPORT = OutputKind("exported model", _is_export)
 PLOT = OutputKind("plot", _drawn_by(PLOT_SOFTWARE))
 DRAWING = OutputKind("drawing", _drawn_by(DRAWING_SOFTWARE))
+ERRORS_RESULT = OutputKind("error analysis result",
+                           _object_with("ap50", "dAP", "false_pos", "false_neg"))
+CONFUSION_RESULT = OutputKind("confusion matrix", _object_with("classes", "matrix",
+                                                               "score_thresh"))
+ERROR_DRAWING = OutputKind("error analysis drawing", _drawn_by(ERROR_DRAWING_SOFTWARE))
 
 _KINDS = (EVAL_RESULT, RECALL_RESULT, PROPOSAL_COMPARISON, DETECTIONS, DATA_STATS, ANCHORS,
-          BENCHMARK, PROPOSALS, EXPORT, PLOT, DRAWING)
+          BENCHMARK, PROPOSALS, EXPORT, PLOT, DRAWING, ERRORS_RESULT, CONFUSION_RESULT,
+          ERROR_DRAWING)
 
 
 def describe(path: Path) -> str:
