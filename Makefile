@@ -11,9 +11,14 @@ DEMO   ?= demo
 install: $(VENV)/.installed
 
 # Re-installs when pyproject.toml changes; plain pip so torch comes from the local wheel cache.
+# tidecv, the tests' reference for the error analysis, goes in without its dependencies: it
+# names opencv-python, which would replace the cv2 of opencv-contrib-python-headless (Selective
+# Search needs its ximgproc); what it imports is in the dev extra.
+TIDECV := tidecv==1.0.1
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(TIDECV)
 	touch $@
 
 # Two workers (pytest-xdist), a test file each at a time (tests/conftest.py sets their threads).

@@ -5,8 +5,9 @@ Recognised by content, never by name, and by a mark frcnn puts in what it writes
 file of the same shape from another tool (a COCO results list, say) is never taken for one:
 
 - JSON results (``eval --json``, ``eval --proposals``, ``eval --compare-proposals``,
-  ``data stats --json``, ``anchors --json``, ``benchmark --json``, a run's ``eval.json``): a
-  JSON object whose first key is ``"frcnn": {"kind": KIND}`` (:func:`result_marker`);
+  ``data stats --json``, ``anchors --json``, ``benchmark --json``, a run's ``eval.json``,
+  ``errors.json`` and ``confusion.json`` of ``eval --analyze``): a JSON object whose first
+  key is ``"frcnn": {"kind": KIND}`` (:func:`result_marker`);
 - detections (``eval --save-detections``, ``predict``'s ``detections.json``): a JSON list of
   ``{image_id, category_id, bbox, score}`` whose first entry starts with that mark (the
   results format allows extra keys); an empty list holds nothing to lose;
@@ -17,8 +18,9 @@ file of the same shape from another tool (a COCO results list, say) is never tak
 - exported models (``export``), one kind per format: an ONNX file carrying frcnn's metadata,
   a TorchScript file with ``frcnn.json``, an SVD-compressed checkpoint (``meta.svd_of``);
   ``--format torchscript`` never replaces an ONNX file, nor the reverse;
-- pictures (plots of ``eval --plot`` and ``data stats --plot``, drawings of ``predict``):
-  the image's Software tag (PNG text or EXIF) says frcnn drew it.
+- pictures (plots of ``eval --plot``, ``eval --analyze`` and ``data stats --plot``, drawings
+  of ``predict`` and of ``eval --analyze``): the image's Software tag (PNG text or EXIF) says
+  frcnn drew it, and which kind of drawing it is.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 # The software tag of the pictures frcnn draws (PNG text or EXIF 0x0131 "Software").
 PLOT_SOFTWARE = "frcnn plot"
 DRAWING_SOFTWARE = "frcnn predict"
+ERROR_DRAWING_SOFTWARE = "frcnn error analysis"
 EXIF_SOFTWARE = 0x0131
 
 # JSON files larger than this are not parsed to be recognised (the detections of a COCO-sized
@@ -196,12 +199,13 @@ def picture_software(path: Path) -> str | None:
         return None
 
 
-def drawing_metadata(fmt: str) -> dict[str, Any]:
-    """``Image.save`` arguments that tag a drawing of ``predict`` (EXIF Software)."""
+def drawing_metadata(fmt: str, software: str = DRAWING_SOFTWARE) -> dict[str, Any]:
+    """``Image.save`` arguments that tag a drawing (EXIF Software): of ``predict`` by
+    default, of the error analysis with :data:`ERROR_DRAWING_SOFTWARE`."""
     from PIL import Image
 
     exif = Image.Exif()
-    exif[EXIF_SOFTWARE] = DRAWING_SOFTWARE
+    exif[EXIF_SOFTWARE] = software
     return {"exif": exif} if fmt in ("JPEG", "PNG", "TIFF", "WEBP") else {}
 
 
@@ -223,13 +227,17 @@ TORCHSCRIPT_EXPORT = OutputKind("TorchScript export", _is_torchscript)
 SVD_CHECKPOINT = OutputKind("checkpoint compressed by SVD", _is_svd_checkpoint)
 PLOT = OutputKind("plot", _drawn_by(PLOT_SOFTWARE))
 DRAWING = OutputKind("drawing", _drawn_by(DRAWING_SOFTWARE))
+ERRORS_RESULT = _result_kind("error analysis result")
+CONFUSION_RESULT = _result_kind("confusion matrix")
+ERROR_DRAWING = OutputKind("error analysis drawing", _drawn_by(ERROR_DRAWING_SOFTWARE))
 
 # ``frcnn export --format F`` writes EXPORT_KINDS[F]
 EXPORT_KINDS = {"onnx": ONNX_EXPORT, "torchscript": TORCHSCRIPT_EXPORT,
                 "checkpoint": SVD_CHECKPOINT}
 
 _KINDS = (EVAL_RESULT, RECALL_RESULT, PROPOSAL_COMPARISON, DETECTIONS, DATA_STATS, ANCHORS,
-          BENCHMARK, PROPOSALS, ONNX_EXPORT, TORCHSCRIPT_EXPORT, SVD_CHECKPOINT, PLOT, DRAWING)
+          BENCHMARK, PROPOSALS, ONNX_EXPORT, TORCHSCRIPT_EXPORT, SVD_CHECKPOINT, PLOT, DRAWING,
+          ERRORS_RESULT, CONFUSION_RESULT, ERROR_DRAWING)
 
 
 def describe(path: Path) -> str:

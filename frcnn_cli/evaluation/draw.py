@@ -3,6 +3,8 @@
 Colours are a fixed palette of strong, distinct hues (class k always gets colour k), and the
 label text is black or white, whichever reads better on its colour. Line width and font size
 grow with the image so labels stay legible on photos and on tiny synthetic images alike.
+The error analysis colours boxes by what they are instead (:data:`ERROR_COLOURS`), through
+the same :func:`draw_boxes`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ PALETTE = [
     (220, 190, 255), (170, 110, 40), (255, 225, 25), (128, 0, 0), (170, 255, 195),
     (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128), (255, 255, 255),
 ]
+
+# What a box is in the error analysis's drawings: a detection by its TIDE type
+# (frcnn_cli.evaluation.tide), an object found, missed or ignored (difficult, crowd).
+ERROR_COLOURS = {
+    "tp": (60, 180, 75), "cls": (230, 25, 75), "loc": (245, 130, 48), "both": (145, 30, 180),
+    "dupe": (255, 225, 25), "bkg": (0, 130, 200), "missed": (240, 50, 230),
+    "object": (170, 255, 195), "ignored": (128, 128, 128),
+}
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -49,17 +59,35 @@ def draw_detections(pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
     (``classes[label - 1]["name"]`` is written); ``scores``: ``(N,)``. Lower scores are drawn
     first so the most confident labels end up on top.
     """
+    order = np.argsort(np.asarray(scores).reshape(-1), kind="stable")
+    return draw_boxes(pixels, np.asarray(boxes)[order],
+                      [class_colour(labels[i]) for i in order],
+                      [f"{classes[int(labels[i]) - 1]['name']} {float(scores[i]):.2f}"
+                       for i in order])
+
+
+def draw_boxes(pixels: np.ndarray, boxes: np.ndarray, colours: list[tuple[int, int, int]],
+               texts: list[str | None], thin: np.ndarray | None = None) -> Image.Image:
+    """A copy of ``pixels`` (uint8 ``[H, W, 3]`` RGB) with boxes drawn in the given order
+    (the last on top).
+
+    ``boxes``: ``(N, 4)`` x1 y1 x2 y2 in the image's pixels; ``colours``: N RGB triples;
+    ``texts``: N labels, written on the box's colour above it (None: no label); ``thin``:
+    ``(N,)`` bool, boxes drawn with half the line width.
+    """
     image = Image.fromarray(pixels).convert("RGB")
     h, w = pixels.shape[:2]
     side = min(h, w)
     width = max(2, round(side / 250))
     font = _font(max(10, min(32, round(side / 40))))
     draw = ImageDraw.Draw(image)
-    for i in np.argsort(np.asarray(scores).reshape(-1), kind="stable"):
-        x1, y1, x2, y2 = (float(v) for v in boxes[i])
-        colour = class_colour(labels[i])
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
-        text = f"{classes[int(labels[i]) - 1]['name']} {float(scores[i]):.2f}"
+    thin = np.zeros(len(colours), dtype=bool) if thin is None else np.asarray(thin)
+    for box, colour, text, narrow in zip(boxes, colours, texts, thin, strict=True):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=colour,
+                       width=max(1, width // 2) if narrow else width)
+        if not text:
+            continue
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         tw, th = right - left, bottom - top
         pad = max(1, width)

@@ -73,14 +73,27 @@ class EvalResult:
 
 
 def evaluate_detections(ann: Annotations, detections: list[dict[str, Any]],
-                        metric: str = "voc07", source: str = "detections") -> EvalResult:
+                        metric: str = "voc07", source: str = "detections",
+                        max_dets: int | None = None) -> EvalResult:
     """Score COCO-results ``detections`` against ``ann`` with ``metric`` (voc07, voc, coco).
 
+    ``max_dets``: the COCO metric's cap on the detections scored per image and class
+    (pycocotools' ``maxDets``; None: its default, :data:`coco.MAX_DETS`). The VOC metrics
+    score every detection and take no cap.
+
     Raises DataError for a malformed detection, an image id or category id the dataset does
-    not have, or a dataset with no object to score against; InputError for an unknown metric.
+    not have, or a dataset with no object to score against; InputError for an unknown metric
+    or a cap that is not a positive integer or is given to a VOC metric.
     """
     if metric not in METRICS:
         raise InputError(f"unknown metric '{metric}'; choose one of {', '.join(METRICS)}")
+    if max_dets is not None and metric != "coco":
+        raise InputError(f"a cap on the detections per image (max_dets {max_dets}) is the coco "
+                         f"metric's; {metric} scores every detection")
+    if max_dets is not None and (isinstance(max_dets, bool)
+                                 or not isinstance(max_dets, (int, np.integer))
+                                 or max_dets < 1):
+        raise InputError(f"max_dets must be a positive integer, got {max_dets!r}")
     ann = without_unusable(ann)
     dets = detection_arrays(ann, detections, source)
     gt = ground_truth_arrays(ann)
@@ -95,7 +108,8 @@ def evaluate_detections(ann: Annotations, detections: list[dict[str, Any]],
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in ann.annotations], dtype=bool)
         if crowd.all():  # also true when there is no object at all
             raise _no_objects(ann)
-        res = coco.evaluate_coco(ann, detections)
+        res = coco.evaluate_coco(ann, detections,
+                                 coco.MAX_DETS if max_dets is None else max_dets)
         curves = {name: PRCurve(res.recall_points, np.clip(res.precision_50[k], 0, None))
                   for k, name in enumerate(names) if res.per_class[k] is not None}
         return EvalResult(

@@ -1,5 +1,6 @@
-"""PNG figures of evaluation results: precision-recall per class, proposal recall vs IoU, and
-the comparison of proposal methods (recall vs IoU and vs the number of proposals).
+"""PNG figures of evaluation results: precision-recall per class, proposal recall vs IoU, the
+comparison of proposal methods (recall vs IoU and vs the number of proposals), and the
+confusion matrix of the error analysis.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global backend switch),
 so this works on machines without a display and leaves other users of matplotlib alone.
@@ -18,6 +19,7 @@ from frcnn_cli.files import atomic_open, prepare_output_file
 from frcnn_cli.outputs import PLOT, PLOT_SOFTWARE
 
 if TYPE_CHECKING:
+    from frcnn_cli.evaluation.confusion import Confusion
     from frcnn_cli.evaluation.evaluate import EvalResult
     from frcnn_cli.proposals.recall import ProposalComparison, RecallResult
 
@@ -181,3 +183,36 @@ def _source_name(source) -> str:
     speed = (f", {source.seconds_per_image:.3g} s/image"
              if source.seconds_per_image is not None else "")
     return f"{source.method} ({Path(source.file).name}{speed})"
+
+
+def plot_confusion(confusion: Confusion, path: str | os.PathLike) -> Path:
+    """The confusion matrix as a heat map, rows ground truth and columns detections: each
+    cell coloured by its share of its row (where that class's objects went, or for the
+    background row, where the unmatched detections are) and labelled with its count when
+    the classes are few enough to read."""
+    import numpy as np
+
+    from frcnn_cli.evaluation.tide import FG_IOU
+
+    matrix = confusion.matrix
+    labels = [*confusion.names, "background"]
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = matrix / np.maximum(rows, 1)
+    side = min(16.0, 3.0 + 0.45 * len(labels))
+    fig = _figure(side + 1.0, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize="small")
+    ax.set_yticks(range(len(labels)), labels, fontsize="small")
+    ax.set_xlabel("detection")
+    ax.set_ylabel("ground truth")
+    if len(labels) <= 30:
+        size = "small" if len(labels) <= 12 else "x-small"
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=size,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(f"confusion at score >= {confusion.score_thresh:g}, IoU >= {FG_IOU:g}",
+                 fontsize="medium")
+    return _save(fig, Path(path))
