@@ -78,7 +78,7 @@ def main() -> int:
     from frcnn_cli import load_model
     from frcnn_cli.data.annotations import load_annotations
     from frcnn_cli.evaluation.inference import evaluate_model
-    from frcnn_cli.evaluation.tiled import Tiling
+    from frcnn_cli.inference.tiled import Tiling
 
     val = load_annotations(large / "val.json")
     rows = []

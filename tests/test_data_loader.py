@@ -10,7 +10,7 @@ from PIL import Image
 
 from frcnn_cli.config import load_recipe
 from frcnn_cli.data.annotations import Annotations, load_annotations
-from frcnn_cli.data.dataset import DetectionDataset, build_test_loader, build_train_loader
+from frcnn_cli.data.dataset import DetectionDataset, build_train_loader
 from frcnn_cli.data.sampler import TrainingSampler
 from frcnn_cli.errors import RecipeError
 
@@ -147,16 +147,17 @@ def test_train_loader_is_reproducible_resumable_and_worker_independent(shapes_da
             assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(ta, tb, strict=True))
 
 
-def test_test_loader_shards_in_order(shapes_data):
-    ann = load_annotations(shapes_data / "val.json")
-    recipe = load_recipe("shapes", ["data.num_workers=0"])
+def test_inference_images_shard_in_order(shapes_data):
+    from frcnn_cli.inference.images import ImageSource
+
+    source = ImageSource.of_dataset(load_annotations(shapes_data / "val.json"))
     ids = []
     for rank in (0, 1):
-        for images, targets in build_test_loader(ann, recipe, batch_size=3, rank=rank,
-                                                 world_size=2):
-            assert images[0].shape == (3, 128, 128)  # the model resizes to 256
-            assert all(t["orig_size"] == (128, 128) for t in targets)
-            ids += [t["image_id"] for t in targets]
+        for index in source.shard(rank, world_size=2):
+            image, item, skipped = source[index]
+            assert image.shape == (3, 128, 128) and image.dtype == torch.uint8  # the model
+            assert skipped is None and image.is_contiguous()                    # resizes it
+            ids.append(item.image_id)
     assert ids == [1, 3, 5, 7, 2, 4, 6, 8]
 
 

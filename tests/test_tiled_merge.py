@@ -6,7 +6,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from frcnn_cli.data.tiling import Window
-from frcnn_cli.evaluation.tiled import at_seam, cover, merge_tiles, tile_windows, to_image_pixels
+from frcnn_cli.inference.tiled import at_seam, cover, merge_tiles, tile_windows, to_image_pixels
 
 NMS = 0.3  # the paper's test NMS
 

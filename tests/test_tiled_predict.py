@@ -24,7 +24,7 @@ from frcnn_cli.data.images import read_image
 from frcnn_cli.data.tiling import tile_windows
 from frcnn_cli.evaluation.inference import evaluate_model
 from frcnn_cli.evaluation.predict import find_images, plan_outputs, predict_files
-from frcnn_cli.evaluation.tiled import Tiling, detect_tiled
+from frcnn_cli.inference.tiled import Tiling, detect_tiled
 from frcnn_cli.geometry import resized_shape
 from frcnn_cli.model.transform import resize_image
 from frcnn_cli.progress import Reporter, Task
@@ -162,15 +162,14 @@ def test_eval_and_predict_tiled_against_whole(large, tmp_path, caplog, monkeypat
         ("large.png", SIZE, 121, 80)]
     assert recorder.tasks[0][1] == recorder.tasks[0][2].done == 121  # the bar: tiles
 
-    # COCO's metric scores at most 100 detections per image: said when an image has more
-    import frcnn_cli.evaluation.inference as inference
-
+    # COCO's metric scores at most 100 detections per image (--max-dets): said when an image
+    # has more
     with caplog.at_level("WARNING", logger="frcnn"):
         evaluate_model(model, ann, "coco", tiling=Tiling(TILE, OVERLAP))
         assert "maxDets" not in caplog.text  # 80 detections
-        monkeypatch.setattr(inference, "COCO_MAX_DETECTIONS", 50)
-        evaluate_model(model, ann, "coco", tiling=Tiling(TILE, OVERLAP))
-    assert "best 50 detections of an image (its maxDets) and an image here has 80" in caplog.text
+        evaluate_model(model, ann, "coco", tiling=Tiling(TILE, OVERLAP), max_dets=50)
+    assert "best 50 detections of an image (its maxDets: --max-dets) and an image here has 80" \
+        in caplog.text
 
     jobs = plan_outputs(find_images([large / "large.png"]), tmp_path / "out")
     report = predict_files(model, jobs, "cpu", 0.5, tiling=Tiling(TILE, OVERLAP))
@@ -189,7 +188,7 @@ def test_options_need_tile_and_sane_values(cli):
     from frcnn_cli.data.images import MAX_PIXELS
     from frcnn_cli.data.tiling import DEFAULT_OVERLAP
     from frcnn_cli.errors import InputError
-    from frcnn_cli.evaluation.tiled import (
+    from frcnn_cli.inference.tiled import (
         DEFAULT_MAX_DETECTIONS,
         DEFAULT_TILE_BATCH,
         tiling_from_options,
@@ -262,12 +261,12 @@ def test_tile_options_refused_where_they_cannot_apply(cli, trained_shapes, shape
     for args, message in (
             (["--overlap", 0.3], "--overlap applies to tiled prediction; add --tile S"),
             (["--tile", 8], "--tile must be a whole number of pixels, at least 32"),
-            (["--tile", 64, "--proposals"], "--tile runs the model's detector; drop --proposals"),
+            (["--tile", 64, "--proposals"], "--proposals reports the RPN's recall; drop --tile"),
             (["--tile", 64, "--batch-size", 2], "drop --batch-size")):
         r = cli("eval", trained_shapes, "--data", val, "--device", "cpu", *args)
         assert r.exit_code == 2 and message in r.output, r.output
     r = cli("eval", "--detections", tmp_path / "d.json", "--data", val, "--tile", 64)
-    assert r.exit_code == 2 and "drop --detections" in r.output
+    assert r.exit_code == 2 and "--tile needs a checkpoint: it runs the model" in r.output
     r = cli("eval", trained_shapes, "--data", val, "--device", "cpu", "--max-pixels", 1000)
     assert r.exit_code == 2 and "more than the cap of 1,000" in r.output
 

@@ -191,3 +191,32 @@ class ConsoleReporter(Reporter):
 def reporter() -> Reporter:
     """The reporter for the current invocation (respects --quiet)."""
     return ConsoleReporter()
+
+
+# --------------------------------------------------------------------------- shared tables
+
+
+def tiled_table(images, tiling, kept: str, rows: int = 20) -> None:
+    """Tiled prediction: one row per image (the first ``rows``), its size, tiles and
+    detections (``kept`` says which)."""
+    table(f"tiled: {tiling.size} px tiles, overlap {tiling.overlap:g}, at most "
+          f"{tiling.max_detections} detections per image",
+          ["image", "width", "height", "tiles", f"detections ({kept})"],
+          [[r.name, r.width, r.height, r.tiles, r.detections] for r in images[:rows]])
+    if len(images) > rows:
+        info(f"... and {len(images) - rows} more image(s): "
+             f"{sum(r.tiles for r in images[rows:])} tiles, "
+             f"{sum(r.detections for r in images[rows:])} detections")
+
+
+def proposal_timing(source) -> None:
+    """Where a detector's external proposals came from, and their seconds per image against
+    the network's (``source``: a :class:`~frcnn_cli.proposals.sources.ExternalProposals`
+    that ran, or None)."""
+    if source is None or not source.images:
+        return
+    proposals, network = source.proposal_seconds_per_image, source.network_seconds_per_image
+    info(f"proposals: {source.describe()}")
+    result(f"seconds per image: proposals {proposals:.3f}, detector network {network:.3f}"
+           + (f" (the proposals take {proposals / network:.1f}x the network's time)"
+              if network > 0 and proposals > network else ""))

@@ -74,6 +74,19 @@ def evaluate(
     many_tiles: options.ManyTiles = False,
     ignore_dataset_mismatch: options.IgnoreDatasetMismatch = False,
     max_pixels: options.MaxPixels = None,
+    analyze: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--analyze", help="Also say why the mAP is what it is, into this folder: TIDE's error "
+        "types as dAP (errors.json), the confusion matrix at --score-thresh with precision, "
+        "recall and F1 per class (confusion.json, confusion.png), and the images with the most "
+        "errors drawn (images/).", file_okay=False, show_default=False)] = None,
+    score_thresh: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        "--score-thresh", min=0.0, max=1.0, help="With --analyze: the score a deployment keeps "
+        "detections at, for the confusion matrix and the drawings \\[default: 0.5].",
+        show_default=False)] = None,
+    max_dets: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--max-dets", min=1, help="COCO metric: the detections per image pycocotools scores "
+        "\\[default: 100]; the model keeps roi_heads.detections_per_img first (--set it on the "
+        "checkpoint's recipe to keep more).", show_default=False)] = None,
 ) -> None:
     """Evaluate a model (or saved detections) on a dataset: per-class AP and mAP.
 
@@ -87,6 +100,8 @@ def evaluate(
 
     Example: [bold]frcnn eval --detections dets.json --data demo/val.json --metric coco[/]
 
+    Example: [bold]frcnn eval runs/a/model.pt --data demo/val.json --analyze runs/a/why[/]
+
     Example: [bold]frcnn eval runs/a/model.pt --data demo/val.json --proposals[/]
 
     A Fast R-CNN detector trained on Selective Search proposals runs the
@@ -97,166 +112,50 @@ def evaluate(
 
     Example: [bold]frcnn eval runs/tiles/model.pt --data aerial/val.json --tile 800[/]
     """
-    from frcnn_cli.evaluation.tiled import tiling_from_options
-    from frcnn_cli.files import prepare_output_dir, prepare_output_file, require_file
-    from frcnn_cli.outputs import DETECTIONS, EVAL_RESULT, PLOT, RECALL_RESULT
+    from frcnn_cli.evaluation.run import EvalArgs, run_eval
+    from frcnn_cli.inference.tiled import tiling_from_options
 
-    tiling = tiling_from_options(tile, overlap, tile_batch, max_detections, many_tiles)
-    if tiling is not None and (detections is not None or proposals):
-        raise InputError(f"--tile runs the model's detector; drop "
-                         f"{'--detections' if detections is not None else '--proposals'}")
-    if detections is not None and max_pixels is not None:
-        raise InputError("--max-pixels caps the images the model runs on; --detections runs "
-                         "none")
-    if tiling is not None and batch_size != 1:
-        raise InputError("with --tile, --tile-batch sets the tiles per forward pass; drop "
-                         "--batch-size")
-
-    if data is None:
-        raise InputError("eval needs --data ANN.json, the dataset to evaluate on")
-    if ignore_dataset_mismatch and not (compare_proposals or proposal_file is not None):
-        raise InputError("--ignore-dataset-mismatch applies to proposal files: "
-                         "--proposal-file or --compare-proposals")
-    if compare_proposals:
-        from frcnn_cli.cli.proposal_eval import compare
-
-        given = [flag for flag, v in (("--detections", detections), ("--metric", metric),
-                                      ("--save-detections", save_detections),
-                                      ("--proposals", proposals),
-                                      ("--proposal-file", proposal_file),
-                                      ("--precision", precision is not options.Precision.fp32),
-                                      ("--tile", tiling is not None))
-                 if v]
-        if given:
-            raise InputError(f"--compare-proposals compares proposal files; drop "
-                             f"{', '.join(given)}")
-        compare([p for p in (checkpoint, *(more_files or [])) if p is not None], data,
-                json_out, plot, ignore_dataset_mismatch)
-        return
-    if more_files:
-        raise InputError(f"eval takes one checkpoint (got {1 + len(more_files)} paths); "
-                         "proposal files are compared with --compare-proposals")
-    if proposal_file is not None and (checkpoint is None or proposals):
-        raise InputError("--proposal-file gives a checkpoint's detector its proposals: "
-                         + ("give the checkpoint" if checkpoint is None else
-                            "drop --proposals (compare proposal files with "
-                            "--compare-proposals)"))
-    if (checkpoint is None) == (detections is None):
-        raise InputError("give a checkpoint or --detections DETS.json (exactly one of them)")
-    if detections is not None and (proposals or save_detections is not None
-                                   or precision is not options.Precision.fp32):
-        flag = ("--proposals" if proposals else "--save-detections"
-                if save_detections is not None else "--precision")
-        raise InputError(f"{flag} needs a checkpoint: it runs the model")
-    if proposals and save_detections is not None:
-        raise InputError("--proposals runs only the RPN; drop --save-detections")
-    if proposals and metric is not None:
-        raise InputError("--proposals reports recall, not a detection metric; drop --metric")
-
-    require_file(data, "dataset")
-    inputs = [p for p in (checkpoint, data, detections, proposal_file) if p is not None]
-    if checkpoint is not None:
-        require_file(checkpoint, "checkpoint")
-    if proposal_file is not None:
-        require_file(proposal_file, "--proposal-file")
-    if proposals:
-        folder = checkpoint.parent
-        json_out = json_out or folder / "recall.json"
-        png = (plot or folder) / "recall.png"
-        prepare_output_file(json_out, RECALL_RESULT, inputs, "--json file")
-        prepare_output_file(png, PLOT, inputs, "recall plot")
+    compare = [p for p in (checkpoint, *(more_files or [])) if p is not None]
+    if more_files and not compare_proposals:
+        raise InputError(f"eval takes one checkpoint (got {len(compare)} paths); proposal "
+                         "files are compared with --compare-proposals")
+    args = EvalArgs(
+        data, None if compare_proposals else checkpoint, detections,
+        metric.value if metric is not None else None, json_out, plot, save_detections,
+        proposals, proposal_file, compare if compare_proposals else None,
+        ignore_dataset_mismatch, device, precision.value, batch_size,
+        tiling_from_options(tile, overlap, tile_batch, max_detections, many_tiles), max_pixels,
+        analyze, score_thresh, max_dets)
+    report = run_eval(args, console.reporter())
+    if report.comparison is not None:
+        _comparison_tables(report.comparison, args.compare, report.data)
+    elif report.recall is not None:
+        _recall_table(report.recall, report.data)
     else:
-        if json_out is not None:
-            prepare_output_file(json_out, EVAL_RESULT, inputs, "--json file")
-        if save_detections is not None:
-            prepare_output_file(save_detections, DETECTIONS, inputs, "--save-detections file")
-        if plot is not None:
-            prepare_output_dir(plot, inputs, "--plot folder")
-
-    from frcnn_cli.data.usable import open_dataset
-
-    if checkpoint is not None:  # a broken checkpoint is named before any image is read
-        from frcnn_cli.checkpoint import load_checkpoint
-
-        load_checkpoint(checkpoint)
-    ann = open_dataset(data, "eval" if detections is None else "score")
-    # the dataset's images are inputs too: no output may replace one
-    for path, kind, what in ((json_out, RECALL_RESULT if proposals else EVAL_RESULT,
-                              "--json file"),
-                             (save_detections, DETECTIONS, "--save-detections file")):
-        if path is not None:
-            prepare_output_file(path, kind, ann.image_files(), what)
-    if plot is not None and not proposals:
-        from frcnn_cli.evaluation.evaluate import class_names
-        from frcnn_cli.evaluation.plots import pr_plot_names
-
-        prepare_output_dir(plot, inputs, "--plot folder",
-                           writes=[(n, PLOT) for n in pr_plot_names(class_names(ann))])
-    if detections is not None:
-        from frcnn_cli.evaluation.detections import read_detections
-        from frcnn_cli.evaluation.evaluate import evaluate_detections
-
-        dets = read_detections(detections, ann)
-        result = evaluate_detections(ann, dets, (metric or Metric.voc07).value,
-                                     source=str(detections))
-        _report(result, data, json_out, plot)
-        return
-
-    from frcnn_cli import load_model
-    from frcnn_cli.data.images import MAX_PIXELS
-    from frcnn_cli.devices import autocast, resolve_device
-
-    torch_device = resolve_device(device)
-    autocast(torch_device, precision.value)  # fp16 on a CPU is refused before any work
-    model = load_model(checkpoint, device=torch_device)
-    if proposals and model.proposal_source:
-        raise InputError(f"{checkpoint} is a Fast R-CNN detector trained on "
-                         f"{model.proposal_source['method']} proposals, without a trained RPN "
-                         "to measure; compare proposal files with --compare-proposals")
-    if tiling is not None and (model.proposal_source or proposal_file is not None):
-        raise InputError("--tile runs the model's own RPN on each tile; a detector on external "
-                         "proposals (or --proposal-file) cannot be tiled")
-    max_pixels = max_pixels or MAX_PIXELS
-    if proposals:
-        from frcnn_cli.evaluation.inference import evaluate_proposals
-        from frcnn_cli.evaluation.plots import plot_recall_curve
-        from frcnn_cli.files import write_result
-        from frcnn_cli.outputs import RECALL_RESULT
-
-        rec = evaluate_proposals(model, ann, torch_device, console.reporter(), batch_size,
-                                 precision=precision.value, max_pixels=max_pixels)
-        _recall_table(rec, data)
-        write_result(json_out, RECALL_RESULT, {"checkpoint": str(checkpoint), "data": str(data),
-                              **rec.to_dict()})
-        plot_recall_curve(rec, png)
-        console.info(f"wrote {json_out} and {png}")
-        return
-
-    from frcnn_cli.cli.proposal_eval import timing
-    from frcnn_cli.evaluation.detections import save_detections as write_detections
-    from frcnn_cli.evaluation.inference import evaluate_model
-    from frcnn_cli.proposals.sources import proposals_for
-
-    chosen = metric.value if metric is not None else model.recipe.eval.metric
-    dets: list = []
-    source = proposals_for(model, proposal_file, ann, ignore_dataset_mismatch)
-    tiled: list = []
-    result = evaluate_model(model, ann, chosen, torch_device, console.reporter(), batch_size,
-                            detections=dets, precision=precision.value, proposals=source,
-                            tiling=tiling, max_pixels=max_pixels, tiled_images=tiled)
-    if tiling is not None:
-        from frcnn_cli.cli.predict import tiled_table
-
-        tiled_table(tiled, tiling,
-                    f"score >= {model.recipe.roi_heads.score_thresh:g}")
-    if save_detections is not None:
-        write_detections(save_detections, dets)
-        console.info(f"wrote {len(dets)} detections to {save_detections}")
-    _report(result, data, json_out, plot)
-    timing(source)
+        if report.tiled:
+            console.tiled_table(report.tiled, args.tiling, "score >= the recipe's threshold")
+        _result_tables(report.result, report.data)
+        if report.analysis is not None:
+            _analysis_tables(report.analysis)
+        console.proposal_timing(report.source)
+    if report.saved_detections is not None:
+        console.info(f"saved {report.saved_detections} detections")
+    _written(report.written)
 
 
-def _report(result, data: Path, json_out: Path | None, plot: Path | None) -> None:
+def _written(paths: list[Path]) -> None:
+    """Each file written, pictures counted by folder."""
+    pictures: dict[Path, int] = {}
+    for path in paths:
+        if Path(path).suffix.lower() in (".png", ".jpg"):
+            pictures[Path(path).parent] = pictures.get(Path(path).parent, 0) + 1
+        else:
+            console.info(f"wrote {path}")
+    for folder, n in pictures.items():
+        console.info(f"wrote {n} picture(s) in {folder}")
+
+
+def _result_tables(result, data: Path) -> None:
     from frcnn_cli.evaluation.evaluate import METRIC_TITLES
 
     rows = [[name, result.objects.get(name, 0), result.detections.get(name, 0), ap]
@@ -275,17 +174,48 @@ def _report(result, data: Path, json_out: Path | None, plot: Path | None) -> Non
             names = [n for n in result.summary if n.startswith(kind)]
             console.table(f"COCO {kind} (pycocotools)", names,
                           [[result.summary[n] for n in names]])
-    if json_out is not None:
-        from frcnn_cli.files import write_result
-        from frcnn_cli.outputs import EVAL_RESULT
 
-        write_result(json_out, EVAL_RESULT, result.to_dict())
-        console.info(f"wrote {json_out}")
-    if plot is not None:
-        from frcnn_cli.evaluation.plots import plot_pr_curves
 
-        written = plot_pr_curves(result, plot)
-        console.info(f"wrote {len(written)} precision-recall plots to {plot}")
+def _analysis_tables(analysis) -> None:
+    """TIDE's error table, the confusion matrix and each class at the score threshold."""
+    errors, matrix = analysis.errors, analysis.confusion
+    console.table(f"where the AP is lost (TIDE, AP50 {errors.ap50:.4f}): what fixing each "
+                  "kind of error alone would add", ["error", "the detection", "dAP", "count"],
+                  [[name, what, 100 * dap, n] for name, what, dap, n in analysis.error_rows()])
+    header, rows = analysis.matrix_rows()
+    console.table(f"confusion at score >= {matrix.score_thresh:g} (rows: truth, columns: "
+                  "detections)", header, rows)
+    console.table(f"each class at score >= {matrix.score_thresh:g}",
+                  ["class", "precision", "recall", "F1", "best F1", "at score"],
+                  [[name, c["precision"], c["recall"], c["f1"], c["best_f1"],
+                    c["best_f1_thresh"]] for name, c in matrix.per_class().items()])
+    for file, reason in analysis.skipped:
+        console.info(("note:", "yellow"), f" not drawn: {file}: {reason}")
+    if analysis.drawn:
+        console.info(f"the {len(analysis.drawn)} images with the most errors are drawn in "
+                     f"{analysis.drawn[0].drawing.parent}")
+
+
+def _comparison_tables(comparison, files: list[Path], data: Path) -> None:
+    summary = comparison.to_dict()
+    names = [f.name for f in files]
+    names = [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name
+             for f in files]  # two files of one name: runs/a/p.pt, runs/b/p.pt
+    counts = [str(n) for n in comparison.top_n]
+    for key, title in (("0.5", "recall at IoU 0.5"), ("0.7", "recall at IoU 0.7"),
+                       (None, "average recall, IoU 0.5:0.95")):
+        rows = []
+        for name, source in zip(names, summary["sources"], strict=True):
+            values = source["recall"][key] if key else source["average_recall"]
+            seconds = source["seconds_per_image"]
+            rows.append([name, source["method"], *[values[n] for n in counts],
+                         f"{seconds:.3g}" if seconds is not None else "n/a"])
+        console.table(f"{title} on {data} ({summary['num_objects']} objects, "
+                      f"{summary['num_images']} images), by proposals per image",
+                      ["file", "method", *counts, "s/image"], rows)
+    used = [f"{name} {source['proposals_per_image'][counts[-1]]:.0f}"
+            for name, source in zip(names, summary["sources"], strict=True)]
+    console.info(f"proposals per image at most (mean): {', '.join(used)}")
 
 
 def _recall_table(rec, data: Path) -> None:

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from frcnn_cli.cli import console, options
-from frcnn_cli.errors import DataError, InputError
 
 PANEL = "Evaluation"
 
@@ -57,70 +56,22 @@ def predict(
 
     Example: [bold]frcnn predict runs/tiles/model.pt ortho.tif --out preds/ --tile 800[/]
     """
-    from frcnn_cli.evaluation.predict import describe_suffixes, find_images, plan_outputs
-    from frcnn_cli.evaluation.tiled import tiling_from_options
-    from frcnn_cli.files import prepare_output_dir, require_file
-    from frcnn_cli.outputs import DETECTIONS, DRAWING
+    from frcnn_cli.evaluation.predict import PredictArgs, run_predict
+    from frcnn_cli.inference.tiled import tiling_from_options
 
     tiling = tiling_from_options(tile, overlap, tile_batch, max_detections, many_tiles)
-    require_file(checkpoint, "checkpoint")
-    found = find_images(inputs, exclude=out)
-    if not found:
-        raise InputError(f"no images found in {', '.join(map(str, inputs))} (looked for "
-                         f"{describe_suffixes()})")
-    jobs = plan_outputs(found, out)
-    prepare_output_dir(out, inputs, "--out folder", writes=[
-        ("detections.json", DETECTIONS), *((job.output.relative_to(out), DRAWING) for job in jobs)])
-
-    from frcnn_cli import load_model
-    from frcnn_cli.cli.proposal_eval import timing
-    from frcnn_cli.data.images import MAX_PIXELS
-    from frcnn_cli.devices import autocast, resolve_device
-    from frcnn_cli.evaluation.detections import save_detections
-    from frcnn_cli.evaluation.predict import predict_files
-    from frcnn_cli.proposals.sources import proposals_for
-
-    torch_device = resolve_device(device)
-    autocast(torch_device, precision.value)  # fp16 on a CPU is refused before any work
-    model = load_model(checkpoint, device=torch_device)
-    search = proposals_for(model)  # Selective Search for a detector trained on it, else None
-    if tiling is not None and search is not None:
-        raise InputError("--tile runs the model's own RPN on each tile; a detector on "
-                         "Selective Search proposals cannot be tiled")
-    report = predict_files(model, jobs, torch_device, score_thresh, console.reporter(),
-                           precision=precision.value, proposals=search, tiling=tiling,
-                           max_pixels=max_pixels or MAX_PIXELS)
+    report = run_predict(PredictArgs(checkpoint, inputs, out, score_thresh, tiling, max_pixels,
+                                     device, precision.value), console.reporter())
     for source, reason in report.skipped:
         log.warning("skipped: %s", reason if str(source) in reason else f"{source}: {reason}")
-    if not report.written:
-        first = report.skipped[0][1] if report.skipped else "no image"
-        raise DataError(f"none of the {len(jobs)} image(s) could be read ({first}); nothing "
-                        "written")
     if tiling is not None:
-        tiled_table(report.images, tiling, f"score >= {score_thresh:g}")
-    dets_path = save_detections(out / "detections.json", report.detections)
+        console.tiled_table(report.images, tiling, f"score >= {score_thresh:g}")
     console.info(f"{len(report.detections)} detections in {len(report.written)} image(s) "
-                 f"-> {dets_path} and drawings in {out}")
+                 f"-> {report.detections_file} and drawings in {out}")
     if report.skipped:
         log.warning("skipped %d unreadable image(s) of %d (listed above)", len(report.skipped),
-                    len(jobs))
-    timing(search)
-
-
-def tiled_table(images, tiling, kept: str, rows: int = 20) -> None:
-    """One row per image (the first ``rows``): its size, tiles and detections (``kept``
-    says which)."""
-    from rich.markup import escape
-
-    console.table(f"tiled: {tiling.size} px tiles, overlap {tiling.overlap:g}, at most "
-                  f"{tiling.max_detections} detections per image",
-                  ["image", "width", "height", "tiles", f"detections ({kept})"],
-                  [[escape(r.name), r.width, r.height, r.tiles, r.detections]
-                   for r in images[:rows]])
-    if len(images) > rows:
-        console.info(f"... and {len(images) - rows} more image(s): "
-                     f"{sum(r.tiles for r in images[rows:])} tiles, "
-                     f"{sum(r.detections for r in images[rows:])} detections")
+                    report.jobs)
+    console.proposal_timing(report.source)
 
 
 def register(app: typer.Typer) -> None:

@@ -53,7 +53,7 @@ from frcnn_cli.data.transforms import (
     valid_boxes,
 )
 from frcnn_cli.data.usable import SizeMismatch, check_size, without_unusable
-from frcnn_cli.errors import DataError, FrcnnError, InputError
+from frcnn_cli.errors import DataError, FrcnnError
 
 log = logging.getLogger("frcnn")
 
@@ -70,12 +70,11 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, annotations: Annotations, recipe: Recipe, train: bool,
                  proposals: Mapping[int, Any] | None = None,
-                 max_pixels: int | None = MAX_PIXELS, skip_unreadable: bool = False) -> None:
+                 max_pixels: int | None = MAX_PIXELS) -> None:
         # the boxes no loss can use are left out with a warning (a no-op for a set read
         # through data.usable.open_dataset, which did it already)
         self.annotations = without_unusable(annotations) if train else annotations
         self.max_pixels = max_pixels
-        self.skip_unreadable = skip_unreadable
         self.recipe = recipe
         self.train = train
         self.images = list(annotations.images)
@@ -124,7 +123,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, request: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
         index, seed = request if isinstance(request, tuple) else (request, None)
         if not self.train:
-            return self._test_sample(index)
+            return self._sample(index, None)
         if seed is None:
             # no seed from a sampler: follow torch's generator, so torch.manual_seed rules
             seed = int(torch.randint(2**31, (1,)).item())
@@ -140,19 +139,6 @@ class DetectionDataset(torch.utils.data.Dataset):
                     log.warning("skipping an image in training: %s", e)
         raise DataError(f"{_MAX_SKIPS + 1} images in a row cannot be decoded, from "
                         f"{self.annotations.image_path(self.images[index])}; run frcnn data check")
-
-    def _test_sample(self, index: int) -> tuple[torch.Tensor | None, dict[str, Any]]:
-        """A test sample; with ``skip_unreadable`` an image that cannot be decoded is
-        ``(None, {"image_id", "skipped": reason})``, with a warning, as training skips it."""
-        try:
-            return self._sample(index, None)
-        except SizeMismatch:
-            raise
-        except DataError as e:
-            if not self.skip_unreadable:
-                raise
-            log.warning("skipping an image, as training does: %s", e)
-            return None, {"image_id": self.images[index]["id"], "skipped": str(e)}
 
     def _sample(self, index: int, rng: np.random.Generator | None
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -200,7 +186,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         return image, target
 
     def _check_size(self, record: dict[str, Any], width: int, height: int) -> None:
-        check_size(self.annotations, record, width, height)
+        check_size(record, self.annotations.image_path(record), width, height)
 
     def _augment(self, pixels: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
                  ignore: np.ndarray, proposals: np.ndarray | None, rng: np.random.Generator
@@ -229,7 +215,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- loaders
 
 
-class _Loader(torch.utils.data.DataLoader):
+class Loader(torch.utils.data.DataLoader):
     """A DataLoader whose user errors read the same from a worker process as from the main one.
 
     torch re-raises a worker's exception as its type built from "Caught DataError in
@@ -256,7 +242,7 @@ class _Loader(torch.utils.data.DataLoader):
 
 
 def worker_message(error: BaseException) -> str:
-    """The message an exception had in the DataLoader worker that raised it (see _Loader)."""
+    """The message an exception had in the DataLoader worker that raised it (see Loader)."""
     text = str(error)
     if not text.startswith("Caught "):
         return text
@@ -291,41 +277,14 @@ def build_train_loader(annotations: Annotations, recipe: Recipe, images_per_batc
     sampler = TrainingSampler(len(dataset), images_per_batch, seed, group_ids=groups,
                               start_iter=start_iter, rank=rank, world_size=world_size)
     workers = recipe.data.num_workers
-    return _Loader(
+    return Loader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-        worker_init_fn=functools.partial(_init_worker, seed=seed, rank=rank),
+        worker_init_fn=functools.partial(init_worker, seed=seed, rank=rank),
         pin_memory=torch.cuda.is_available(), persistent_workers=False,
-        prefetch_factor=2 if workers else None, generator=_own_generator(seed, rank))
+        prefetch_factor=2 if workers else None, generator=own_generator(seed, rank))
 
 
-def build_test_loader(annotations: Annotations, recipe: Recipe, batch_size: int = 1,
-                      num_workers: int | None = None, rank: int = 0, world_size: int = 1,
-                      proposals: Mapping[int, Any] | None = None,
-                      max_pixels: int | None = MAX_PIXELS, skip_unreadable: bool = False
-                      ) -> torch.utils.data.DataLoader:
-    """Every image once, in dataset order, at its own size, not augmented:
-    ``(images, targets)``; an image over ``max_pixels`` pixels stops it with a DataError, as
-    does one that cannot be decoded, unless ``skip_unreadable`` (its image is then None).
-
-    Process ``rank`` of ``world_size`` gets images ``rank, rank + world_size, ...``. Targets
-    carry ``image_id`` and ``orig_size``, and every object with its ``difficult`` and
-    ``iscrowd`` flags.
-    """
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    dataset = DetectionDataset(annotations, recipe, train=False, proposals=proposals,
-                               max_pixels=max_pixels, skip_unreadable=skip_unreadable)
-    indices = list(range(rank, len(dataset), world_size))
-    workers = recipe.data.num_workers if num_workers is None else num_workers
-    batches = torch.utils.data.BatchSampler(indices, batch_size, drop_last=False)
-    return _Loader(
-        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-        worker_init_fn=functools.partial(_init_worker, seed=0, rank=rank),
-        pin_memory=torch.cuda.is_available(), prefetch_factor=2 if workers else None,
-        generator=_own_generator(0, rank))
-
-
-def _own_generator(seed: int, rank: int) -> torch.Generator:
+def own_generator(seed: int, rank: int) -> torch.Generator:
     """The DataLoader draws its workers' base seed from this generator rather than from the
     global one, so starting a loader leaves the trainer's random state (RPN sampling,
     dropout) exactly as it was, and a resumed run stays on the uninterrupted run's track."""
@@ -334,7 +293,7 @@ def _own_generator(seed: int, rank: int) -> torch.Generator:
     return g
 
 
-def _init_worker(worker_id: int, seed: int, rank: int) -> None:
+def init_worker(worker_id: int, seed: int, rank: int) -> None:
     """One thread per worker (the workers are the parallelism) and seeded global RNGs for any
     library randomness outside the per-sample seeds."""
     import random

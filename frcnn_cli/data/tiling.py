@@ -5,7 +5,7 @@ that overlap by ``round(overlap * S)`` pixels; the last window of a row or colum
 inward to end at the image's border, so no tile is padded (it overlaps its neighbour more).
 A side no larger than S is not cut: an image no larger than S in both sides is one window,
 the whole image. :func:`tile_windows` is the one place this rule lives: ``frcnn data tile``
-cuts training images with it and tiled prediction (``frcnn_cli.evaluation.tiled``) cuts the
+cuts training images with it and tiled prediction (``frcnn_cli.inference.tiled``) cuts the
 images it runs on with it, so both see the same tiles.
 
 Consecutive windows overlap by at least the overlap, so an object no larger than the overlap

@@ -141,7 +141,7 @@ def probe_images(ann: Annotations, skip_unreadable: bool = False, what: str = "d
     for record, size in zip(ann.images, sizes, strict=True):
         if isinstance(size, DataError):
             continue
-        check_size(ann, record, *size)
+        check_size(record, ann.image_path(record), *size)
         if not record.get("width") or not record.get("height"):
             record["width"], record["height"] = size
     if not unreadable:
@@ -160,15 +160,14 @@ def probe_images(ann: Annotations, skip_unreadable: bool = False, what: str = "d
                       if im["id"] not in {bad["id"] for bad, _ in unreadable})
 
 
-def check_size(annotations: Annotations, record: dict[str, Any], width: int, height: int
+def check_size(record: dict[str, Any], path: str | os.PathLike, width: int, height: int
                ) -> None:
-    """SizeMismatch unless an image file of ``width`` x ``height`` pixels is the size its
-    ``record`` states (when it states one). The boxes are in the pixels of the stated size: a
+    """SizeMismatch unless the image file ``path`` of ``width`` x ``height`` pixels is the size
+    its ``record`` states (when it states one). The boxes are in the pixels of the stated size: a
     file of another size would have them cut to it in training, and detections scored
     against them in evaluation, without a word."""
     stated = (record.get("width"), record.get("height"))
     if stated[0] and stated[1] and (width, height) != stated:
-        path = annotations.image_path(record)
         turned = " (EXIF orientation turns it)" if (height, width) == stated else ""
         raise SizeMismatch(f"image {record['id']} ({path}) is {width}x{height} pixels but the "
                            f"JSON says {stated[0]}x{stated[1]}{turned}; its boxes would not fit "

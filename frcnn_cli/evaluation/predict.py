@@ -13,7 +13,7 @@ Output naming keeps every input safe and every output findable:
 * when ``OUT`` lies inside an input folder, the walk skips it: a second run does not predict
   on the first run's drawings.
 
-With a :class:`~frcnn_cli.evaluation.tiled.Tiling` the model runs on each image's tiles and
+With a :class:`~frcnn_cli.inference.tiled.Tiling` the model runs on each image's tiles and
 the drawing and the detections are the whole image's.
 """
 
@@ -28,16 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from frcnn_cli.data.images import IMAGE_SUFFIXES, MAX_PIXELS, image_size, is_image_file, read_image
-from frcnn_cli.devices import autocast
+from frcnn_cli.data.images import IMAGE_SUFFIXES, MAX_PIXELS, is_image_file
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.draw import draw_detections
-from frcnn_cli.evaluation.tiled import TiledImage, Tiling, detect_tiled
 from frcnn_cli.files import atomic_open
+from frcnn_cli.inference.images import ImageSource
+from frcnn_cli.inference.loop import detect_images
+from frcnn_cli.inference.tiled import TiledImage, Tiling
 from frcnn_cli.outputs import drawing_metadata
 from frcnn_cli.progress import SILENT, Reporter
-from frcnn_cli.proposals.sources import ExternalProposals, detect, proposals_for
+from frcnn_cli.proposals.sources import ExternalProposals, proposals_for
 
 # Suffixes written back in their own format; anything else becomes PNG.
 # (BMP holds no tag saying frcnn drew it, so a second run could not replace it: PNG too.)
@@ -59,12 +60,68 @@ class ImageJob:
 class PredictReport:
     """What :func:`predict_files` did: ``detections`` (COCO results with ``file_name`` and
     ``category_name``), drawings ``written``, images ``skipped`` as (file, reason), and with
-    tiling, each written image's tiles and detections in ``images``."""
+    tiling, each written image's tiles and detections in ``images``; :func:`run_predict` adds
+    the ``detections_file``, the number of ``jobs`` and the external proposal ``source``."""
 
     detections: list[dict[str, Any]] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     images: list[TiledImage] = field(default_factory=list)
+    detections_file: Path | None = None
+    jobs: int = 0
+    source: ExternalProposals | None = None
+
+
+@dataclass
+class PredictArgs:
+    """What ``frcnn predict`` was asked (the options of its ``--help``)."""
+
+    checkpoint: str | os.PathLike
+    inputs: Sequence[str | os.PathLike]
+    out: str | os.PathLike
+    score_thresh: float = 0.5
+    tiling: Tiling | None = None
+    max_pixels: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+
+
+def run_predict(args: PredictArgs, reporter: Reporter = SILENT) -> PredictReport:
+    """``frcnn predict``: the images found, their outputs checked before any work (no input
+    replaced, only frcnn's own files), the model loaded, its proposals chosen once, the
+    drawings and ``OUT/detections.json`` written. DataError when no image could be read."""
+    from frcnn_cli import load_model
+    from frcnn_cli.devices import autocast, resolve_device
+    from frcnn_cli.evaluation.detections import save_detections
+    from frcnn_cli.files import prepare_output_dir, require_file
+    from frcnn_cli.outputs import DETECTIONS, DRAWING
+
+    require_file(args.checkpoint, "checkpoint")
+    found = find_images(args.inputs, exclude=args.out)
+    if not found:
+        raise InputError(f"no images found in {', '.join(map(str, args.inputs))} (looked for "
+                         f"{describe_suffixes()})")
+    out = Path(args.out)
+    jobs = plan_outputs(found, out)
+    prepare_output_dir(out, args.inputs, "--out folder", writes=[
+        ("detections.json", DETECTIONS), *((job.output.relative_to(out), DRAWING) for job in jobs)])
+    device = resolve_device(args.device)
+    autocast(device, args.precision)  # fp16 on a CPU is refused before any work
+    model = load_model(args.checkpoint, device=device)
+    source = proposals_for(model)  # Selective Search for a detector trained on it, else None
+    if args.tiling is not None and source is not None:
+        raise InputError("--tile runs the model's own RPN on each tile; a detector on "
+                         "Selective Search proposals cannot be tiled")
+    report = predict_files(model, jobs, device, args.score_thresh, reporter,
+                           precision=args.precision, proposals=source, tiling=args.tiling,
+                           max_pixels=args.max_pixels or MAX_PIXELS)
+    report.jobs, report.source = len(jobs), source
+    if not report.written:
+        first = report.skipped[0][1] if report.skipped else "no image"
+        raise DataError(f"none of the {len(jobs)} image(s) could be read ({first}); nothing "
+                        "written")
+    report.detections_file = save_detections(out / "detections.json", report.detections)
+    return report
 
 
 def find_images(inputs: Sequence[str | os.PathLike],
@@ -127,7 +184,6 @@ def _resolved(path: Path) -> Path:
         return path.absolute()
 
 
-@torch.inference_mode()
 def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = "cpu",
                   score_thresh: float = 0.5, reporter: Reporter = SILENT,
                   *, precision: str = "fp32", proposals: ExternalProposals | None = None,
@@ -142,64 +198,41 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
     be decoded, or has more than ``max_pixels`` pixels, is skipped and listed in the report's
     ``skipped``. The progress bar counts images, or tiles with ``tiling``.
     """
-    device = torch.device(device)
-    model.eval().to(device)
     proposals = proposals if proposals is not None else proposals_for(model)
     # the model keeps down to the recipe's threshold unless the user asks for less
     detect_thresh = min(model.recipe.roi_heads.score_thresh, score_thresh)
     report = PredictReport()
-    steps = [1] * len(jobs) if tiling is None else _tile_counts(jobs, tiling)
-    with reporter.task("predict" if tiling is None else "predict (tiles)",
-                       total=sum(steps)) as task:
-        for job, step in zip(jobs, steps, strict=True):
-            try:
-                pixels = read_image(job.source, max_pixels)
-            except DataError as e:
-                report.skipped.append((job.source, str(e)))
-                task.update(advance=step)
-                continue
-            image = torch.from_numpy(pixels).permute(2, 0, 1)  # uint8, file size, a view
-            with autocast(device, precision):
-                if tiling is None:
-                    out = detect(model, [image.to(device)], [job.image_id], proposals,
-                                 score_thresh=detect_thresh)[0]
-                else:
-                    out = detect_tiled(model, image, tiling, device, task, detect_thresh)
-            out = {k: v.detach().float().cpu().numpy() for k, v in out.items()}
-            labels = out["labels"].astype(np.int64)
-            results = to_coco_results(out["boxes"], out["scores"], labels, job.image_id,
-                                      model.classes)
-            # the threshold applies to the scores as written, so the file and the drawing
-            # agree with a filter a user runs on the file
-            keep = np.array([r["score"] >= score_thresh for r in results], dtype=bool)
-            boxes, scores, labels = out["boxes"][keep], out["scores"][keep], labels[keep]
-            results = [r for r, k in zip(results, keep, strict=True) if k]
-            for r, label in zip(results, labels, strict=True):
-                r["file_name"] = str(job.source)
-                r["category_name"] = model.classes[int(label) - 1]["name"]
-            report.detections.extend(results)
-            save_image(draw_detections(pixels, boxes, labels, scores, model.classes),
-                       job.output)
-            report.written.append(job.output)
-            if tiling is not None:
-                report.images.append(TiledImage.of(job.source.name, pixels, tiling,
-                                                   len(results)))
-            task.update(advance=1 if tiling is None else 0, detections=len(report.detections))
+    output_of = {job.image_id: job.output for job in jobs}
+    source = ImageSource.of_files([(job.image_id, job.source) for job in jobs],
+                                  max_pixels=max_pixels, skip_unreadable=True)
+    for found in detect_images(model, source, device, precision=precision, proposals=proposals,
+                               tiling=tiling, keep_pixels=True, num_workers=0,
+                               reporter=reporter, score_thresh=detect_thresh,
+                               description="predict" if tiling is None else "predict (tiles)"):
+        if found.output is None:
+            report.skipped.append((found.item.path, found.skipped))
+            continue
+        out = found.output
+        labels = out["labels"].astype(np.int64)
+        results = to_coco_results(out["boxes"], out["scores"], labels, found.item.image_id,
+                                  model.classes)
+        # the threshold applies to the scores as written, so the file and the drawing agree
+        # with a filter a user runs on the file
+        keep = np.array([r["score"] >= score_thresh for r in results], dtype=bool)
+        boxes, scores, labels = out["boxes"][keep], out["scores"][keep], labels[keep]
+        results = [r for r, k in zip(results, keep, strict=True) if k]
+        for r, label in zip(results, labels, strict=True):
+            r["file_name"] = str(found.item.path)
+            r["category_name"] = model.classes[int(label) - 1]["name"]
+        report.detections.extend(results)
+        pixels = np.ascontiguousarray(found.pixels.permute(1, 2, 0).numpy())
+        output = output_of[found.item.image_id]
+        save_image(draw_detections(pixels, boxes, labels, scores, model.classes), output)
+        report.written.append(output)
+        if tiling is not None:
+            report.images.append(TiledImage(found.item.path.name, found.width, found.height,
+                                            found.tiles, len(results)))
     return report
-
-
-def _tile_counts(jobs: list[ImageJob], tiling: Tiling) -> list[int]:
-    """The tiles of each image, from the files' headers (1 for a file that cannot be read: it
-    is skipped later, with its reason); refused before any work when far too many
-    (:meth:`Tiling.count`)."""
-    sizes: list[tuple[int, int] | None] = []
-    for job in jobs:
-        try:
-            sizes.append(image_size(job.source))
-        except DataError:
-            sizes.append(None)
-    tiling.count([s for s in sizes if s is not None])
-    return [1 if s is None else len(tiling.windows(*s)) for s in sizes]
 
 
 def save_image(image, path: Path) -> Path:

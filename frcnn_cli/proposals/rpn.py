@@ -11,27 +11,30 @@ images and the main one writes the file.
 
 from __future__ import annotations
 
+import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from frcnn_cli import distributed as dist_mod
-from frcnn_cli.devices import resolve_device, synchronize
+from frcnn_cli.devices import resolve_device
+from frcnn_cli.inference.images import ImageSource
+from frcnn_cli.inference.loop import detect_images
 from frcnn_cli.outputs import PROPOSALS
 from frcnn_cli.progress import SILENT, Reporter
 from frcnn_cli.proposals.files import save_proposals
 from frcnn_cli.proposals.recall import proposal_coverage
 
+log = logging.getLogger("frcnn")
 
-@torch.inference_mode()
+
 def generate_proposals(model, annotations, device: torch.device, reporter: Reporter = SILENT,
                        rank: int = 0, world_size: int = 1, batch_size: int = 1,
                        max_proposals: int | None = None, skip_unreadable: bool = False
                        ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[float]]:
-    """Run the model's RPN over (this process's share of) a dataset with the training
+    """Run the model's RPN over (process ``rank``'s share of) a dataset with the training
     proposal numbers (or ``max_proposals``, see :func:`rpn_counts`).
 
     Returns ``{image_id: (boxes [P, 4] in the file's pixels, scores [P])}`` and the seconds
@@ -39,31 +42,20 @@ def generate_proposals(model, annotations, device: torch.device, reporter: Repor
     image that cannot be decoded gets no entry, with a warning (training skips it too);
     otherwise it stops the run with a DataError naming it.
     """
-    from frcnn_cli.data.dataset import build_test_loader
-
-    loader = build_test_loader(annotations, model.recipe, batch_size=batch_size,
-                               rank=rank, world_size=world_size,
-                               skip_unreadable=skip_unreadable)
-    model.eval()
+    pre, post = rpn_counts(model.recipe, max_proposals)
+    source = ImageSource.of_dataset(annotations, skip_unreadable=skip_unreadable)
     out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     seconds: list[float] = []
-    total = len(range(rank, len(annotations.images), world_size))
-    pre, post = rpn_counts(model.recipe, max_proposals)
-    with reporter.task("proposals", total=total) as task:
-        for batch, targets in loader:
-            task.update(advance=len(targets))
-            images = [im.to(device) for im in batch if im is not None]
-            targets = [t for im, t in zip(batch, targets, strict=True) if im is not None]
-            if images:
-                synchronize(device)
-                start = time.perf_counter()
-                results = model.detect(images, rpn_only=True, pre_nms_top_n=pre,
-                                       post_nms_top_n=post)
-                synchronize(device)
-                seconds += [(time.perf_counter() - start) / len(images)] * len(images)
-                for res, target in zip(results, targets, strict=True):
-                    out[int(target["image_id"])] = (res["boxes"].float().cpu(),
-                                                    res["scores"].float().cpu())
+    for found in detect_images(model, source, device, batch_size=batch_size, rank=rank,
+                               world_size=world_size, reporter=reporter,
+                               description="proposals", rpn_only=True, pre_nms_top_n=pre,
+                               post_nms_top_n=post):
+        if found.output is None:
+            log.warning("no proposals for an image training skips: %s", found.skipped)
+            continue
+        out[int(found.item.image_id)] = (torch.from_numpy(found.output["boxes"]),
+                                         torch.from_numpy(found.output["scores"]))
+        seconds.append(found.seconds)
     return out, seconds
 
 

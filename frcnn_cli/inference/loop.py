@@ -1,0 +1,118 @@
+"""The one loop from images to detections: ``eval``, ``predict``, ``propose`` and their tiled
+forms all run :func:`detect_images`.
+
+    for found in detect_images(model, ImageSource.of_dataset(ann), device):
+        found.item.image_id, found.output["boxes"]      # numpy, x1 y1 x2 y2, file pixels
+
+Each image goes to ``model.detect`` at its own size (the model resizes it and answers in its
+pixels), ``batch_size`` at a time; or on its tiles (``tiling``, one image at a time,
+``tiling.tile_batch`` tiles per forward pass); or, for a detector trained on external
+proposals, with the boxes its proposal source finds (Selective Search, a proposals file). The
+test-time settings (``score_thresh``, ``rpn_only``, ``pre_nms_top_n`` ...) go to every call
+unchanged. Images padded together into one batch see each other's padding near their bottom
+and right edges, so a ``batch_size`` above one can move a detection there by a little.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from frcnn_cli.data.dataset import Loader, init_worker, own_generator
+from frcnn_cli.devices import autocast, synchronize
+from frcnn_cli.inference.images import ImageItem, ImageSource
+from frcnn_cli.inference.tiled import Tiling, detect_tiled
+from frcnn_cli.progress import SILENT, Reporter
+
+
+@dataclass
+class Detected:
+    """What the loop found on one image: its ``item``; ``output`` as ``model.detect`` gives it
+    (numpy arrays, boxes in the file's pixels; None when the image was ``skipped``, with the
+    reason); the decoded image's ``width`` and ``height`` and, when asked for, its ``pixels``
+    (uint8 ``[3, H, W]``); the ``tiles`` it was cut into (0: whole); ``seconds``, the forward
+    pass's share for it (synchronised, decoding excluded)."""
+
+    item: ImageItem
+    output: dict[str, np.ndarray] | None
+    width: int = 0
+    height: int = 0
+    pixels: torch.Tensor | None = None
+    tiles: int = 0
+    seconds: float = 0.0
+    skipped: str | None = None
+
+
+@torch.inference_mode()
+def detect_images(model, source: ImageSource, device: torch.device | str = "cpu", *,
+                  batch_size: int = 1, precision: str = "fp32", proposals=None,
+                  tiling: Tiling | None = None, keep_pixels: bool = False,
+                  num_workers: int | None = None, rank: int = 0, world_size: int = 1,
+                  reporter: Reporter = SILENT, description: str = "detect",
+                  **settings: Any) -> Iterator[Detected]:
+    """Run ``model`` (in eval mode on ``device``, in ``precision``: fp32, or autocast to
+    bf16/fp16) on process ``rank``'s share of ``source``, in order; see the module doc.
+    ``proposals``: an external proposal source (:mod:`frcnn_cli.proposals.sources`) or None
+    (the model's RPN); ``num_workers``: decoding processes (default the recipe's
+    ``data.num_workers``). The progress bar counts images, or tiles."""
+    device = torch.device(device)
+    model.eval().to(device)
+    indices = source.shard(rank, world_size)
+    if tiling is not None:
+        source.as_view, batch_size = True, 1
+        sizes = [source.items[i].size() for i in indices]
+        total = tiling.count([s for s in sizes if s is not None])  # refused if far too many
+    else:
+        total = len(indices)
+    workers = model.recipe.data.num_workers if num_workers is None else num_workers
+    # its own generator: a loader draws its workers' seed from one, and drawing from torch's
+    # would move a training run's random state at every validation
+    loader = Loader(
+        torch.utils.data.Subset(source, indices), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=list, prefetch_factor=2 if workers else None,
+        worker_init_fn=functools.partial(init_worker, seed=0, rank=rank),
+        generator=own_generator(0, rank))
+    with reporter.task(description, total=total) as task:
+        for batch in loader:
+            yield from _detect_batch(model, batch, device, precision, proposals, tiling,
+                                     keep_pixels, task, settings)
+            if tiling is None:
+                task.update(advance=len(batch))
+
+
+def _detect_batch(model, batch: list, device: torch.device, precision: str, proposals,
+                  tiling: Tiling | None, keep_pixels: bool, task, settings: dict
+                  ) -> list[Detected]:
+    """One batch of ``(image or None, item, reason)`` through the model."""
+    found = [Detected(item, None, skipped=reason) for image, item, reason in batch
+             if image is None]
+    ready = [(image, item) for image, item, _ in batch if image is not None]
+    if not ready:
+        return found
+    inputs = [image.to(device, non_blocking=True) for image, _ in ready]
+    synchronize(device)
+    start = time.perf_counter()
+    with autocast(device, precision):
+        if tiling is not None:
+            outputs = [detect_tiled(model, image, tiling, device, task, **settings)
+                       for image, _ in ready]
+        elif proposals is not None:
+            outputs = proposals.detect(model, inputs, [item.image_id for _, item in ready],
+                                       **settings)
+        else:
+            outputs = model.detect(inputs, **settings)
+    synchronize(device)
+    seconds = (time.perf_counter() - start) / len(ready)
+    for (image, item), out in zip(ready, outputs, strict=True):
+        tiles = len(tiling.windows(image.shape[2], image.shape[1])) if tiling else 0
+        found.append(Detected(item, {k: v.detach().float().cpu().numpy()
+                                     for k, v in out.items()}, image.shape[2], image.shape[1],
+                              image if keep_pixels else None, tiles, seconds))
+    order = {id(item): k for k, (_, item, _) in enumerate(batch)}
+    return sorted(found, key=lambda d: order[id(d.item)])
