@@ -24,8 +24,8 @@ from frcnn_cli.data.images import read_image
 from frcnn_cli.data.tiling import tile_windows
 from frcnn_cli.evaluation.inference import evaluate_model
 from frcnn_cli.evaluation.predict import find_images, plan_outputs, predict_files
-from frcnn_cli.inference.tiled import Tiling, detect_tiled
 from frcnn_cli.geometry import resized_shape
+from frcnn_cli.inference.tiled import Tiling, detect_tiled
 from frcnn_cli.model.transform import resize_image
 from frcnn_cli.progress import Reporter, Task
 
