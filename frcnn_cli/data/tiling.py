@@ -110,7 +110,7 @@ def tile_windows(width: int, height: int, size: int, overlap: float = DEFAULT_OV
             for x in tile_starts(width, size, overlap)]
 
 
-def clip_boxes(boxes: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def crop_to_window(boxes: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Boxes ``(N, 4)`` ``[x, y, w, h]`` in image pixels -> the parts inside ``window`` in
     tile pixels ``(N, 4)`` and the share of each box's area they hold ``(N,)`` (0 for a box
     outside the tile or without area)."""
@@ -253,7 +253,7 @@ def plan_tiles(ann: Annotations, size: int, overlap: float, min_visible: float
         windows = tile_windows(width, height, size, overlap)
         whole = len(windows) == 1
         for window in windows:
-            clipped, visible = clip_boxes(boxes, window)
+            clipped, visible = crop_to_window(boxes, window)
             best = np.maximum(best, visible)
             tile_anns = []
             for k in np.flatnonzero(visible > 0).tolist():  # the objects in this tile

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from frcnn_cli.model.box_coder import tracing
+from frcnn_cli.model.tracing import tracing
 
 
 def _whctrs(anchors: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

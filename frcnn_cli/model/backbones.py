@@ -39,7 +39,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from frcnn_cli.checkpoint import load_safe
 from frcnn_cli.config import ModelConfig
 from frcnn_cli.errors import CheckpointError, FrcnnError, RecipeError
-from frcnn_cli.model.box_coder import tracing
+from frcnn_cli.model.tracing import tracing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,4 +1,4 @@
-"""Box geometry shared by the RPN and the detection head: delta coding, clipping, NMS selection.
+"""Box geometry shared by the RPN and the detection head: delta coding and NMS selection.
 
 Boxes are continuous ``x1 y1 x2 y2`` (width = x2 - x1). A box is coded relative to a reference
 (an anchor or a proposal) as in R-CNN and the paper's Eq. 2::
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
+
+from frcnn_cli.model.tracing import tracing
 
 # Largest dw/dh decoded: a box at most 1000/16 times its reference (as detectron and torchvision).
 DEFAULT_CLAMP = math.log(1000.0 / 16)
@@ -65,22 +67,6 @@ class BoxCoder:
         w = torch.exp((deltas[..., 2] / ww).clamp(max=self.clamp)) * rw
         h = torch.exp((deltas[..., 3] / wh).clamp(max=self.clamp)) * rh
         return torch.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], dim=-1)
-
-
-def clip_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
-    """Clip boxes [B, N, 4] to their image: sizes [B, 2] as (height, width)."""
-    h = sizes[:, 0].to(boxes.dtype).reshape(-1, 1)
-    w = sizes[:, 1].to(boxes.dtype).reshape(-1, 1)
-    zero = torch.zeros_like(w)
-    return torch.stack([boxes[..., 0].clamp(zero, w), boxes[..., 1].clamp(zero, h),
-                        boxes[..., 2].clamp(zero, w), boxes[..., 3].clamp(zero, h)], dim=-1)
-
-
-def tracing() -> bool:
-    """True while the model is being traced, scripted, compiled or exported: code then takes
-    its plain tensor path, without caches, shortcuts or data-dependent branches."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
 
 
 def nms_per_image(boxes: Tensor, scores: Tensor, image_idx: Tensor, iou_thresh: float,

@@ -23,13 +23,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms, roi_align, roi_pool
 
+from frcnn_cli.boxes import clip_boxes
 from frcnn_cli.config import Recipe, RPNConfig
 from frcnn_cli.errors import RecipeError
 from frcnn_cli.model.anchors import generate_anchors, to_continuous, torchvision_anchors
-from frcnn_cli.model.box_coder import clip_boxes, tracing
 from frcnn_cli.model.fpn import PYRAMIDS, PyramidBackbone, is_pyramid
 from frcnn_cli.model.roi_heads import RoIHeads
 from frcnn_cli.model.rpn import RegionProposalNetwork, objectness_score
+from frcnn_cli.model.tracing import tracing
 
 # FPN Eq. 1: a 224 x 224 RoI (ImageNet's size) is pooled from level k0 = 4.
 CANONICAL_SIZE, CANONICAL_LEVEL = 224, 4
@@ -214,7 +215,8 @@ class LevelRPN(RegionProposalNetwork):
         """anchors [A, 4], objectness [B, A] logits, deltas [B, A, 4], ``counts`` anchors per
         level -> per image boxes [P_i, 4] and probabilities [P_i], best first."""
         if not self.torchvision_filter:  # the original's order: drop first, then the top N
-            boxes = clip_boxes(self.box_coder.decode(deltas, anchors[None]), image_sizes)
+            boxes = clip_boxes(self.box_coder.decode(deltas, anchors[None]), image_sizes[:, :1],
+                               image_sizes[:, 1:])
             objectness = objectness.masked_fill(
                 self._dropped(boxes, objectness, min_sizes), float("-inf"))
         order, levels, start = [], [], 0
@@ -227,7 +229,8 @@ class LevelRPN(RegionProposalNetwork):
         top = objectness.gather(1, order)
         if self.torchvision_filter:  # torchvision's: the top N, then drop
             picked = deltas.gather(1, order[..., None].expand(-1, -1, 4))
-            boxes = clip_boxes(self.box_coder.decode(picked, anchors[order]), image_sizes)
+            boxes = clip_boxes(self.box_coder.decode(picked, anchors[order]), image_sizes[:, :1],
+                               image_sizes[:, 1:])
             top = top.masked_fill(self._dropped(boxes, top, min_sizes), float("-inf"))
         else:
             boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou, roi_align, roi_pool
 
+from frcnn_cli.boxes import clip_boxes
 from frcnn_cli.config import RoIHeadsConfig
-from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image
+from frcnn_cli.model.box_coder import BoxCoder, nms_per_image
 from frcnn_cli.model.matching import Matcher, in_ignore_regions, sample_balanced
 from frcnn_cli.model.precision import full_precision
 
@@ -147,7 +148,8 @@ class RoIHeads(nn.Module):
                                for i, p in enumerate(proposals)])
         scores = F.softmax(class_logits, dim=-1)[:, 1:]  # [R, K], background dropped
         boxes = self.box_coder.decode(deltas[:, 1:], torch.cat(proposals)[:, None])  # [R, K, 4]
-        boxes = clip_boxes(boxes, image_sizes[image_idx])
+        sizes = image_sizes[image_idx]
+        boxes = clip_boxes(boxes, sizes[:, :1], sizes[:, 1:])
         labels = torch.arange(1, k + 1, device=boxes.device).expand(boxes.shape[0], k)
         image_idx = image_idx[:, None].expand(-1, k)
 

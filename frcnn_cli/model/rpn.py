@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from frcnn_cli.boxes import clip_boxes
 from frcnn_cli.config import RPNConfig
 from frcnn_cli.model.anchors import AnchorGrid, inside_image
-from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image, tracing
+from frcnn_cli.model.box_coder import BoxCoder, nms_per_image
 from frcnn_cli.model.matching import Matcher, in_ignore_regions, sample_balanced
 from frcnn_cli.model.precision import full_precision
+from frcnn_cli.model.tracing import tracing
 
 
 class RPNHead(nn.Module):
@@ -190,7 +192,8 @@ class RegionProposalNetwork(nn.Module):
         """anchors [A, 4], objectness [B, A] logits, deltas [B, A, 4] -> per image boxes
         [P_i, 4] and probabilities [P_i], best first: the ``pre_n`` best boxes of at least
         ``min_sizes`` [B] pixels, NMS, at most ``post_n`` survivors."""
-        boxes = clip_boxes(self.box_coder.decode(deltas, anchors[None]), image_sizes)
+        boxes = clip_boxes(self.box_coder.decode(deltas, anchors[None]), image_sizes[:, :1],
+                           image_sizes[:, 1:])
         # As the original: drop small boxes first, then take the top N of the rest.
         drop = ((boxes[..., 2] - boxes[..., 0] < min_sizes[:, None])
                 | (boxes[..., 3] - boxes[..., 1] < min_sizes[:, None]))
