@@ -73,8 +73,8 @@ def anchors(
     Example: [bold]frcnn anchors --recipe shapes --data demo/train.json[/]
     """
     from frcnn_cli import config
+    from frcnn_cli.model.backbones import is_pyramid
     from frcnn_cli.model.coverage import with_anchors
-    from frcnn_cli.model.fpn import is_pyramid
     from frcnn_cli.model.levels import uses_levels
 
     r = config.load_recipe(recipe, overrides or [])

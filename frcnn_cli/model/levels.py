@@ -27,7 +27,8 @@ from frcnn_cli.boxes import clip_boxes
 from frcnn_cli.config import Recipe, RPNConfig
 from frcnn_cli.errors import RecipeError
 from frcnn_cli.model.anchors import generate_anchors, to_continuous, torchvision_anchors
-from frcnn_cli.model.fpn import PYRAMIDS, PyramidBackbone, is_pyramid
+from frcnn_cli.model.backbones import is_pyramid, level_strides
+from frcnn_cli.model.fpn import PyramidBackbone
 from frcnn_cli.model.roi_heads import RoIHeads
 from frcnn_cli.model.rpn import RegionProposalNetwork, objectness_score
 from frcnn_cli.model.tracing import tracing
@@ -56,12 +57,6 @@ def level_anchor_sizes(recipe: Recipe, num_levels: int | None) -> list[list[floa
                           f"of {recipe.model.backbone}: give one per level, or set "
                           "anchors.level_sizes=all")
     return [[s] for s in a.sizes]
-
-
-def level_strides(recipe: Recipe) -> tuple[list[int] | None, list[str]]:
-    """A pyramid backbone's level strides and names; (None, ["map"]) for a single map."""
-    spec = PYRAMIDS.get(recipe.model.backbone)
-    return (list(spec.strides), list(spec.names)) if spec else (None, ["map"])
 
 
 def level_anchor_table(recipe: Recipe) -> list[dict]:
