@@ -96,3 +96,21 @@ def nms_per_image(boxes: Tensor, scores: Tensor, image_idx: Tensor, iou_thresh: 
     rank = torch.arange(len(keep), device=keep.device) - starts[img]
     keep = keep[rank < top_n]
     return list(torch.split(keep, counts.clamp(max=top_n).tolist()))
+
+
+def nms_by_level(boxes: Tensor, scores: Tensor, levels: Tensor, iou_thresh: float,
+                 num_levels: int) -> Tensor:
+    """Indices of the boxes [N, 4] that survive NMS within their level [N], best score first.
+
+    torchvision's ``batched_nms`` itself in eager mode. Traced (export), its per-level form
+    with the same sort (what ``batched_nms`` runs for more than 1000 boxes; for fewer it
+    shifts each level's boxes apart instead, which can round an IoU at the threshold
+    differently). Boxes of equal score are ordered as that sort leaves them."""
+    if not tracing():
+        return batched_nms(boxes, scores, levels, iou_thresh)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for level in range(num_levels):
+        index = torch.nonzero(levels == level).squeeze(1)
+        keep[index[nms(boxes[index], scores[index], iou_thresh)]] = True
+    index = torch.nonzero(keep).squeeze(1)
+    return index[scores[index].sort(descending=True).indices]

@@ -23,9 +23,9 @@ from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
 
 from frcnn_cli.config import Recipe
+from frcnn_cli.model.anchors import level_anchor_sizes
 from frcnn_cli.model.backbones import build_backbone, is_pyramid
 from frcnn_cli.model.box_heads import FCHead
-from frcnn_cli.model.levels import level_anchor_sizes
 
 
 class SingleMapRoIPool(MultiScaleRoIAlign):
