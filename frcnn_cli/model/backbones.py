@@ -60,7 +60,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.body = body
         self.out_channels = out_channels
-        self.stride, self.strides, self.pooled_levels = STRIDE, (STRIDE,), 1
+        self.strides, self.pooled_levels = (STRIDE,), 1
         self.num_frozen = num_frozen
         self.pixel_mean, self.pixel_std = IMAGENET_MEAN, IMAGENET_STD
         for p in self.frozen_layers().parameters():

@@ -78,7 +78,7 @@ def build_reference(recipe: Recipe, num_classes: int) -> TorchvisionFasterRCNN:
     else:
         anchors = AnchorGenerator(sizes=(tuple(s * a.base_size for s in a.scales),),
                                   aspect_ratios=(tuple(a.ratios),))
-        box_roi_pool = SingleMapRoIPool(m.roi_op, m.roi_size, 1.0 / backbone.stride)
+        box_roi_pool = SingleMapRoIPool(m.roi_op, m.roi_size, 1.0 / backbone.strides[0])
     model = TorchvisionFasterRCNN(
         backbone, num_classes=None,
         min_size=recipe.input.min_size, max_size=recipe.input.max_size,
