@@ -220,10 +220,12 @@ def _tiny(cfg: ModelConfig, roi_size: int, load_weights: bool) -> BackboneParts:
     return BackboneParts(Backbone(body, cin), head, cfg.head_dim)
 
 
-def _pyramid(cfg: ModelConfig, roi_size: int, load_weights: bool) -> BackboneParts:
+def _pyramid(cfg: ModelConfig, roi_size: int, load_weights: bool, v2: bool = False
+             ) -> BackboneParts:
     """A feature pyramid on torchvision's ResNet-50 or MobileNetV3, as torchvision builds it,
-    and its box head (torchvision's v2 keeps ordinary BatchNorm even on ImageNet weights)."""
-    spec, v2 = BACKBONES[cfg.backbone].pyramid, cfg.backbone.endswith("-v2")
+    and its box head; ``v2``: torchvision's second layout (ordinary BatchNorm even on ImageNet
+    weights, in the FPN too, and a 4-conv 1-fc head)."""
+    spec = BACKBONES[cfg.backbone].pyramid
     eps = FROZEN_BN_EPS if cfg.frozen_bn_eps is None else cfg.frozen_bn_eps
     norm = partial(FrozenBatchNorm2d, eps=eps) if _imagenet(cfg) and not v2 else nn.BatchNorm2d
     net, _ = _network(cfg, load_weights, norm_layer=norm)
@@ -263,7 +265,8 @@ BACKBONES: dict[str, BackboneEntry] = {
                                         "MobileNet_V3_Large_Weights"),
     "tiny": BackboneEntry(_tiny),
     "resnet50-fpn": BackboneEntry(_pyramid, "resnet50", "ResNet50_Weights", _RESNET50_FPN),
-    "resnet50-fpn-v2": BackboneEntry(_pyramid, "resnet50", "ResNet50_Weights", _RESNET50_FPN),
+    "resnet50-fpn-v2": BackboneEntry(partial(_pyramid, v2=True), "resnet50", "ResNet50_Weights",
+                                     _RESNET50_FPN),
     "mobilenet_v3_large-fpn": BackboneEntry(
         _pyramid, "mobilenet_v3_large", "MobileNet_V3_Large_Weights",
         Pyramid(tuple(str(i) for i in range(17)), ("13", "16"), ("block13", "block16", "pool"),
