@@ -6,12 +6,16 @@ anything else, naming the entry; :func:`box_problem` says what is wrong with the
 well-formed box (the kinds ``frcnn data check`` reports, and that training, evaluation and
 the anchor coverage leave out). Proposals are ``x1 y1 x2 y2`` tensors:
 :func:`bad_xyxy_rows` finds the rows that are not finite or have negative sides.
+:func:`clip_boxes` clips ``x1 y1 x2 y2`` boxes to their image, numpy arrays (the data loader)
+and tensors (the model) alike.
 """
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from frcnn_cli.errors import DataError
 
@@ -73,3 +77,24 @@ def bad_xyxy_rows(boxes: torch.Tensor) -> torch.Tensor:
     boxes = boxes.reshape(-1, 4)
     return (~boxes.isfinite().all(dim=1) | (boxes[:, 2] < boxes[:, 0])
             | (boxes[:, 3] < boxes[:, 1]))
+
+
+def clip_boxes(boxes, height, width):
+    """``boxes`` ``[..., 4]`` x1 y1 x2 y2 clipped to the image ``[0, width] x [0, height]``.
+
+    A numpy array with numbers for the size, or a tensor with numbers or tensors that
+    broadcast to ``boxes[..., 0]`` (a size per image of a batch: ``[B, 1]`` for ``[B, N, 4]``).
+    Returns a new array or tensor; exact (a clamp), and traceable for export.
+    """
+    if isinstance(boxes, np.ndarray):
+        out = boxes.copy()
+        out[..., 0::2] = np.clip(out[..., 0::2], 0, width)
+        out[..., 1::2] = np.clip(out[..., 1::2], 0, height)
+        return out
+    import torch  # loaded already when boxes are a tensor; data commands need none
+
+    h = torch.as_tensor(height, dtype=boxes.dtype, device=boxes.device)
+    w = torch.as_tensor(width, dtype=boxes.dtype, device=boxes.device)
+    zero = torch.zeros_like(w)
+    return torch.stack([boxes[..., 0].clamp(zero, w), boxes[..., 1].clamp(zero, h),
+                        boxes[..., 2].clamp(zero, w), boxes[..., 3].clamp(zero, h)], dim=-1)

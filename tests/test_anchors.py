@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from frcnn_cli.config import load_recipe
-from frcnn_cli.model.anchors import AnchorGrid, base_anchor_table, generate_anchors, to_continuous
+from frcnn_cli.model.anchors import (
+    AnchorGenerator,
+    base_anchor_table,
+    generate_anchors,
+    to_continuous,
+)
 from frcnn_cli.model.coverage import ObjectSet, coverage, suggest_anchors, with_anchors
 
 # py-faster-rcnn lib/rpn/generate_anchors.py, the table it quotes (inclusive, 1-based).
@@ -33,14 +38,15 @@ def test_continuous_anchors_keep_size_and_centre_on_the_first_cell():
 
 
 def test_grid_shifts_base_anchors_place_by_place():
-    grid = AnchorGrid(stride=16, base_size=16, scales=[8, 16, 32], ratios=[0.5, 1, 2])
-    anchors = grid.grid(3, 4)
+    grid = AnchorGenerator.from_recipe(load_recipe(None))  # stride 16, scales 8/16/32
+    anchors = grid.grid([(3, 4)])
     assert anchors.shape == (3 * 4 * 9, 4)
-    base = grid.base
+    base = grid.bases[0]
+    assert torch.equal(base, to_continuous(generate_anchors()).float())
     y, x = 2, 1  # place (y, x) holds anchors (y * W + x) * k ... + k - 1
     i = (y * 4 + x) * 9
     assert torch.equal(anchors[i:i + 9], base + torch.tensor([16.0, 32, 16, 32]))
-    assert grid.grid(3, 4) is anchors  # cached per size and device
+    assert grid.grid([(3, 4)]) is anchors  # cached per size and device
 
 
 def _objects(boxes, labels, size=(64, 64)):
@@ -186,22 +192,20 @@ TORCHVISION_P2 = [[-23, -11, 23, 11], [-16, -16, 16, 16], [-11, -23, 11, 23]]
 
 
 def test_fpn_anchors_are_torchvisions_level_by_level():
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as Torchvision
     from torchvision.models.detection.image_list import ImageList
 
-    from frcnn_cli.model.levels import LevelAnchors
-
     recipe = load_recipe("coco-r50-fpn")
-    ours = LevelAnchors.from_recipe(recipe, (4, 8, 16, 32, 64))
+    ours = AnchorGenerator.from_recipe(recipe, (4, 8, 16, 32, 64))
     assert ours.bases[0].tolist() == TORCHVISION_P2
-    theirs = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    theirs = Torchvision(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
     # a 160 x 224 batch: P6 is 3 x 4, which torchvision strides by 160 // 3 and 224 // 4
     maps = [(40, 56), (20, 28), (10, 14), (5, 7), (3, 4)]
     images = ImageList(torch.zeros(1, 3, 160, 224), [(150, 200)])
     expected = theirs(images, [torch.zeros(1, 1, h, w) for h, w in maps])[0]
     assert torch.equal(ours.grid(maps, torch.tensor([160, 224])), expected)
-    paper = LevelAnchors.from_recipe(load_recipe("coco-r50-fpn", ["anchors.style=paper"]),
-                                     (4, 8, 16, 32, 64))
+    paper = AnchorGenerator.from_recipe(load_recipe("coco-r50-fpn", ["anchors.style=paper"]),
+                                        (4, 8, 16, 32, 64))
     centres = (paper.bases[0][:, :2] + paper.bases[0][:, 2:]) / 2
     assert torch.equal(centres, torch.full((3, 2), 2.0))  # the centre of P2's first cell
 

@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
 import torch
 
-from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image
+from frcnn_cli.boxes import clip_boxes
+from frcnn_cli.model.box_coder import BoxCoder, nms_per_image
 from frcnn_cli.model.matching import Matcher, sample_balanced
 
 
@@ -39,11 +41,16 @@ def test_decode_broadcasts_and_clamps():
     assert torch.allclose(out[0, 1, 2] - out[0, 1, 0], torch.tensor(1000.0))  # 16 * 1000/16
 
 
-def test_clip_boxes_per_image():
+def test_clip_boxes_per_image_tensors_and_arrays():
     boxes = torch.tensor([[[-5.0, -5.0, 50.0, 50.0]], [[-5.0, -5.0, 50.0, 50.0]]])
     sizes = torch.tensor([[20, 30], [40, 10]])  # (height, width)
-    out = clip_boxes(boxes, sizes)
+    out = clip_boxes(boxes, sizes[:, :1], sizes[:, 1:])
     assert out.tolist() == [[[0, 0, 30, 20]], [[0, 0, 10, 40]]]
+    assert clip_boxes(boxes[0], 20, 30).tolist() == [[0, 0, 30, 20]]
+    array = np.array([[-5.0, 3, 50, 12], [4, -1, 8, 60]], dtype=np.float32)
+    out = clip_boxes(array, 20, 30)  # the data loader's numpy boxes, the same rule
+    assert out.dtype == np.float32 and out.tolist() == [[0, 3, 30, 12], [4, 0, 8, 20]]
+    assert array[0, 0] == -5  # a new array
 
 
 def test_nms_per_image_keeps_images_and_labels_apart():

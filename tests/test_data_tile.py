@@ -18,7 +18,7 @@ from frcnn_cli.data.tiling import (
     Window,
     check_tiling,
     choose_negatives,
-    clip_boxes,
+    crop_to_window,
     plan_tiles,
     tile_starts,
     tile_windows,
@@ -64,7 +64,7 @@ def test_windows_cover_the_image_and_hold_every_object_up_to_the_overlap_whole(
     rng = np.random.default_rng(0)
     bw, bh = rng.uniform(1, min(o, width), 500), rng.uniform(1, min(o, height), 500)
     boxes = np.stack([rng.uniform(0, width - bw), rng.uniform(0, height - bh), bw, bh], axis=1)
-    best = np.max([clip_boxes(boxes, w)[1] for w in windows], axis=0)
+    best = np.max([crop_to_window(boxes, w)[1] for w in windows], axis=0)
     assert (best == 1.0).all()
 
 
@@ -75,18 +75,18 @@ def test_bad_sizes_and_overlaps_are_refused():
     check_tiling(32, 0.0)
 
 
-def test_clip_boxes_hand_worked():
+def test_crop_to_window_hand_worked():
     window = Window(100, 0, 100, 100)
     boxes = np.array([[90, 10, 20, 10],    # half inside, on the left edge
                       [120, 20, 10, 10],   # whole
                       [195, 95, 10, 10],   # a quarter, bottom right corner
                       [0, 0, 50, 50],      # outside
                       [150, 50, 0, 10]])   # no area
-    clipped, visible = clip_boxes(boxes, window)
+    clipped, visible = crop_to_window(boxes, window)
     assert clipped[:3].tolist() == [[0, 10, 10, 10], [20, 20, 10, 10], [95, 95, 5, 5]]
     assert visible.tolist() == [0.5, 1.0, 0.25, 0.0, 0.0]
     # a box held whole keeps its numbers exactly, without x2 - x1 rounding
-    clipped, visible = clip_boxes(np.array([[100.1, 0.1, 0.2, 0.3]]), window)
+    clipped, visible = crop_to_window(np.array([[100.1, 0.1, 0.2, 0.3]]), window)
     assert clipped[0].tolist() == [100.1 - 100, 0.1, 0.2, 0.3] and visible[0] == 1.0
 
 

@@ -19,7 +19,7 @@ from frcnn_cli.errors import InputError, RecipeError
 from frcnn_cli.evaluation.inference import evaluate_model
 from frcnn_cli.export import svd
 from frcnn_cli.export.verify import compare
-from frcnn_cli.model.backbones import LowRankLinear, truncated_svd
+from frcnn_cli.model.box_heads import LowRankLinear, truncated_svd
 
 SIZE = 128
 OVERRIDES = [f"input.min_size={SIZE}", f"input.max_size={SIZE}"]

@@ -60,7 +60,7 @@ def test_channels_last_gives_the_contiguous_detections(trained_shapes, shapes_fo
 
 
 def test_onednn_fc_gives_the_plain_linear_detections(trained_shapes, shapes_four, monkeypatch):
-    from frcnn_cli.model import backbones
+    from frcnn_cli.model import box_heads
 
     model = load_model(trained_shapes)
     calls = []
@@ -72,7 +72,7 @@ def test_onednn_fc_gives_the_plain_linear_detections(trained_shapes, shapes_four
             return onednn(*args)
 
     images = _images(shapes_four)
-    monkeypatch.setattr(backbones, "_onednn_linear", Spy())
+    monkeypatch.setattr(box_heads, "_onednn_linear", Spy())
     with torch.inference_mode():
         fast = [model([image])[0] for image in images]
     assert len(calls) == 2 * len(images)  # fc6 and fc7 of every image took oneDNN's GEMM

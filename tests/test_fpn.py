@@ -30,7 +30,7 @@ def _targets():
 def test_rois_map_to_levels_as_fpn_eq1_and_torchvision():
     model = frcnn_cli.build_model(load_recipe("coco-r50-fpn", ["model.pretrained=false"]), 2)
     heads = model.roi_heads
-    assert heads.strides == (4, 8, 16, 32)  # P6 proposes but pools nothing
+    assert heads.box_roi_pool.strides == (4, 8, 16, 32)  # P6 proposes but pools nothing
     sides = torch.tensor([8.0, 111.9, 112.0, 224.0, 447.9, 448.0, 2000.0])
     boxes = torch.stack([torch.zeros_like(sides), torch.zeros_like(sides), sides, sides], 1)
     levels = heads.map_levels(boxes)

@@ -154,3 +154,24 @@ def test_bf16_autocast_keeps_boxes_in_fp32(one_thread):
             low = model([image])[0]
     assert low["boxes"].dtype == torch.float32 and low["scores"].dtype == torch.float32
     assert len(low["boxes"]) > 0 and len(full["boxes"]) > 0
+
+
+def test_one_detector_for_one_map_or_a_pyramid():
+    """The paper's single map, its C4 and MobileNet splits and the feature pyramids are built
+    from the same parts: one anchor generator, RPN, RoI pooler and RoI head class, the number
+    of levels the only difference."""
+    from frcnn_cli.model.anchors import AnchorGenerator
+    from frcnn_cli.model.poolers import RoIPooler
+    from frcnn_cli.model.roi_heads import RoIHeads
+    from frcnn_cli.model.rpn import RegionProposalNetwork
+
+    parts, levels = set(), {}
+    for name in ("shapes", "shapes-fpn", "coco-r50-c4", "coco-r50-fpn", "voc07-mobilenet"):
+        model = frcnn_cli.build_model(load_recipe(name, ["model.pretrained=false"]), 2,
+                                      load_weights=False)
+        parts.add((type(model.rpn), type(model.rpn.anchors), type(model.roi_heads),
+                   type(model.roi_heads.box_roi_pool)))
+        levels[name] = (len(model.rpn.anchors.strides), len(model.roi_heads.box_roi_pool.strides))
+    assert parts == {(RegionProposalNetwork, AnchorGenerator, RoIHeads, RoIPooler)}
+    assert levels == {"shapes": (1, 1), "shapes-fpn": (4, 3), "coco-r50-c4": (1, 1),
+                      "coco-r50-fpn": (5, 4), "voc07-mobilenet": (1, 1)}

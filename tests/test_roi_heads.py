@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from frcnn_cli.config import load_recipe
+from frcnn_cli.model.poolers import RoIPooler
 from frcnn_cli.model.roi_heads import RoIHeads
 
 
@@ -14,8 +15,8 @@ class _Flatten(nn.Module):
 
 def _heads(*overrides, num_classes=2, channels=1, roi_size=2):
     recipe = load_recipe(None, list(overrides))
-    return RoIHeads(_Flatten(), channels * roi_size * roi_size, num_classes, recipe.roi_heads,
-                    recipe.model.roi_op, roi_size, stride=16)
+    return RoIHeads(RoIPooler(recipe.model.roi_op, roi_size, [16]), _Flatten(),
+                    channels * roi_size * roi_size, num_classes, recipe.roi_heads)
 
 
 def test_proposal_targets_sample_128_quarter_foreground_with_gt_added():
@@ -76,9 +77,9 @@ def test_roi_pool_reads_the_cells_a_box_covers():
     # The original rounds inclusive pixel boxes to cells: pixels 16..23 x 0..7 (continuous
     # [16, 0, 24, 8]) -> cells round(16/16) .. round(23/16) = column 1, row 0 only. Taking
     # x2 = 24 as the last pixel would round 1.5 up and read column 2 too.
-    pooled = heads.pool(feats, [torch.tensor([[16.0, 0.0, 24.0, 8.0]])])
+    pooled = heads.box_roi_pool(feats, [torch.tensor([[16.0, 0.0, 24.0, 8.0]])])
     assert pooled.flatten().tolist() == [1.0]
-    pooled = heads.pool(feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])])
+    pooled = heads.box_roi_pool(feats, [torch.tensor([[0.0, 0.0, 64.0, 64.0]])])
     assert pooled.flatten().tolist() == [15.0]  # max over the whole map
 
 

@@ -3,21 +3,22 @@
 import torch
 
 from frcnn_cli.config import load_recipe
-from frcnn_cli.model.anchors import AnchorGrid
+from frcnn_cli.model.anchors import AnchorGenerator
 from frcnn_cli.model.rpn import RegionProposalNetwork, objectness_score
 
 
 def _rpn(*overrides, channels=8):
     recipe = load_recipe(None, ["anchors.scales=[2]", "anchors.ratios=[1]",
                                 f"rpn.channels={channels}", *overrides])
-    return RegionProposalNetwork(channels, AnchorGrid.from_recipe(recipe), recipe.rpn)
+    return RegionProposalNetwork(channels, AnchorGenerator.from_recipe(recipe), recipe.rpn,
+                                 recipe.input.size_divisible)
 
 
 def test_anchor_targets_hand_worked():
     # 64 x 64 image, stride 16, one 32 x 32 anchor per place: a 4 x 4 grid of anchors
     # centred at 8, 24, 40, 56. Only the 4 centred at 24/40 lie inside the image.
     rpn = _rpn()
-    anchors = rpn.anchors.grid(4, 4)
+    anchors = rpn.anchors.grid([(4, 4)])
     size = torch.tensor([64, 64])
     inside = [5, 6, 9, 10]  # [8,8,40,40], [24,8,56,40], [8,24,40,56], [24,24,56,56]
     assert anchors[5].tolist() == [8, 8, 40, 40]
@@ -47,7 +48,7 @@ def test_anchor_targets_hand_worked():
 def test_anchors_mostly_inside_an_ignore_region_are_neither_positive_nor_negative():
     # The 64 x 64 image of the case above; its 4 inside anchors are 32 x 32 (area 1024).
     rpn = _rpn()
-    anchors = rpn.anchors.grid(4, 4)
+    anchors = rpn.anchors.grid([(4, 4)])
     size = torch.tensor([64, 64])
     none = torch.zeros(0, 4)
     # Ignore region x, y 0..40: anchor 5 [8,8,40,40] lies wholly inside (1024 / 1024) ->
@@ -69,7 +70,7 @@ def test_anchors_mostly_inside_an_ignore_region_are_neither_positive_nor_negativ
 def test_sample_counts_256_up_to_half_positive():
     torch.manual_seed(0)
     rpn = _rpn("rpn.allowed_border=-1")
-    anchors = rpn.anchors.grid(40, 40)  # 1600 anchors of 32 px
+    anchors = rpn.anchors.grid([(40, 40)])  # 1600 anchors of 32 px
     objects = anchors[::8] + 0.5       # 200 objects, each nearly on an anchor (IoU > 0.9)
     pos, neg, targets = rpn.anchor_targets(anchors, torch.tensor([640, 640]), objects)
     assert (len(pos), len(neg)) == (128, 128)

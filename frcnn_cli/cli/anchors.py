@@ -73,9 +73,9 @@ def anchors(
     Example: [bold]frcnn anchors --recipe shapes --data demo/train.json[/]
     """
     from frcnn_cli import config
+    from frcnn_cli.model.anchors import original_anchors
+    from frcnn_cli.model.backbones import is_pyramid
     from frcnn_cli.model.coverage import with_anchors
-    from frcnn_cli.model.fpn import is_pyramid
-    from frcnn_cli.model.levels import uses_levels
 
     r = config.load_recipe(recipe, overrides or [])
     if is_pyramid(r.model.backbone) and (stride or base_size or scales):
@@ -84,7 +84,7 @@ def anchors(
                          "--set \"anchors.sizes=[16,32,64,128,256]\")")
     r = with_anchors(r, stride, base_size, _numbers(scales, "--scales"),
                      _numbers(ratios, "--ratios"))
-    result = _print_level_anchors(r) if uses_levels(r) else _print_base_anchors(r)
+    result = _print_base_anchors(r) if original_anchors(r) else _print_level_anchors(r)
 
     if data is not None:
         from frcnn_cli.data.usable import open_dataset
@@ -124,9 +124,9 @@ def _print_base_anchors(r) -> dict:
 
 
 def _print_level_anchors(r) -> dict:
-    from frcnn_cli.model.levels import level_anchor_table
+    from frcnn_cli.model.anchors import anchor_table
 
-    rows = level_anchor_table(r)
+    rows = anchor_table(r)
     levels = list(dict.fromkeys(row["level"] for row in rows))
     console.table(f"{len(rows) // len(levels)} anchors per place on each of {len(levels)} "
                   f"levels ({r.anchors.style} style; x1 y1 x2 y2 continuous, at the first place)",
@@ -143,7 +143,7 @@ def _print_level_anchors(r) -> dict:
 
 
 def _print_coverage(report: dict, suggestions: list[dict], data: Path, recipe) -> None:
-    from frcnn_cli.model.levels import uses_levels
+    from frcnn_cli.model.anchors import original_anchors
 
     if report["left_out"]:
         n = report["left_out"]
@@ -179,7 +179,7 @@ def _print_coverage(report: dict, suggestions: list[dict], data: Path, recipe) -
                       [[",".join(f"{v:g}" for v in s["scales"]),
                         ",".join(f"{v:g}" for v in s["ratios"]), s["anchors_per_place"],
                         _pct(s["positive"]), s["why"]] for s in suggestions])
-    elif uses_levels(recipe):
+    elif not original_anchors(recipe):
         console.info("anchor suggestions cover the paper's single-map anchors only")
     else:
         console.info("no simple change of scales or ratios covers more objects")

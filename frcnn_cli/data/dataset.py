@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from frcnn_cli.boxes import clip_boxes
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import MAX_PIXELS, opencv, read_image
 from frcnn_cli.data.transforms import (
     build_augmentation,
-    clip_boxes,
     hflip,
     hflip_boxes,
     valid_boxes,

@@ -129,7 +129,7 @@ def count_tiles(sizes: list[tuple[int, int]], size: int, overlap: float,
     return tiles
 
 
-def clip_boxes(boxes: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def crop_to_window(boxes: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Boxes ``(N, 4)`` ``[x, y, w, h]`` in image pixels -> the parts inside ``window`` in
     tile pixels ``(N, 4)`` and the share of each box's area they hold ``(N,)`` (0 for a box
     outside the tile or without area)."""
@@ -278,7 +278,7 @@ def plan_tiles(ann: Annotations, size: int, overlap: float, min_visible: float
         windows = tile_windows(width, height, size, overlap)
         whole = len(windows) == 1
         for window in windows:
-            clipped, visible = clip_boxes(boxes, window)
+            clipped, visible = crop_to_window(boxes, window)
             best = np.maximum(best, visible)
             tile_anns = []
             for k in np.flatnonzero(visible > 0).tolist():  # the objects in this tile

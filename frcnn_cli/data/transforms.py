@@ -27,14 +27,6 @@ from frcnn_cli.errors import RecipeError
 MIN_BOX_SIDE = 1.0
 
 
-def clip_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``boxes`` ``[N, 4]`` x1y1x2y2 clipped to the image ``[0, W] x [0, H]``."""
-    out = boxes.copy()
-    out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
-    out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
-    return out
-
-
 def valid_boxes(boxes: np.ndarray, min_side: float = MIN_BOX_SIDE) -> np.ndarray:
     """Boolean ``[N]``: finite boxes at least ``min_side`` wide and high."""
     finite = np.isfinite(boxes).all(axis=1)

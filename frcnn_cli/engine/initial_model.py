@@ -120,12 +120,12 @@ def classes_match(a: list[dict], b: list[dict]) -> bool:
 def warn_if_anchors_cross_border(recipe: Recipe) -> None:
     """Say so when no anchor fits inside an input.min_size square: the RPN, trained only on
     anchors inside the image, would then learn nothing (its losses stay exactly 0)."""
-    from frcnn_cli.model.anchors import AnchorGrid, inside_image
+    from frcnn_cli.model.anchors import AnchorGenerator, inside_image
 
-    grid = AnchorGrid.from_recipe(recipe)
+    grid = AnchorGenerator.from_recipe(recipe)
     side = recipe.input.min_size
-    places = -(-side // grid.stride)
-    anchors = grid.grid(places, places)
+    places = -(-side // recipe.anchors.stride)
+    anchors = grid.grid([(places, places)])
     if not inside_image(anchors, side, side, recipe.rpn.allowed_border).any():
         smallest = float((anchors[:, 2:] - anchors[:, :2]).min())
         log.warning("every anchor (the smallest %.0f px) crosses the border of a %d px image, "

@@ -67,7 +67,7 @@ def capture(model: nn.Module) -> torch.export.ExportedProgram:
     """``torch.export`` of :class:`SingleImageDetector` on the CPU, H and W symbolic.
 
     The model keeps its size arithmetic symbolic while traced (see ``tracing()`` in
-    :mod:`frcnn_cli.model.box_coder`), so the capture holds for every size from 2 to 16384
+    :mod:`frcnn_cli.model.tracing`), so the capture holds for every size from 2 to 16384
     pixels a side. Raises InputError for a model in training mode.
     """
     if model.training:

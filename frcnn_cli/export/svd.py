@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from frcnn_cli.errors import InputError
-from frcnn_cli.model.backbones import FCHead, LowRankLinear
+from frcnn_cli.model.box_heads import FCHead, LowRankLinear
 from frcnn_cli.progress import SILENT, Reporter
 
 LAYERS = ("fc6", "fc7")

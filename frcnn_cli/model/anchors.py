@@ -1,4 +1,5 @@
-"""Anchors (Section 3.1): k reference boxes at every place of the shared conv map.
+"""Anchors (Section 3.1): k reference boxes at every place of the shared conv map, or of every
+level of a feature pyramid (Lin et al. 2017, Section 4.1), one generator for both.
 
 The base anchors come from the original implementation's ``generate_anchors`` (py-faster-rcnn,
 ``lib/rpn/generate_anchors.py``, after the MATLAB original), reproduced bit for bit: start from
@@ -27,7 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from frcnn_cli.model.box_coder import tracing
+from frcnn_cli.config import Recipe
+from frcnn_cli.errors import RecipeError
+from frcnn_cli.model.backbones import is_pyramid, level_strides
+from frcnn_cli.model.tracing import tracing
 
 
 def _whctrs(anchors: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -112,43 +116,117 @@ def base_anchor_table(base_size: float, ratios: Sequence[float],
             enumerate(zip(inclusive.tolist(), to_continuous(inclusive).tolist(), strict=True))]
 
 
-class AnchorGrid:
-    """Anchors over a feature map: the k base anchors shifted to every place.
+def level_anchor_sizes(recipe: Recipe, num_levels: int | None) -> list[list[float]]:
+    """Anchor sizes (pixels) of each level: ``anchors.sizes`` for a pyramid of ``num_levels``
+    (one per level, or all on each), ``scales * base_size`` for a single map (None)."""
+    a = recipe.anchors
+    if num_levels is None:
+        return [[s * a.base_size for s in a.scales]]
+    if a.level_sizes == "all":
+        return [list(a.sizes)] * num_levels
+    if len(a.sizes) != num_levels:
+        raise RecipeError(f"anchors.sizes has {len(a.sizes)} sizes for the {num_levels} levels "
+                          f"of {recipe.model.backbone}: give one per level, or set "
+                          "anchors.level_sizes=all")
+    return [[s] for s in a.sizes]
 
-    ``grid(h, w, device)`` returns [h * w * k, 4] float32 continuous boxes in input pixels,
-    ordered place by place (row-major over the map), k anchors per place, as the original
-    (``all_anchors[(y * w + x) * k + a]``). Grids are cached per (h, w, device).
+
+class AnchorGenerator:
+    """Anchors over the maps of one or more levels; a single map is a pyramid of one level.
+
+    ``grid(map_sizes, padded=None, device)`` returns [A, 4] float32 continuous boxes in network
+    pixels: level by level (finest first), within a level place by place (row-major), k anchors
+    per place, as the original (``all_anchors[(y * w + x) * k + a]``). ``style`` "paper": the
+    original's base anchors (on a pyramid level, with the level's stride as the base size), on
+    the cell centres; "torchvision": torchvision's ``AnchorGenerator``, on the cells' top-left
+    corners, with torchvision's stride (padded image size // map size, per axis). Grids are
+    cached per map sizes and device (and padded size, for torchvision's style).
     """
 
-    def __init__(self, stride: int, base_size: float, scales: Sequence[float],
-                 ratios: Sequence[float]) -> None:
-        self.stride = stride
-        self.base = to_continuous(generate_anchors(base_size, ratios, scales)).float()
-        self._cache: dict[tuple[int, int, str], Tensor] = {}
+    def __init__(self, strides: Sequence[int], bases: Sequence[Tensor], style: str) -> None:
+        if len({len(b) for b in bases}) != 1:
+            raise RecipeError("every level needs the same number of anchors per place (one "
+                              "RPN head serves them all)")
+        self.strides, self.bases, self.style = tuple(strides), list(bases), style
+        self._cache: dict[tuple, Tensor] = {}
 
     @classmethod
-    def from_recipe(cls, recipe) -> AnchorGrid:
+    def from_recipe(cls, recipe: Recipe, strides: Sequence[int] | None = None
+                    ) -> AnchorGenerator:
+        """A pyramid's anchors (its levels' ``strides``), or a single map's (None: the map of
+        ``anchors.stride``, ``anchors.scales`` times ``anchors.base_size``)."""
         a = recipe.anchors
-        return cls(a.stride, a.base_size, a.scales, a.ratios)
+        sizes = level_anchor_sizes(recipe, None if strides is None else len(strides))
+        if a.style == "torchvision":
+            bases = [torchvision_anchors(s, a.ratios) for s in sizes]
+        elif strides is None:
+            bases = [generate_anchors(a.base_size, a.ratios, a.scales)]
+        else:  # the original's recipe with the level's stride as the base size
+            bases = [generate_anchors(st, a.ratios, [v / st for v in s])
+                     for st, s in zip(strides, sizes, strict=True)]
+        if a.style == "paper":
+            bases = [to_continuous(b).float() for b in bases]
+        return cls([a.stride] if strides is None else strides, bases, a.style)
 
     @property
     def num_anchors(self) -> int:
-        """k, anchors per place."""
-        return len(self.base)
+        """k, anchors per place (the same on every level: one head serves them all)."""
+        return len(self.bases[0])
 
-    def grid(self, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+    def level_strides(self, map_sizes: Sequence[tuple], padded: Tensor | None):
+        """Each level's (stride_y, stride_x): torchvision divides the padded size [2] by the
+        map size; the paper's are the nominal strides."""
+        if self.style != "torchvision" or padded is None:
+            return [(s, s) for s in self.strides]
+        return [(padded[0] // h, padded[1] // w) for h, w in map_sizes]
+
+    def grid(self, map_sizes: Sequence[tuple], padded: Tensor | None = None,
+             device: torch.device | str = "cpu") -> Tensor:
+        """All levels' anchors for maps of ``map_sizes`` [(h, w)] of a batch padded to
+        ``padded`` [2] (height, width; only the torchvision style reads it)."""
         cache = not tracing()  # traced sizes are symbolic: no cache, no int()
-        key = (int(height), int(width), str(device)) if cache else None
-        if cache and key in self._cache:
-            return self._cache[key]
-        xs = torch.arange(width, device=device, dtype=torch.float32) * self.stride
-        ys = torch.arange(height, device=device, dtype=torch.float32) * self.stride
-        sy, sx = torch.meshgrid(ys, xs, indexing="ij")
-        shifts = torch.stack([sx, sy, sx, sy], dim=-1).reshape(-1, 1, 4)
-        anchors = (shifts + self.base.to(device)[None]).reshape(-1, 4)
+        key = None
+        if cache:
+            key = (tuple((int(h), int(w)) for h, w in map_sizes), str(device),
+                   None if padded is None or self.style != "torchvision" else
+                   tuple(padded.tolist()))
+            if key in self._cache:
+                return self._cache[key]
+        out = []
+        for (h, w), (sy, sx), base in zip(map_sizes, self.level_strides(map_sizes, padded),
+                                          self.bases, strict=True):
+            xs = torch.arange(w, device=device, dtype=torch.float32) * sx
+            ys = torch.arange(h, device=device, dtype=torch.float32) * sy
+            sy_, sx_ = torch.meshgrid(ys, xs, indexing="ij")
+            shifts = torch.stack([sx_, sy_, sx_, sy_], dim=-1).reshape(-1, 1, 4)
+            out.append((shifts + base.to(device)[None]).reshape(-1, 4))
+        anchors = out[0] if len(out) == 1 else torch.cat(out)
         if cache:
             self._cache[key] = anchors
         return anchors
+
+
+def original_anchors(recipe: Recipe) -> bool:
+    """Are the recipe's anchors the original's: ``generate_anchors`` on one map? (Those are
+    what ``frcnn anchors`` prints as the original's table, and what coverage suggests changes
+    to; a pyramid's and torchvision's are shown level by level.)"""
+    return not is_pyramid(recipe.model.backbone) and recipe.anchors.style == "paper"
+
+
+def anchor_table(recipe: Recipe) -> list[dict]:
+    """Every level's anchors at its first place (the cell at row 0, column 0), in the RPN's
+    order: ``[{"level", "stride", "ratio", "size", "box"}]``, box x1 y1 x2 y2 continuous."""
+    strides, names = level_strides(recipe)
+    anchors = AnchorGenerator.from_recipe(recipe, strides)
+    sizes = level_anchor_sizes(recipe, None if strides is None else len(strides))
+    rows = []
+    for name, stride, level_sizes, base in zip(names, anchors.strides, sizes, anchors.bases,
+                                               strict=True):
+        for i, box in enumerate(base.tolist()):
+            rows.append({"level": name, "stride": stride,
+                         "ratio": recipe.anchors.ratios[i // len(level_sizes)],
+                         "size": level_sizes[i % len(level_sizes)], "box": box})
+    return rows
 
 
 def inside_image(anchors: Tensor, height, width, border: float) -> Tensor:

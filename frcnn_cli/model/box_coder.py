@@ -1,4 +1,4 @@
-"""Box geometry shared by the RPN and the detection head: delta coding, clipping, NMS selection.
+"""Box geometry shared by the RPN and the detection head: delta coding and NMS selection.
 
 Boxes are continuous ``x1 y1 x2 y2`` (width = x2 - x1). A box is coded relative to a reference
 (an anchor or a proposal) as in R-CNN and the paper's Eq. 2::
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
+
+from frcnn_cli.model.tracing import tracing
 
 # Largest dw/dh decoded: a box at most 1000/16 times its reference (as detectron and torchvision).
 DEFAULT_CLAMP = math.log(1000.0 / 16)
@@ -67,22 +69,6 @@ class BoxCoder:
         return torch.stack([x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h], dim=-1)
 
 
-def clip_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
-    """Clip boxes [B, N, 4] to their image: sizes [B, 2] as (height, width)."""
-    h = sizes[:, 0].to(boxes.dtype).reshape(-1, 1)
-    w = sizes[:, 1].to(boxes.dtype).reshape(-1, 1)
-    zero = torch.zeros_like(w)
-    return torch.stack([boxes[..., 0].clamp(zero, w), boxes[..., 1].clamp(zero, h),
-                        boxes[..., 2].clamp(zero, w), boxes[..., 3].clamp(zero, h)], dim=-1)
-
-
-def tracing() -> bool:
-    """True while the model is being traced, scripted, compiled or exported: code then takes
-    its plain tensor path, without caches, shortcuts or data-dependent branches."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
-
-
 def nms_per_image(boxes: Tensor, scores: Tensor, image_idx: Tensor, iou_thresh: float,
                   top_n: int, num_images: int, labels: Tensor | None = None,
                   num_labels: int = 1) -> list[Tensor]:
@@ -110,3 +96,21 @@ def nms_per_image(boxes: Tensor, scores: Tensor, image_idx: Tensor, iou_thresh: 
     rank = torch.arange(len(keep), device=keep.device) - starts[img]
     keep = keep[rank < top_n]
     return list(torch.split(keep, counts.clamp(max=top_n).tolist()))
+
+
+def nms_by_level(boxes: Tensor, scores: Tensor, levels: Tensor, iou_thresh: float,
+                 num_levels: int) -> Tensor:
+    """Indices of the boxes [N, 4] that survive NMS within their level [N], best score first.
+
+    torchvision's ``batched_nms`` itself in eager mode. Traced (export), its per-level form
+    with the same sort (what ``batched_nms`` runs for more than 1000 boxes; for fewer it
+    shifts each level's boxes apart instead, which can round an IoU at the threshold
+    differently). Boxes of equal score are ordered as that sort leaves them."""
+    if not tracing():
+        return batched_nms(boxes, scores, levels, iou_thresh)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for level in range(num_levels):
+        index = torch.nonzero(levels == level).squeeze(1)
+        keep[index[nms(boxes[index], scores[index], iou_thresh)]] = True
+    index = torch.nonzero(keep).squeeze(1)
+    return index[scores[index].sort(descending=True).indices]

@@ -37,8 +37,13 @@ from torchvision.ops import box_iou
 from frcnn_cli.boxes import DEGENERATE, OUTSIDE, box_problem
 from frcnn_cli.config import Recipe
 from frcnn_cli.geometry import resize_scale, resized_shape
-from frcnn_cli.model.anchors import AnchorGrid, inside_image
-from frcnn_cli.model.levels import LevelAnchors, level_anchor_sizes, level_strides, uses_levels
+from frcnn_cli.model.anchors import (
+    AnchorGenerator,
+    inside_image,
+    level_anchor_sizes,
+    original_anchors,
+)
+from frcnn_cli.model.backbones import level_strides
 
 # COCO's size buckets (object area in pixels, here after the recipe's resize).
 BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
@@ -130,9 +135,6 @@ class ObjectSet:
 def anchor_levels(recipe: Recipe) -> list[dict]:
     """The levels the recipe's anchors sit on: ``[{"name", "stride", "sizes"}]`` (one entry,
     named "map", for a single-map backbone; sizes in pixels)."""
-    if not uses_levels(recipe):
-        a = recipe.anchors
-        return [{"name": "map", "stride": a.stride, "sizes": [s * a.base_size for s in a.scales]}]
     strides, names = level_strides(recipe)
     sizes = level_anchor_sizes(recipe, None if strides is None else len(strides))
     strides = strides or [recipe.anchors.stride]
@@ -143,12 +145,8 @@ def anchor_levels(recipe: Recipe) -> list[dict]:
 def image_anchors(recipe: Recipe, height: int, width: int) -> tuple[Tensor, Tensor]:
     """The anchors [A, 4] the model lays over a resized ``height`` x ``width`` image, and the
     level [A] of each (index into :func:`anchor_levels`)."""
-    if not uses_levels(recipe):
-        grid = AnchorGrid.from_recipe(recipe)
-        anchors = grid.grid(math.ceil(height / grid.stride), math.ceil(width / grid.stride))
-        return anchors, torch.zeros(len(anchors), dtype=torch.int64)
     strides, _ = level_strides(recipe)
-    anchors = LevelAnchors.from_recipe(recipe, strides)
+    anchors = AnchorGenerator.from_recipe(recipe, strides)
     d = recipe.input.size_divisible
     padded = (math.ceil(height / d) * d, math.ceil(width / d) * d)  # as the transform pads
     maps = [(math.ceil(padded[0] / s), math.ceil(padded[1] / s)) for s in anchors.strides]
@@ -253,7 +251,7 @@ def suggest_anchors(objects: ObjectSet, recipe: Recipe, max_objects: int = 5000)
     Single-map anchors of the paper's style only (scales times the base size); none for
     others.
     """
-    if uses_levels(recipe):
+    if not original_anchors(recipe):
         return []
     a = recipe.anchors
     sub = objects

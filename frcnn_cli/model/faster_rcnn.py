@@ -32,11 +32,11 @@ from torch import Tensor, nn
 from frcnn_cli.checkpoint import load_checkpoint
 from frcnn_cli.config import Recipe, load_recipe, recipe_from_dict
 from frcnn_cli.errors import CheckpointError, InputError, RecipeError
-from frcnn_cli.model.anchors import AnchorGrid
-from frcnn_cli.model.backbones import build_backbone
-from frcnn_cli.model.levels import level_heads, uses_levels
+from frcnn_cli.model.anchors import AnchorGenerator
+from frcnn_cli.model.backbones import BackboneParts, build_backbone
+from frcnn_cli.model.poolers import RoIPooler
 from frcnn_cli.model.roi_heads import RoIHeads
-from frcnn_cli.model.rpn import RegionProposalNetwork
+from frcnn_cli.model.rpn import RegionProposalNetwork, paper_proposal_layer
 from frcnn_cli.model.transform import ImageTransform
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -65,17 +65,7 @@ class FasterRCNN(nn.Module):
         self.transform = ImageTransform(recipe.input, parts.backbone.pixel_mean,
                                         parts.backbone.pixel_std, m.channels_last)
         self.backbone = parts.backbone
-        if uses_levels(recipe):  # a feature pyramid, or torchvision's anchors or proposals
-            self.rpn, self.roi_heads = level_heads(recipe, parts, num_classes)
-        else:
-            anchors = AnchorGrid.from_recipe(recipe)
-            if anchors.stride != self.backbone.stride:
-                raise RecipeError(f"anchors.stride is {anchors.stride} but the {m.backbone} "
-                                  f"backbone has stride {self.backbone.stride}")
-            self.rpn = RegionProposalNetwork(self.backbone.out_channels, anchors, recipe.rpn)
-            self.roi_heads = RoIHeads(parts.box_head, parts.head_channels, num_classes,
-                                      recipe.roi_heads, m.roi_op, m.roi_size,
-                                      self.backbone.stride)
+        self.rpn, self.roi_heads = build_heads(recipe, parts, num_classes)
         self._trainable = dict.fromkeys(GROUPS, True)
 
     # ------------------------------------------------------------------ forward
@@ -192,6 +182,32 @@ class FasterRCNN(nn.Module):
 
 
 # ---------------------------------------------------------------------- building and loading
+
+
+def build_heads(recipe: Recipe, parts: BackboneParts, num_classes: int
+                ) -> tuple[RegionProposalNetwork, RoIHeads]:
+    """The RPN and the RoI heads on ``parts``' backbone, one map or a pyramid's levels alike:
+    anchors on every level, RoIs pooled from the pooled levels."""
+    backbone, m = parts.backbone, recipe.model
+    pyramid = len(backbone.strides) > 1
+    anchors = AnchorGenerator.from_recipe(recipe, backbone.strides if pyramid else None)
+    if not pyramid and anchors.strides != backbone.strides:
+        raise RecipeError(f"anchors.stride is {recipe.anchors.stride} but the {m.backbone} "
+                          f"backbone has stride {backbone.strides[0]}")
+    pooler = RoIPooler(m.roi_op, m.roi_size, backbone.strides[:backbone.pooled_levels])
+
+    def rpn() -> RegionProposalNetwork:
+        return RegionProposalNetwork(backbone.out_channels, anchors, recipe.rpn,
+                                     recipe.input.size_divisible)
+
+    def roi_heads() -> RoIHeads:
+        return RoIHeads(pooler, parts.box_head, parts.head_channels, num_classes,
+                        recipe.roi_heads)
+
+    if paper_proposal_layer(anchors, recipe.rpn):
+        return rpn(), roi_heads()
+    heads = roi_heads()  # first, as before one RPN served both layers: a seed gives the
+    return rpn(), heads  # initial weights it gave then
 
 
 def _as_recipe(recipe: Recipe | str | os.PathLike) -> Recipe:

@@ -4,8 +4,7 @@ The paper's detector reads one stride-16 map. A feature pyramid adds to a ResNet
 MobileNet's) stages a top-down path: a 1x1 lateral conv on each stage, the coarser merged map
 upsampled (nearest) and added, a 3x3 conv on each sum, and one more level max-pooled from the
 coarsest. Every level has 256 channels, so one RPN head and one box head serve them all
-(:mod:`frcnn_cli.model.levels`: anchors of one size per level, RoIs pooled from the level of
-their size).
+(anchors of one size per level, RoIs pooled from the level of their size by FPN Eq. 1).
 
 | backbone | levels (stride) | body | frozen (freeze_early) | head on RoIs |
 | --- | --- | --- | --- | --- |
@@ -21,6 +20,8 @@ These are torchvision's ``fasterrcnn_resnet50_fpn``, ``fasterrcnn_resnet50_fpn_v
 trained from scratch) and the same state-dict keys (``backbone.body.*``, ``backbone.fpn.*``).
 MobileNet's two levels both have stride 32: torchvision taps the block that halves the stride-16
 map and the last one. RoIs are pooled from every level but the max-pooled one.
+:data:`~frcnn_cli.model.backbones.BACKBONES` holds each layout (:class:`Pyramid`) and builds
+its body.
 
 ``tiny-fpn`` is the CPU demo's ``tiny`` stack with a 64-channel pyramid on its stride-4, 8 and
 16 layers: the C4 demo network's FPN twin, trained from scratch, to measure what the pyramid
@@ -31,38 +32,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import partial
 
-import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from torchvision.ops.misc import FrozenBatchNorm2d
-
-from frcnn_cli.config import ModelConfig
-from frcnn_cli.errors import RecipeError
-from frcnn_cli.model.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TINY_LAYERS,
-    BackboneParts,
-    FCHead,
-    load_imagenet,
-    tiny_layers,
-)
 
 FPN_CHANNELS = 256       # every level's width (torchvision's)
-FROZEN_BN_EPS = 1e-5     # torchvision's FrozenBatchNorm2d default
 
 
 @dataclass(frozen=True)
 class Pyramid:
-    """One pyramid layout: torchvision's classification network, the body layers whose
-    outputs feed the FPN, and the levels."""
+    """One pyramid layout: the body layers of the network, those whose outputs feed the FPN,
+    and the levels."""
 
-    network: str                  # torchvision.models builder
     layers: tuple[str, ...]       # the body: the network's children (or features' blocks)
     taps: tuple[str, ...]         # body layers the FPN reads, finest first
     names: tuple[str, ...]        # level names, the max-pooled level last
@@ -71,45 +53,31 @@ class Pyramid:
     width: int = FPN_CHANNELS     # every level's channels
 
 
-_RESNET = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-PYRAMIDS = {
-    "resnet50-fpn": Pyramid("resnet50", _RESNET, ("layer1", "layer2", "layer3", "layer4"),
-                            ("P2", "P3", "P4", "P5", "P6"), (4, 8, 16, 32, 64), 5),
-    "mobilenet_v3_large-fpn": Pyramid("mobilenet_v3_large", tuple(str(i) for i in range(17)),
-                                      ("13", "16"), ("block13", "block16", "pool"),
-                                      (32, 32, 64), 7),
-}
-PYRAMIDS["resnet50-fpn-v2"] = PYRAMIDS["resnet50-fpn"]
-# tiny's layers 0-6 (TINY_LAYERS): taps after the stride-4, stride-8 and stride-16 layers
-PYRAMIDS["tiny-fpn"] = Pyramid("tiny", tuple(str(i) for i in range(len(TINY_LAYERS))),
-                               ("1", "3", "6"), ("P2", "P3", "P4", "P5"), (4, 8, 16, 32), 0, 64)
-
-
-def is_pyramid(backbone: str) -> bool:
-    return backbone in PYRAMIDS
-
-
 class PyramidBackbone(nn.Module):
-    """Images [B, 3, H, W] -> a list of maps [B, 256, H / s, W / s], one per level (strides
+    """Images [B, 3, H, W] -> a list of maps [B, width, H / s, W / s], one per level (strides
     ``strides``), finest first; RoIs are pooled from the first ``pooled_levels``.
 
-    The first ``num_frozen`` body layers never train and belong to no parameter group; the
-    rest of the body and the FPN are the shared convs of the 4-step schedule.
+    ``body`` holds the network's layers in order; a FeaturePyramidNetwork (its convs normalised
+    by ``norm_layer``, if given) reads the taps. The first ``num_frozen`` body layers never
+    train and belong to no parameter group; the rest of the body and the FPN are the shared
+    convs of the 4-step schedule.
     """
 
-    def __init__(self, body: nn.ModuleDict, taps: tuple[str, ...], fpn: nn.Module,
-                 spec: Pyramid, num_frozen: int) -> None:
+    def __init__(self, body: nn.ModuleDict, spec: Pyramid, num_frozen: int,
+                 pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
+                 norm_layer: type[nn.Module] | None = None) -> None:
         super().__init__()
         self.body = body
-        self.fpn = fpn
-        self.taps = taps
+        channels = [_out_channels(body[name]) for name in spec.taps]
+        self.fpn = FeaturePyramidNetwork(channels, spec.width, extra_blocks=LastLevelMaxPool(),
+                                         norm_layer=norm_layer)
+        self.taps = spec.taps
         self.level_names = spec.names
         self.strides = spec.strides
-        self.stride = spec.strides[0]
         self.pooled_levels = len(spec.strides) - 1
         self.out_channels = spec.width
         self.num_frozen = num_frozen
-        self.pixel_mean, self.pixel_std = IMAGENET_MEAN, IMAGENET_STD
+        self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         for p in self.frozen_layers().parameters():
             p.requires_grad_(False)
 
@@ -129,62 +97,6 @@ class PyramidBackbone(nn.Module):
         return list(self.fpn(stages).values())
 
 
-class TwoMLPHead(FCHead):
-    """fc6 and fc7 on pooled RoIs, computed as torchvision's ``TwoMLPHead`` computes them (plain
-    ``nn.Linear``, not the oneDNN path of :class:`FCHead`), so that near-equal scores rank as
-    in torchvision's detector."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.dropout(F.relu(self.fc6(x.flatten(1))), self.dropout, self.training)
-        return F.dropout(F.relu(self.fc7(x)), self.dropout, self.training)
-
-
-def build_pyramid(cfg: ModelConfig, roi_size: int, load_weights: bool = True) -> BackboneParts:
-    """The ``-fpn`` backbone of ``cfg`` and its box head; ImageNet weights for the body when
-    the recipe asks and ``load_weights``."""
-    spec = PYRAMIDS[cfg.backbone]
-    if spec.network == "tiny":
-        return _tiny_pyramid(cfg, roi_size, spec)
-    v2 = cfg.backbone.endswith("-v2")
-    imagenet = cfg.pretrained or cfg.backbone_weights is not None
-    eps = FROZEN_BN_EPS if cfg.frozen_bn_eps is None else cfg.frozen_bn_eps
-    # torchvision's v2 keeps ordinary BatchNorm even on ImageNet weights
-    norm = partial(FrozenBatchNorm2d, eps=eps) if imagenet and not v2 else nn.BatchNorm2d
-    net = getattr(torchvision.models, spec.network)(weights=None, norm_layer=norm)
-    if load_weights and imagenet:
-        load_imagenet(net, cfg)
-    source = net.features if spec.network.startswith("mobilenet") else net
-    body = nn.ModuleDict((name, getattr(source, name)) for name in spec.layers)
-    channels = [_out_channels(body[name]) for name in spec.taps]
-    fpn = FeaturePyramidNetwork(channels, FPN_CHANNELS, extra_blocks=LastLevelMaxPool(),
-                                norm_layer=nn.BatchNorm2d if v2 else None)
-    if v2:
-        if cfg.svd_fc6 or cfg.svd_fc7:
-            raise RecipeError("model.svd_fc6/svd_fc7 factorise an fc6/fc7 head, and "
-                              "resnet50-fpn-v2's head is 4 convs and one fc layer")
-        head = FastRCNNConvFCHead((FPN_CHANNELS, roi_size, roi_size), [FPN_CHANNELS] * 4,
-                                  [cfg.head_dim], norm_layer=nn.BatchNorm2d)
-    else:
-        head = TwoMLPHead(FPN_CHANNELS * roi_size * roi_size, cfg.head_dim, cfg.dropout,
-                          cfg.svd_fc6, cfg.svd_fc7)
-    frozen = spec.frozen if cfg.freeze_early else 0
-    return BackboneParts(PyramidBackbone(body, spec.taps, fpn, spec, frozen), head,
-                         cfg.head_dim)
-
-
-def _tiny_pyramid(cfg: ModelConfig, roi_size: int, spec: Pyramid) -> BackboneParts:
-    """The tiny stack's layers (conv-BN-ReLU each) as the body of a ``spec.width`` pyramid."""
-    layers = tiny_layers()
-    body = nn.ModuleDict((name, nn.Sequential(*layers[3 * i:3 * i + 3]))
-                         for i, name in enumerate(spec.layers))
-    channels = [_out_channels(body[name]) for name in spec.taps]
-    fpn = FeaturePyramidNetwork(channels, spec.width, extra_blocks=LastLevelMaxPool())
-    head = FCHead(spec.width * roi_size * roi_size, cfg.head_dim, cfg.dropout, cfg.svd_fc6,
-                  cfg.svd_fc7)
-    return BackboneParts(PyramidBackbone(body, spec.taps, fpn, spec, 0), head, cfg.head_dim)
-
-
 def _out_channels(layer: nn.Module) -> int:
     """Output channels of a ResNet stage or a MobileNet block: its last conv's."""
     return [m for m in layer.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-

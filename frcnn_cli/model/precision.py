@@ -14,7 +14,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-from frcnn_cli.model.box_coder import tracing
+from frcnn_cli.model.tracing import tracing
 
 
 def full_precision(x: Tensor):

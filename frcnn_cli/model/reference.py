@@ -23,9 +23,9 @@ from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align, roi_pool
 
 from frcnn_cli.config import Recipe
-from frcnn_cli.model.backbones import FCHead, build_backbone
-from frcnn_cli.model.fpn import is_pyramid
-from frcnn_cli.model.levels import level_anchor_sizes
+from frcnn_cli.model.anchors import level_anchor_sizes
+from frcnn_cli.model.backbones import build_backbone, is_pyramid
+from frcnn_cli.model.box_heads import FCHead
 
 
 class SingleMapRoIPool(MultiScaleRoIAlign):
@@ -78,7 +78,7 @@ def build_reference(recipe: Recipe, num_classes: int) -> TorchvisionFasterRCNN:
     else:
         anchors = AnchorGenerator(sizes=(tuple(s * a.base_size for s in a.scales),),
                                   aspect_ratios=(tuple(a.ratios),))
-        box_roi_pool = SingleMapRoIPool(m.roi_op, m.roi_size, 1.0 / backbone.stride)
+        box_roi_pool = SingleMapRoIPool(m.roi_op, m.roi_size, 1.0 / backbone.strides[0])
     model = TorchvisionFasterRCNN(
         backbone, num_classes=None,
         min_size=recipe.input.min_size, max_size=recipe.input.max_size,

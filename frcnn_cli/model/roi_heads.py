@@ -6,10 +6,11 @@ In the paper's order:
   best IoU with an object (foreground >= 0.5, background in [bg_lo, 0.5)), those mostly inside
   an ignore region (crowd, tile cut) left out; 128 are sampled per image, at most 25 %
   foreground, with class labels and box targets normalised by stds.
-- RoI pooling: each RoI becomes a 7 x 7 grid of the shared conv map (max pooling at 1/16, the
-  paper), or RoIAlign as an option.
-- the head: fc6/fc7 (VGG16, tiny) or res5 + average pool (ResNet C4, MobileNet), from
-  :mod:`frcnn_cli.model.backbones`, then sibling layers: K + 1 class scores and
+- RoI pooling (:mod:`frcnn_cli.model.poolers`): each RoI becomes a 7 x 7 grid of the shared
+  conv map (max pooling at 1/16, the paper), or RoIAlign as an option; on a feature pyramid,
+  of the level that fits its size.
+- the box head: fc6/fc7 (VGG16, tiny, FPN) or res5 + average pool (ResNet C4, MobileNet),
+  from :mod:`frcnn_cli.model.box_heads`, then sibling layers: K + 1 class scores and
   class-specific box deltas.
 - loss: log loss over the sampled RoIs + smooth L1 on the foreground's deltas for its class.
 - postprocess (test): class probabilities, decoded and clipped boxes, score >= 0.05 (and
@@ -22,11 +23,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_iou, roi_align, roi_pool
+from torchvision.ops import box_iou
 
+from frcnn_cli.boxes import clip_boxes
 from frcnn_cli.config import RoIHeadsConfig
-from frcnn_cli.model.box_coder import BoxCoder, clip_boxes, nms_per_image
+from frcnn_cli.model.box_coder import BoxCoder, nms_per_image
 from frcnn_cli.model.matching import Matcher, in_ignore_regions, sample_balanced
+from frcnn_cli.model.poolers import RoIPooler
 from frcnn_cli.model.precision import full_precision
 
 
@@ -34,7 +37,9 @@ class RoIHeads(nn.Module):
     """``forward(features, proposals, image_sizes, targets=None, score_thresh=None,
     detections_per_img=None)``.
 
-    features [B, C, H, W]; proposals list of [P_i, 4] boxes in network pixels; image_sizes
+    ``box_roi_pool`` pools each RoI from ``features`` (one map [B, C, H, W], or a pyramid's
+    list of maps), ``box_head`` turns it into a [head_channels] vector, and the class scores
+    and box deltas read that. proposals list of [P_i, 4] boxes in network pixels; image_sizes
     [B, 2] (height, width); targets (training) list of dicts with ``boxes`` [G_i, 4],
     ``labels`` [G_i] in 1..K and optionally ``ignore`` [M_i, 4] (ignore regions). Returns
     (detections, losses): in training ``([], losses)``; otherwise one dict per image with
@@ -42,9 +47,10 @@ class RoIHeads(nn.Module):
     recipe's (score >= 0.05, 100 per image).
     """
 
-    def __init__(self, box_head: nn.Module, head_channels: int, num_classes: int,
-                 cfg: RoIHeadsConfig, roi_op: str, roi_size: int, stride: int) -> None:
+    def __init__(self, box_roi_pool: RoIPooler, box_head: nn.Module, head_channels: int,
+                 num_classes: int, cfg: RoIHeadsConfig) -> None:
         super().__init__()
+        self.box_roi_pool = box_roi_pool
         self.box_head = box_head
         self.cls_score = nn.Linear(head_channels, num_classes + 1)
         self.bbox_pred = nn.Linear(head_channels, 4 * (num_classes + 1))
@@ -53,7 +59,6 @@ class RoIHeads(nn.Module):
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
         self.num_classes = num_classes
-        self.roi_op, self.roi_size, self.spatial_scale = roi_op, roi_size, 1.0 / stride
         self.box_coder = BoxCoder.from_stds(cfg.box_stds)
         self.matcher = Matcher(cfg.fg_iou_thresh, cfg.bg_iou_thresh_hi, cfg.bg_iou_thresh_lo)
         self.batch_size_per_image = cfg.batch_size_per_image
@@ -65,8 +70,8 @@ class RoIHeads(nn.Module):
         self.detections_per_img = cfg.detections_per_img
         self.min_size = cfg.min_size
 
-    def forward(self, features: Tensor, proposals: list[Tensor], image_sizes: Tensor,
-                targets: list[dict[str, Tensor]] | None = None,
+    def forward(self, features: Tensor | list[Tensor], proposals: list[Tensor],
+                image_sizes: Tensor, targets: list[dict[str, Tensor]] | None = None,
                 score_thresh: float | None = None, detections_per_img: int | None = None
                 ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if targets is not None:
@@ -101,21 +106,14 @@ class RoIHeads(nn.Module):
 
     # ------------------------------------------------------------------ RoI pooling and head
 
-    def pool(self, features: Tensor, proposals: list[Tensor]) -> Tensor:
-        """RoI features [R, C, s, s] of the proposals (all images, in order)."""
-        features = features.float()  # the RoI ops run in fp32 (also under bf16 autocast)
-        if self.roi_op == "pool":
-            # roi_pool rounds the box to map cells and counts x2, y2 as the last pixel inside,
-            # like the original's layer, whose boxes were inclusive: a continuous box ends one
-            # pixel before its x2.
-            boxes = [p - p.new_tensor([0, 0, 1, 1]) for p in proposals]
-            return roi_pool(features, boxes, self.roi_size, self.spatial_scale)
-        return roi_align(features, proposals, self.roi_size, self.spatial_scale,
-                         sampling_ratio=0, aligned=True)
+    def map_levels(self, boxes: Tensor) -> Tensor:
+        """[R] the pyramid level (0 = the finest pooled) each RoI [R, 4] is pooled from."""
+        return self.box_roi_pool.map_levels(boxes)
 
-    def classify(self, features: Tensor, proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def classify(self, features: Tensor | list[Tensor], proposals: list[Tensor]
+                 ) -> tuple[Tensor, Tensor]:
         """Class logits [R, K + 1] and deltas [R, K + 1, 4] for the proposals."""
-        x = self.box_head(self.pool(features, proposals))
+        x = self.box_head(self.box_roi_pool(features, proposals))
         with full_precision(x):  # class scores and deltas in fp32 under autocast too
             x = x.float()
             deltas = self.bbox_pred(x).reshape(-1, self.num_classes + 1, 4)
@@ -147,7 +145,8 @@ class RoIHeads(nn.Module):
                                for i, p in enumerate(proposals)])
         scores = F.softmax(class_logits, dim=-1)[:, 1:]  # [R, K], background dropped
         boxes = self.box_coder.decode(deltas[:, 1:], torch.cat(proposals)[:, None])  # [R, K, 4]
-        boxes = clip_boxes(boxes, image_sizes[image_idx])
+        sizes = image_sizes[image_idx]
+        boxes = clip_boxes(boxes, sizes[:, :1], sizes[:, 1:])
         labels = torch.arange(1, k + 1, device=boxes.device).expand(boxes.shape[0], k)
         image_idx = image_idx[:, None].expand(-1, k)
 

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from frcnn_cli.boxes import clip_boxes
 from frcnn_cli.config import InputConfig
 from frcnn_cli.geometry import resized_shape
-from frcnn_cli.model.box_coder import clip_boxes, tracing
+from frcnn_cli.model.tracing import tracing
 
 # Images above this many pixels are converted and resized in bands (CPU, uint8 input).
 BANDED_PIXELS = 4_000_000
@@ -158,4 +159,4 @@ class ImageTransform(nn.Module):
         """Boxes [N, 4] in resized image ``i``'s pixels -> input pixels, clipped to it."""
         sy, sx = batch.scales[i, 0], batch.scales[i, 1]
         boxes = boxes / torch.stack([sx, sy, sx, sy]).to(boxes.dtype)
-        return clip_boxes(boxes[None], batch.input_sizes[i:i + 1])[0]
+        return clip_boxes(boxes, batch.input_sizes[i, 0], batch.input_sizes[i, 1])
