@@ -12,6 +12,7 @@ import typer
 
 from frcnn_cli.cli import console
 from frcnn_cli.errors import InputError
+from frcnn_cli.export import DEFAULT_CALIB_IMAGES
 
 PANEL = "Export and speed"
 
@@ -39,7 +40,20 @@ def export(
     check: Annotated[bool, typer.Option(
         "--check/--no-check", help="Run the written file on two images of different sizes and "
         "compare with the PyTorch model (same detections, boxes within 0.01 px, scores within "
-        "0.001); nothing is written if they disagree.")] = True,
+        "0.001; with --int8, the same objects found, on dataset images); nothing is written "
+        "if they disagree. --no-check: for timing untrained networks, whose near-tied scores "
+        "make any comparison meaningless.")] = True,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="ONNX with INT8 weights and activations (onnxruntime static "
+        "quantization, QDQ, weights per channel), calibrated on --calibrate's images.")] = False,
+    calibrate: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--calibrate", metavar="ANN.json", help="With --int8: the dataset (COCO JSON) whose "
+        "images calibrate the activation ranges: your own data, as the model will see it.",
+        dir_okay=False, show_default=False)] = None,
+    calib_images: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--calib-images", min=1, metavar="N", help="With --int8: how many images of "
+        f"--calibrate, spread evenly over its order (default {DEFAULT_CALIB_IMAGES}).",
+        show_default=False)] = None,
     svd: Annotated[Optional[int], typer.Option(  # noqa: UP045
         "--svd", min=1, metavar="K", help="Truncated SVD of the head (Fast R-CNN Section 3.1): "
         "fc6 and fc7 each become two thinner layers of rank K; prints the head's speed-up. "
@@ -75,33 +89,29 @@ def export(
     --format checkpoint loads wherever a checkpoint does (the ranks are in its
     recipe: model.svd_fc6, model.svd_fc7).
 
+    With --int8 (ONNX only), the file's convolutions and fc6/fc7 run in INT8
+    on onnxruntime, calibrated on --calib-images images of --calibrate's
+    dataset; the RPN's 1x1 convs and the class and box layers stay fp32. Its
+    check compares with the PyTorch model by objects on dataset images the
+    calibration did not use: confident detections found by both, their IoU
+    and score differences, within tolerances INT8 meets. The file records
+    that it is INT8 and what it was calibrated on.
+
     Example: [bold]frcnn export runs/a/model.pt --format onnx --out model.onnx[/]
+
+    Example: [bold]frcnn export runs/a/model.pt --format onnx --int8 --calibrate
+    train.json --out model-int8.onnx[/]
 
     Example: [bold]frcnn export runs/a/model.pt --svd 1024 --svd-fc7 256 --data val.json
     --format checkpoint --out runs/a/model-svd.pt[/]
     """
-    from frcnn_cli.files import prepare_output_file, require_file
+    from frcnn_cli.files import prepare_output_file
     from frcnn_cli.outputs import EXPORT
 
-    require_file(checkpoint, "checkpoint")
-    if opset is not None and fmt is not Format.onnx:
-        raise InputError("--opset is for --format onnx")
-    if check_images and not check:
-        raise InputError("--check-image and --no-check exclude each other")
-    if fmt is Format.checkpoint and check_images:
-        raise InputError("--check-image compares an ONNX or TorchScript file; a checkpoint is "
-                         "the PyTorch model itself")
-    if svd is None:
-        for flag, value in (("--svd-fc7", svd_fc7), ("--data", data)):
-            if value is not None:
-                raise InputError(f"{flag} goes with --svd K")
-        if fmt is Format.checkpoint:
-            raise InputError("--format checkpoint writes a compressed checkpoint: give --svd K")
-    for image in check_images or []:
-        require_file(image, "--check-image")
-    if data is not None:
-        require_file(data, "dataset")
-    inputs = [checkpoint, *(check_images or []), *([data] if data else [])]
+    _refuse_bad_requests(checkpoint, fmt, opset, check_images, check, svd, svd_fc7, data,
+                         int8, calibrate, calib_images)
+    calib_images = calib_images or DEFAULT_CALIB_IMAGES
+    inputs = [checkpoint, *(check_images or []), *(p for p in (data, calibrate) if p)]
     prepare_output_file(out, EXPORT, inputs, "--out file")
 
     from frcnn_cli import load_model
@@ -141,18 +151,94 @@ def export(
     from frcnn_cli.export import export_bytes, load_exported
 
     name = {"onnx": f"ONNX (opset {opset or 18})", "torchscript": "TorchScript"}[fmt.value]
-    console.info(f"exporting to {name} ...")
     extra = {"checkpoint": checkpoint.name}
     if svd is not None:  # the file says its head is an approximation
         extra["svd"] = {"fc6": model.recipe.model.svd_fc6, "fc7": model.recipe.model.svd_fc7}
-    blob = export_bytes(model, fmt.value, opset, **extra)
-    if check:
-        _check(model, load_exported(fmt.value, blob), check_images, f"the {name} file")
+    if int8:
+        blob = _export_int8(model, calibrate, calib_images, check, check_images, opset, out,
+                            extra)
+    else:
+        console.info(f"exporting to {name} ...")
+        blob = export_bytes(model, fmt.value, opset, **extra)
+        if check:
+            _check(model, load_exported(fmt.value, blob), check_images, f"the {name} file")
+    if not check:
+        console.info(("not checked", "yellow"), " (--no-check): the file was not compared "
+                     "with the PyTorch model")
     from frcnn_cli.files import atomic_open
 
     with atomic_open(out, "wb") as f:
         f.write(blob)
     console.info(("wrote", "bold green"), f" {out} ({len(blob) / 2**20:.1f} MiB)")
+
+
+def _refuse_bad_requests(checkpoint: Path, fmt: Format, opset, check_images, check: bool, svd,
+                         svd_fc7, data, int8: bool, calibrate, calib_images) -> None:
+    """Options that do not go together, and inputs that are missing: before any work."""
+    from frcnn_cli.files import require_file
+
+    require_file(checkpoint, "checkpoint")
+    if opset is not None and fmt is not Format.onnx:
+        raise InputError("--opset is for --format onnx")
+    if check_images and not check:
+        raise InputError("--check-image and --no-check exclude each other")
+    if fmt is Format.checkpoint and check_images:
+        raise InputError("--check-image compares an ONNX or TorchScript file; a checkpoint is "
+                         "the PyTorch model itself")
+    if svd is None:
+        for flag, value in (("--svd-fc7", svd_fc7), ("--data", data)):
+            if value is not None:
+                raise InputError(f"{flag} goes with --svd K")
+        if fmt is Format.checkpoint:
+            raise InputError("--format checkpoint writes a compressed checkpoint: give --svd K")
+    if int8 and fmt is not Format.onnx:
+        raise InputError("--int8 writes an ONNX file (onnxruntime runs its INT8 layers): "
+                         "give --format onnx")
+    if int8 and calibrate is None:
+        raise InputError("--int8 needs --calibrate ANN.json: the images of your data set the "
+                         "INT8 ranges")
+    if not int8 and (calibrate is not None or calib_images is not None):
+        raise InputError("--calibrate and --calib-images go with --int8")
+    for image in check_images or []:
+        require_file(image, "--check-image")
+    for path, what in ((data, "dataset"), (calibrate, "--calibrate dataset")):
+        if path is not None:
+            require_file(path, what)
+
+
+def _export_int8(model, calibrate: Path, calib_images: int, check: bool, check_images,
+                 opset, out: Path, extra: dict) -> bytes:
+    """The INT8 file, its calibration and check printed; ExportError when the check fails."""
+    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.export.capture import ExportError
+    from frcnn_cli.export.int8 import export_int8
+    from frcnn_cli.files import prepare_output_file
+    from frcnn_cli.outputs import EXPORT
+
+    ann = load_annotations(calibrate)
+    prepare_output_file(out, EXPORT, ann.image_files(), "--out file")
+    count = min(calib_images, len(ann.images))
+    console.info(f"exporting to ONNX (opset {opset or 18}) and quantizing to INT8, calibrated "
+                 f"on {count} of the {len(ann.images)} images of {calibrate} ...")
+    result = export_int8(model, ann, calib_images, check=check,
+                         check_paths=[str(p) for p in check_images or []], opset=opset,
+                         **extra)
+    if not check:
+        return result.data
+    _print_agreement(result.fp32_check, "the fp32 ONNX file against PyTorch")
+    bad = [r for r in result.fp32_check if not r.ok]
+    if bad:
+        raise ExportError(f"the fp32 ONNX file disagrees with the PyTorch model on "
+                          f"{bad[0].image}; nothing written")
+    _print_int8(result.int8_check)
+    if not result.int8_check.ok:
+        raise ExportError(f"the INT8 file does not detect what the model detects: "
+                          f"{result.int8_check.describe()}; nothing written")
+    if not result.int8_check.confident:
+        console.info(("note:", "yellow"), " the model detects nothing confidently on the check "
+                     "images, so the INT8 check compared nothing; pass --check-image with "
+                     "pictures of its classes")
+    return result.data
 
 
 def _check(model, run, check_images: list[Path] | None, what: str) -> None:
@@ -161,11 +247,7 @@ def _check(model, run, check_images: list[Path] | None, what: str) -> None:
     from frcnn_cli.export.capture import ExportError
 
     results = verify.check_export(model, run, verify.check_images(check_images or []))
-    console.table(f"{what} against PyTorch", ["image", "size", "PyTorch", "exported",
-                                              "box diff (px)", "score diff", "agree"],
-                  [[r.image, f"{r.height}x{r.width}", r.detections, r.exported,
-                    f"{r.max_box_diff:.2g}", f"{r.max_score_diff:.2g}",
-                    "yes" if r.ok else ("NO", "bold red")] for r in results])
+    _print_agreement(results, f"{what} against PyTorch")
     bad = [r for r in results if not r.ok]
     if bad:
         r = bad[0]
@@ -176,6 +258,25 @@ def _check(model, run, check_images: list[Path] | None, what: str) -> None:
     if not any(r.detections for r in results):
         console.info(("note:", "yellow"), " the model detects nothing in these images, so only the "
                      "empty case was compared; pass --check-image with pictures of its classes")
+
+
+def _print_agreement(results, title: str) -> None:
+    console.table(title, ["image", "size", "PyTorch", "exported", "box diff (px)",
+                          "score diff", "agree"],
+                  [[r.image, f"{r.height}x{r.width}", r.detections, r.exported,
+                    f"{r.max_box_diff:.2g}", f"{r.max_score_diff:.2g}",
+                    "yes" if r.ok else ("NO", "bold red")] for r in results])
+
+
+def _print_int8(agreement) -> None:
+    console.table("the INT8 file against PyTorch fp32, by objects (scores >= 0.5)",
+                  ["image", "size", "confident", "found by both", "mean IoU",
+                   "max score diff"],
+                  [[Path(c.image).name, f"{c.height}x{c.width}", c.confident, c.paired,
+                    f"{c.iou_sum / c.pairs:.3f}" if c.pairs else "-",
+                    f"{c.max_score_diff:.3f}"] for c in agreement.images])
+    console.info(("agree" if agreement.ok else ("DISAGREE", "bold red")),
+                 f": {agreement.describe()}")
 
 
 def _print_svd(report, ann) -> None:

@@ -12,6 +12,9 @@ and torchvision's ``FasterRCNN`` is split the same way:
 | roi_head | | the class and box layers return (RoI pooling, fc6/fc7 or res5) |
 | postprocess | | forward returns (softmax, decoding, class NMS, boxes to input pixels) |
 
+An exported file (:func:`frcnn_cli.export.runtime.load_exported_model`) is one graph: it is
+timed whole, without stages or FLOPs (0), beside the models above (:func:`exported_to_time`).
+
 A Fast R-CNN detector trained on Selective Search proposals has no RPN stage: the search runs
 first, on the CPU, timed as the stage ``selective_search``, and the network then detects on its
 boxes (the paper's Section 1: the search, not the network, is the bottleneck).
@@ -226,16 +229,17 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
     image = image.to(device)
     nets = [m.eval().to(device) for m in models.values()]
     searches = [proposals_for(net) for net in nets]  # Selective Search for a Fast R-CNN
-    speeds = [ModelSpeed(name, {s: [] for s in (STAGES if search is None else SEARCH_STAGES)})
-              for name, search in zip(models, searches, strict=True)]
+    speeds = [ModelSpeed(name, _stages(net, search))
+              for name, net, search in zip(models, nets, searches, strict=True)]
     given = [None if search is None else [search.boxes(image, None).to(device)]
              for search in searches]  # the proposals of the untimed passes
     with torch.inference_mode():
         for k, speed in enumerate(speeds):  # memory first: the CPU's is cold
             speed.peak_memory = _peak_memory(nets[k], image, device, autocast, sync, given[k])
     for k, speed in enumerate(speeds):
-        speed.flops, speed.part_flops = count_flops(nets[k], image, autocast, given[k])
-    clocks = [StageClock(net, sync) for net in nets]
+        if isinstance(nets[k], nn.Module):  # an exported file's operators are not torch's
+            speed.flops, speed.part_flops = count_flops(nets[k], image, autocast, given[k])
+    clocks = [StageClock(net, sync) if isinstance(net, nn.Module) else None for net in nets]
     try:
         with torch.inference_mode(), reporter.task("benchmark", total=warmup + runs) as task:
             for i in range(warmup + runs):
@@ -248,7 +252,8 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
                         proposals = [searches[k].boxes(image, None).to(device)]
                         sync()
                         searched = time.perf_counter() - start
-                    clocks[k].clear()
+                    if clocks[k] is not None:
+                        clocks[k].clear()
                     with autocast():
                         out = _forward(nets[k], image, proposals)
                     sync()
@@ -257,17 +262,25 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
                         speeds[k].totals.append(total)
                         if proposals is not None:
                             speeds[k].stages["selective_search"].append(searched)
-                        for stage, t in clocks[k].stages().items():
+                        for stage, t in (clocks[k].stages() if clocks[k] else {}).items():
                             speeds[k].stages[stage].append(t)
                         speeds[k].detections = len(out[0]["boxes"])
                 task.update(advance=1)
     finally:
         for clock in clocks:
-            clock.remove()
+            if clock is not None:
+                clock.remove()
     memory_kind = ("CUDA max_memory_allocated above the weights, one forward" if cuda else
                    "growth of the process RSS during the first forward (sampled every ms)")
     return BenchmarkResult(str(device), precision, (image.shape[1], image.shape[2]),
                            torch.get_num_threads(), warmup, runs, speeds, memory_kind)
+
+
+def _stages(net: Any, search: Any) -> dict[str, list[float]]:
+    """The stages ``net`` is timed by: none for an exported file (one graph)."""
+    if not isinstance(net, nn.Module):
+        return {}
+    return {s: [] for s in (STAGES if search is None else SEARCH_STAGES)}
 
 
 def _peak_memory(net: nn.Module, image: Tensor, device: torch.device, autocast, sync,
@@ -319,6 +332,27 @@ def models_to_time(checkpoint: str | os.PathLike | None = None, recipe: str | No
         torch.manual_seed(0)
         models["torchvision"] = build_reference(model.recipe, model.num_classes)
     return models, source
+
+
+def exported_to_time(path: str | os.PathLike, compare: bool = False,
+                     device: str | torch.device = "cpu") -> tuple[dict[str, Any], str]:
+    """:func:`models_to_time` for an exported file (``frcnn benchmark M.onnx``): the file as
+    ``frcnn``, and with ``compare`` torchvision's FasterRCNN built to the recipe it carries
+    (random weights, seed 0; InputError for a file too old to carry its recipe)."""
+    from frcnn_cli.export.runtime import load_exported_model
+
+    detector = load_exported_model(path, device)
+    models: dict[str, Any] = {"frcnn": detector}
+    if compare:
+        if not detector.recipe_known:
+            raise InputError(f"{path} does not carry its recipe (exported before frcnn "
+                             "stored it), so torchvision's model cannot be built to it; export "
+                             "the checkpoint again")
+        from frcnn_cli.model.reference import build_reference
+
+        torch.manual_seed(0)
+        models["torchvision"] = build_reference(detector.recipe, detector.num_classes)
+    return models, detector.describe()
 
 
 def benchmark_image(path: str | os.PathLike | None = None,

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from frcnn_cli.errors import InputError
 from frcnn_cli.export.capture import (
     OUTPUT_NAMES,
     ExportError,
@@ -88,17 +89,28 @@ def onnx_bytes(model: nn.Module, opset: int | None = None, **extra: Any) -> byte
     return proto.SerializeToString()
 
 
-def onnx_session(data: bytes):
-    """An onnxruntime CPU session of an ONNX file's bytes, and its metadata as a dict."""
+def onnx_session(data: bytes, device: str | torch.device = "cpu", threads: int | None = None):
+    """An onnxruntime session of an ONNX file's bytes, and its metadata as a dict: on the CPU,
+    or with the CUDA provider for a CUDA ``device`` (InputError when this onnxruntime has
+    none); ``threads``: its compute threads (default: onnxruntime's, every core)."""
     import onnxruntime
 
+    device = torch.device(device)
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initialisers are noise here
+    if threads:
+        options.intra_op_num_threads = threads
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise InputError(f"onnxruntime {onnxruntime.__version__} here has no CUDA provider "
+                             "(pip install onnxruntime-gpu), so the file runs on the CPU only")
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     try:
-        session = onnxruntime.InferenceSession(data, options,
-                                               providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(data, options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types, one per status
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ExportError(f"onnxruntime {onnxruntime.__version__} cannot run the exported "
                           f"file ({first}); another --opset may work") from None
     return session, dict(session.get_modelmeta().custom_metadata_map)
+
