@@ -6,13 +6,14 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import numpy_helper
 
 from frcnn_cli import load_model
 from frcnn_cli.data.annotations import load_annotations
 from frcnn_cli.evaluation.inference import evaluate_model
 from frcnn_cli.evaluation.predict import find_images, plan_outputs, predict_files
-from frcnn_cli.export import int8
+from frcnn_cli.export import int8, verify
 from frcnn_cli.export.runtime import load_exported_model
 
 CALIB = 8
@@ -82,12 +83,25 @@ def test_int8_export_round_trips_eval_and_predict(int8_run, trained_shapes, shap
     expected = evaluate_model(model, shapes_four).mAP
     got = evaluate_model(detector, shapes_four).mAP
     assert expected > 0.8 and abs(got - expected) <= 0.05, (got, expected)
-    found = find_images(sorted((shapes_four.parent / "images" / "train").iterdir())[:2])
-    want = predict_files(model, plan_outputs(found, tmp_path / "fp32"), score_thresh=0.5)
-    report = predict_files(detector, plan_outputs(found, tmp_path / "int8"), score_thresh=0.5)
-    assert len(report.written) == 2 and all(p.is_file() for p in report.written)
-    assert sorted((d["file_name"], d["category_name"]) for d in report.detections) == sorted(
-        (d["file_name"], d["category_name"]) for d in want.detections)
+    found = find_images(sorted((shapes_four.parent / "images" / "train").iterdir())[:4])
+    want = predict_files(model, plan_outputs(found, tmp_path / "fp32"), score_thresh=0.3)
+    report = predict_files(detector, plan_outputs(found, tmp_path / "int8"), score_thresh=0.3)
+    assert len(report.written) == 4 and all(p.is_file() for p in report.written)
+    names = {c["name"] for c in model.classes}
+    assert report.detections and {d["category_name"] for d in report.detections} <= names
+    # the drawn detections are the checkpoint's by the export check's standard
+    agreement = verify.Int8Agreement([verify.closeness(_as_tensors(want, f), _as_tensors(
+        report, f)) for f, _ in found])
+    assert agreement.confident > 0 and agreement.ok, agreement.describe()
+
+
+def _as_tensors(report, file):
+    """One image's detections of a predict report as (boxes x1 y1 x2 y2, scores, labels)."""
+    rows = [d for d in report.detections if d["file_name"] == str(file)]
+    boxes = torch.tensor([d["bbox"] for d in rows], dtype=torch.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    return (boxes, torch.tensor([d["score"] for d in rows]),
+            torch.tensor([d["category_id"] for d in rows]))
 
 
 def test_calibration_is_deterministic(fp32, trained_shapes, shapes_data, one_thread):

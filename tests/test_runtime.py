@@ -108,8 +108,15 @@ def test_a_file_from_before_the_recipe_was_stored_still_loads(onnx_file, shapes_
 
 
 def test_exported_format_tells_exports_from_checkpoints(onnx_file, trained_shapes, tmp_path):
+    from frcnn_cli.checkpoint import load_checkpoint, save_checkpoint
+
     assert exported_format(onnx_file) == "onnx"
     assert exported_format(trained_shapes) is None
+    ckpt = load_checkpoint(trained_shapes)  # export --svd --format checkpoint writes such files
+    ckpt["meta"]["svd_of"] = "model.pt"
+    svd = save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "version")},
+                          tmp_path / "svd.pt")
+    assert exported_format(svd) is None
     with pytest.raises(InputError, match="not an ONNX or TorchScript file written by frcnn"):
         load_exported_model(trained_shapes)
     with pytest.raises(InputError, match="not found"):
