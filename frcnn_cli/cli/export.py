@@ -124,25 +124,11 @@ def export(
     console.info(f"{checkpoint}: recipe {model.recipe.name}, {model.recipe.model.backbone}, "
                  f"{model.num_classes} classes")
     if svd is not None:
-        from frcnn_cli.devices import resolve_device
-        from frcnn_cli.export import svd as truncated
-
-        fc7 = svd if svd_fc7 is None else svd_fc7
-        truncated.check_ranks(model, svd, fc7)  # before any slow work
-        torch_device = resolve_device(device)
-        ann = None
-        if data is not None:
-            from frcnn_cli.data.annotations import load_annotations
-
-            ann = load_annotations(data)
-            prepare_output_file(out, EXPORT, ann.image_files(), "--out file")
-        console.info(f"truncated SVD of fc6 (rank {svd})"
-                     + (f" and fc7 (rank {fc7})" if fc7 else "") + " ...")
-        model, report = truncated.compress_and_measure(model, svd, fc7, ann, torch_device,
-                                                       console.reporter())
-        _print_svd(report, ann)
+        model = _compress(model, svd, svd_fc7, data, device, out)
     if fmt is Format.checkpoint:  # with --svd, checked above
-        size = truncated.save_compressed(model, checkpoint, out).stat().st_size
+        from frcnn_cli.export.svd import save_compressed
+
+        size = save_compressed(model, checkpoint, out).stat().st_size
         m = model.recipe.model
         console.info(("wrote", "bold green"), f" {out} ({size / 2**20:.1f} MiB; its recipe has "
                      f"model.svd_fc6={m.svd_fc6}, model.svd_fc7={m.svd_fc7})")
@@ -170,6 +156,31 @@ def export(
     with atomic_open(out, "wb") as f:
         f.write(blob)
     console.info(("wrote", "bold green"), f" {out} ({len(blob) / 2**20:.1f} MiB)")
+
+
+def _compress(model, svd: int, svd_fc7, data, device: str, out: Path):
+    """fc6/fc7 by truncated SVD, the head timed (and with --data both models scored), the
+    report printed: the compressed model."""
+    from frcnn_cli.devices import resolve_device
+    from frcnn_cli.export import svd as truncated
+
+    fc7 = svd if svd_fc7 is None else svd_fc7
+    truncated.check_ranks(model, svd, fc7)  # before any slow work
+    torch_device = resolve_device(device)
+    ann = None
+    if data is not None:
+        from frcnn_cli.data.annotations import load_annotations
+        from frcnn_cli.files import prepare_output_file
+        from frcnn_cli.outputs import EXPORT
+
+        ann = load_annotations(data)
+        prepare_output_file(out, EXPORT, ann.image_files(), "--out file")
+    console.info(f"truncated SVD of fc6 (rank {svd})"
+                 + (f" and fc7 (rank {fc7})" if fc7 else "") + " ...")
+    model, report = truncated.compress_and_measure(model, svd, fc7, ann, torch_device,
+                                                   console.reporter())
+    _print_svd(report, ann)
+    return model
 
 
 def _refuse_bad_requests(checkpoint: Path, fmt: Format, opset, check_images, check: bool, svd,

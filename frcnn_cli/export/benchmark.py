@@ -156,10 +156,25 @@ class StageClock:
             h.remove()
 
 
+class WholeClock:
+    """The clock of an exported file: one graph, no stage boundaries to hook."""
+
+    def clear(self) -> None:
+        pass
+
+    def stages(self) -> dict[str, float]:
+        return {}
+
+    def remove(self) -> None:
+        pass
+
+
 def count_flops(model: nn.Module, image: Tensor, autocast: Any,
                 proposals: list[Tensor] | None = None) -> tuple[float, dict[str, float]]:
     """FLOPs of one forward (on ``proposals`` when given), in total and per part (backbone,
-    rpn, roi_heads)."""
+    rpn, roi_heads); 0 for an exported file, whose operators are not torch's."""
+    if not isinstance(model, nn.Module):
+        return 0.0, {}
     from torch.utils.flop_counter import FlopCounterMode
 
     def mkldnn_linear(x_shape, w_shape, *_, **__) -> int:  # our fp32 CPU path for fc6/fc7
@@ -237,9 +252,8 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
         for k, speed in enumerate(speeds):  # memory first: the CPU's is cold
             speed.peak_memory = _peak_memory(nets[k], image, device, autocast, sync, given[k])
     for k, speed in enumerate(speeds):
-        if isinstance(nets[k], nn.Module):  # an exported file's operators are not torch's
-            speed.flops, speed.part_flops = count_flops(nets[k], image, autocast, given[k])
-    clocks = [StageClock(net, sync) if isinstance(net, nn.Module) else None for net in nets]
+        speed.flops, speed.part_flops = count_flops(nets[k], image, autocast, given[k])
+    clocks = [_clock(net, sync) for net in nets]
     try:
         with torch.inference_mode(), reporter.task("benchmark", total=warmup + runs) as task:
             for i in range(warmup + runs):
@@ -252,8 +266,7 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
                         proposals = [searches[k].boxes(image, None).to(device)]
                         sync()
                         searched = time.perf_counter() - start
-                    if clocks[k] is not None:
-                        clocks[k].clear()
+                    clocks[k].clear()
                     with autocast():
                         out = _forward(nets[k], image, proposals)
                     sync()
@@ -262,18 +275,21 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
                         speeds[k].totals.append(total)
                         if proposals is not None:
                             speeds[k].stages["selective_search"].append(searched)
-                        for stage, t in (clocks[k].stages() if clocks[k] else {}).items():
+                        for stage, t in clocks[k].stages().items():
                             speeds[k].stages[stage].append(t)
                         speeds[k].detections = len(out[0]["boxes"])
                 task.update(advance=1)
     finally:
         for clock in clocks:
-            if clock is not None:
-                clock.remove()
+            clock.remove()
     memory_kind = ("CUDA max_memory_allocated above the weights, one forward" if cuda else
                    "growth of the process RSS during the first forward (sampled every ms)")
     return BenchmarkResult(str(device), precision, (image.shape[1], image.shape[2]),
                            torch.get_num_threads(), warmup, runs, speeds, memory_kind)
+
+
+def _clock(net: Any, sync: Callable[[], None]) -> StageClock | WholeClock:
+    return StageClock(net, sync) if isinstance(net, nn.Module) else WholeClock()
 
 
 def _stages(net: Any, search: Any) -> dict[str, list[float]]:
