@@ -64,7 +64,7 @@ def test_int8_export_says_what_it_is_and_what_it_was_calibrated_on(int8_run, sha
 
 def test_int8_keeps_the_prediction_layers_in_fp32(int8_run):
     """The convolutions and fc6/fc7 carry int8 weights; the RPN's 1x1 convs and the class and
-    box layers keep their fp32 weights, as measured (NOTES-int8.md)."""
+    box layers keep their fp32 weights, as measured (benchmarks/int8.py --sensitivity)."""
     proto = onnx.load(int8_run[0])
     dtypes = {i.name: i.data_type for i in proto.graph.initializer}
     int8_weights = {n for n, t in dtypes.items() if t == onnx.TensorProto.INT8}

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # torch loads with the functions, so importing the package st
 FORMATS = ("onnx", "torchscript")
 # Images of the user's dataset an INT8 export calibrates on (frcnn export --int8
 # --calib-images): a few dozen cover the activation ranges; more cost time, not accuracy
-# (NOTES-int8.md). Here, not in export/int8.py, so that the CLI reads it without torch.
+# (benchmarks/int8.py). Here, not in export/int8.py, so that the CLI reads it without torch.
 DEFAULT_CALIB_IMAGES = 32
 
 
