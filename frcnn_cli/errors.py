@@ -32,3 +32,10 @@ class InputError(FrcnnError):
 
 class TrainingError(FrcnnError):
     """Training cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
+
+
+class ExportError(FrcnnError):
+    """An export that cannot be written, run or does not reproduce the model: a defect of the
+    exporter or the runtime, not of the user's input, hence exit code 1 (not 2)."""
+
+    exit_code = 1

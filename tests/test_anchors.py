@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from frcnn_cli.analysis.coverage import coverage, suggest_anchors, with_anchors
+from frcnn_cli.analysis.objects import ObjectSet
 from frcnn_cli.config import load_recipe
 from frcnn_cli.model.anchors import (
     AnchorGenerator,
@@ -12,7 +14,6 @@ from frcnn_cli.model.anchors import (
     generate_anchors,
     to_continuous,
 )
-from frcnn_cli.model.coverage import ObjectSet, coverage, suggest_anchors, with_anchors
 
 # py-faster-rcnn lib/rpn/generate_anchors.py, the table it quotes (inclusive, 1-based).
 ORIGINAL = [[-83, -39, 100, 56], [-175, -87, 192, 104], [-359, -183, 376, 200],
@@ -50,8 +51,10 @@ def test_grid_shifts_base_anchors_place_by_place():
 
 
 def _objects(boxes, labels, size=(64, 64)):
+    """Objects in an image the recipe does not resize (original pixels = resized ones)."""
     boxes = torch.tensor(boxes, dtype=torch.float32)
-    return ObjectSet(boxes, torch.tensor([size] * len(boxes)), torch.tensor(labels),
+    areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).double()
+    return ObjectSet(boxes, torch.tensor([size] * len(boxes)), torch.tensor(labels), areas,
                      ["a", "b"])
 
 
@@ -254,7 +257,7 @@ def _dots(side, image=256, count=30):
 
 
 def test_small_objects_get_larger_inputs_tried_with_their_cost():
-    from frcnn_cli.model.coverage import INPUT_SCALES, SCALE_GAIN, scale_advice
+    from frcnn_cli.analysis.coverage import INPUT_SCALES, SCALE_GAIN, scale_advice
 
     recipe = load_recipe("shapes")  # stride 16, input 256 x 256, anchors 20..112 px
     advice = scale_advice(_dots(16), recipe)

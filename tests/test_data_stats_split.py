@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from frcnn_cli.analysis.stats import dataset_stats
 from frcnn_cli.config import load_recipe
 from frcnn_cli.data.annotations import Annotations, load_annotations
 from frcnn_cli.data.split import split_annotations
-from frcnn_cli.data.stats import dataset_stats
 
 
 def _dataset():

@@ -88,7 +88,7 @@ def assert_agree(model, run):
 
 
 def test_torchscript_export_command(model, checkpoint, tmp_path, cli):
-    from frcnn_cli.export.torchscript import load_torchscript
+    from frcnn_cli.inference.exported import load_torchscript
 
     out = tmp_path / "model.torchscript.pt"
     r = cli("export", checkpoint, "--format", "torchscript", "--out", out)

@@ -209,7 +209,7 @@ def test_compressed_checkpoint_loads_and_evaluates(model, checkpoint, shapes_dat
 def test_export_with_svd_passes_its_check(checkpoint, tmp_path, cli):
     """TorchScript rather than ONNX: both are written from one capture of the compressed model
     (test_one_path.py checks that they agree); ONNX's conversion takes a further 20 s."""
-    from frcnn_cli.export.torchscript import load_torchscript
+    from frcnn_cli.inference.exported import load_torchscript
 
     out = tmp_path / "m.ts"
     r = cli("export", checkpoint, "--svd", 16, "--svd-fc7", 128, "--format", "torchscript",

@@ -73,9 +73,9 @@ def anchors(
     Example: [bold]frcnn anchors --recipe shapes --data demo/train.json[/]
     """
     from frcnn_cli import config
+    from frcnn_cli.analysis.coverage import with_anchors
     from frcnn_cli.model.anchors import original_anchors
     from frcnn_cli.model.backbones import is_pyramid
-    from frcnn_cli.model.coverage import with_anchors
 
     r = config.load_recipe(recipe, overrides or [])
     if is_pyramid(r.model.backbone) and (stride or base_size or scales):
@@ -87,8 +87,8 @@ def anchors(
     result = _print_base_anchors(r) if original_anchors(r) else _print_level_anchors(r)
 
     if data is not None:
+        from frcnn_cli.analysis.coverage import anchor_coverage, scale_advice
         from frcnn_cli.data.usable import open_dataset
-        from frcnn_cli.model.coverage import anchor_coverage, scale_advice
 
         ann = open_dataset(data, "anchors")
         report, suggestions = anchor_coverage(ann, r)
@@ -145,11 +145,6 @@ def _print_level_anchors(r) -> dict:
 def _print_coverage(report: dict, suggestions: list[dict], data: Path, recipe) -> None:
     from frcnn_cli.model.anchors import original_anchors
 
-    if report["left_out"]:
-        n = report["left_out"]
-        log.warning("%s: the coverage leaves out %d %s that training ignores (not finite, "
-                    "without area, or outside the image); 'frcnn data check' lists them and "
-                    "--fix drops them", data, n, "box" if n == 1 else "boxes")
     fg, bg = f"{report['fg_iou_thresh']:g}", f"{report['bg_iou_thresh']:g}"
     rows = []
     for name, by_size in report["per_class_size"].items():

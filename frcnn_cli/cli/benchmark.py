@@ -52,46 +52,22 @@ def benchmark(
 
     Example: [bold]frcnn benchmark runs/a/model.pt -d cuda --precision fp16 --json t.json[/]
     """
-    if (checkpoint is None) == (recipe is None):
-        raise InputError("give a checkpoint or --recipe NAME (exactly one of them)")
-    if overrides and recipe is None:
-        raise InputError("--set changes a --recipe; a checkpoint keeps its own recipe")
-    size = _parse_size(image_size)
-    if checkpoint is not None:
-        from frcnn_cli.files import require_file
-
-        require_file(checkpoint, "checkpoint")
-    if json_out is not None:
-        from frcnn_cli.files import prepare_output_file
-        from frcnn_cli.outputs import BENCHMARK
-
-        prepare_output_file(json_out, BENCHMARK, [p for p in (checkpoint, image) if p],
-                            "--json file")
-
     import torch
 
-    from frcnn_cli.devices import resolve_device
-    from frcnn_cli.export.benchmark import benchmark as run_benchmark
-    from frcnn_cli.export.benchmark import benchmark_image, models_to_time
+    from frcnn_cli.export.benchmark import BenchmarkArgs, run_benchmark
 
-    torch_device = resolve_device(device)
-    if precision is options.Precision.fp16 and torch_device.type == "cpu":
+    if precision is options.Precision.fp16 and device == "cpu":
         console.info(("note:", "yellow"), " fp16 on the CPU is emulated and slow; bf16 is the "
                      "CPU's reduced precision")
-    models, source = models_to_time(checkpoint, recipe, overrides or [], classes,
-                                    compare is not None)
-    picture = benchmark_image(image, size)
-    model = models["frcnn"]
+    args = BenchmarkArgs(checkpoint, recipe, overrides or [], classes, image,
+                         _parse_size(image_size), device, precision.value, warmup, runs,
+                         compare is not None, json_out)
+    result, source, model = run_benchmark(args, console.reporter())
     console.info(f"{source}: {model.recipe.model.backbone}, {model.num_classes} classes; "
-                 f"image {picture.shape[1]}x{picture.shape[2]}, "
-                 f"{torch_device}, {precision.value}, {torch.get_num_threads()} threads")
-    result = run_benchmark(models, picture, torch_device, precision.value, warmup, runs,
-                           console.reporter())
+                 f"image {result.image_size[0]}x{result.image_size[1]}, {result.device}, "
+                 f"{result.precision}, {torch.get_num_threads()} threads")
     _report(result)
     if json_out is not None:
-        from frcnn_cli.files import write_result
-
-        write_result(json_out, BENCHMARK, {"source": source, **result.to_dict()})
         console.info(f"wrote {json_out}")
 
 

@@ -221,7 +221,7 @@ def stats(
     Example: [bold]frcnn data stats demo/train.json --recipe shapes --plot demo/stats[/]
     """
     from frcnn_cli import config
-    from frcnn_cli.data.stats import PLOT_FILES, dataset_stats, plot_stats
+    from frcnn_cli.analysis.stats import PLOT_FILES, dataset_stats, plot_stats
     from frcnn_cli.files import prepare_output_dir, prepare_output_file, write_result
     from frcnn_cli.outputs import DATA_STATS, PLOT
 

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from frcnn_cli.cli import console
-from frcnn_cli.errors import InputError
+from frcnn_cli.export import DEFAULT_CALIB_IMAGES
 
 PANEL = "Export and speed"
 
@@ -39,7 +39,20 @@ def export(
     check: Annotated[bool, typer.Option(
         "--check/--no-check", help="Run the written file on two images of different sizes and "
         "compare with the PyTorch model (same detections, boxes within 0.01 px, scores within "
-        "0.001); nothing is written if they disagree.")] = True,
+        "0.001; with --int8, the same objects found, on dataset images); nothing is written "
+        "if they disagree. --no-check: for timing untrained networks, whose near-tied scores "
+        "make any comparison meaningless.")] = True,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="ONNX with INT8 weights and activations (onnxruntime static "
+        "quantization, QDQ, weights per channel), calibrated on --calibrate's images.")] = False,
+    calibrate: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--calibrate", metavar="ANN.json", help="With --int8: the dataset (COCO JSON) whose "
+        "images calibrate the activation ranges: your own data, as the model will see it.",
+        dir_okay=False, show_default=False)] = None,
+    calib_images: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--calib-images", min=1, metavar="N", help="With --int8: how many images of "
+        f"--calibrate, spread evenly over its order (default {DEFAULT_CALIB_IMAGES}).",
+        show_default=False)] = None,
     svd: Annotated[Optional[int], typer.Option(  # noqa: UP045
         "--svd", min=1, metavar="K", help="Truncated SVD of the head (Fast R-CNN Section 3.1): "
         "fc6 and fc7 each become two thinner layers of rank K; prints the head's speed-up. "
@@ -75,109 +88,81 @@ def export(
     --format checkpoint loads wherever a checkpoint does (the ranks are in its
     recipe: model.svd_fc6, model.svd_fc7).
 
+    With --int8 (ONNX only), the file's convolutions and fc6/fc7 run in INT8
+    on onnxruntime, calibrated on --calib-images images of --calibrate's
+    dataset; the RPN's 1x1 convs and the class and box layers stay fp32. Its
+    check compares with the PyTorch model by objects on dataset images the
+    calibration did not use: confident detections found by both, their IoU
+    and score differences, within tolerances INT8 meets. The file records
+    that it is INT8 and what it was calibrated on.
+
     Example: [bold]frcnn export runs/a/model.pt --format onnx --out model.onnx[/]
+
+    Example: [bold]frcnn export runs/a/model.pt --format onnx --int8 --calibrate
+    train.json --out model-int8.onnx[/]
 
     Example: [bold]frcnn export runs/a/model.pt --svd 1024 --svd-fc7 256 --data val.json
     --format checkpoint --out runs/a/model-svd.pt[/]
     """
-    from frcnn_cli.files import prepare_output_file, require_file
-    from frcnn_cli.outputs import EXPORT_KINDS
+    from frcnn_cli.export.run import CheckFailed, ExportArgs, run_export
 
-    kind = EXPORT_KINDS[fmt.value]
-
-    require_file(checkpoint, "checkpoint")
-    if opset is not None and fmt is not Format.onnx:
-        raise InputError("--opset is for --format onnx")
-    if check_images and not check:
-        raise InputError("--check-image and --no-check exclude each other")
-    if fmt is Format.checkpoint and check_images:
-        raise InputError("--check-image compares an ONNX or TorchScript file; a checkpoint is "
-                         "the PyTorch model itself")
-    if svd is None:
-        for flag, value in (("--svd-fc7", svd_fc7), ("--data", data)):
-            if value is not None:
-                raise InputError(f"{flag} goes with --svd K")
-        if fmt is Format.checkpoint:
-            raise InputError("--format checkpoint writes a compressed checkpoint: give --svd K")
-    for image in check_images or []:
-        require_file(image, "--check-image")
-    if data is not None:
-        require_file(data, "dataset")
-    inputs = [checkpoint, *(check_images or []), *([data] if data else [])]
-    prepare_output_file(out, kind, inputs, "--out file")
-
-    from frcnn_cli import load_model
-
-    model = load_model(checkpoint)
-    if fmt is not Format.checkpoint:  # before any slow work
-        from frcnn_cli.export.capture import check_one_graph
-
-        check_one_graph(model, str(checkpoint))
-    console.info(f"{checkpoint}: recipe {model.recipe.name}, {model.recipe.model.backbone}, "
-                 f"{model.num_classes} classes")
-    if svd is not None:
-        from frcnn_cli.devices import resolve_device
-        from frcnn_cli.export import svd as truncated
-
-        fc7 = svd if svd_fc7 is None else svd_fc7
-        truncated.check_ranks(model, svd, fc7)  # before any slow work
-        torch_device = resolve_device(device)
-        ann = None
-        if data is not None:
-            from frcnn_cli.data.usable import open_dataset
-
-            ann = open_dataset(data, "eval")
-            prepare_output_file(out, kind, ann.image_files(), "--out file")
-        console.info(f"truncated SVD of fc6 (rank {svd})"
-                     + (f" and fc7 (rank {fc7})" if fc7 else "") + " ...")
-        model, report = truncated.compress_and_measure(model, svd, fc7, ann, torch_device,
-                                                       console.reporter())
-        _print_svd(report, ann)
-    if fmt is Format.checkpoint:  # with --svd, checked above
-        size = truncated.save_compressed(model, checkpoint, out).stat().st_size
-        m = model.recipe.model
-        console.info(("wrote", "bold green"), f" {out} ({size / 2**20:.1f} MiB; its recipe has "
-                     f"model.svd_fc6={m.svd_fc6}, model.svd_fc7={m.svd_fc7})")
-        return
-
-    from frcnn_cli.export import export_bytes, load_exported
-
-    name = {"onnx": f"ONNX (opset {opset or 18})", "torchscript": "TorchScript"}[fmt.value]
-    console.info(f"exporting to {name} ...")
-    extra = {"checkpoint": checkpoint.name}
-    if svd is not None:  # the file says its head is an approximation
-        extra["svd"] = {"fc6": model.recipe.model.svd_fc6, "fc7": model.recipe.model.svd_fc7}
-    blob = export_bytes(model, fmt.value, opset, **extra)
-    if check:
-        _check(model, load_exported(fmt.value, blob), check_images, f"the {name} file")
-    from frcnn_cli.files import atomic_open
-
-    with atomic_open(out, "wb") as f:
-        f.write(blob)
-    console.info(("wrote", "bold green"), f" {out} ({len(blob) / 2**20:.1f} MiB)")
+    args = ExportArgs(checkpoint, fmt.value, out, opset, list(check_images or []), check, int8,
+                      calibrate, calib_images, svd, svd_fc7, data, device)
+    try:
+        report = run_export(args, console.reporter())
+    except CheckFailed as failed:
+        _print_checks(failed.report, fmt)
+        raise
+    console.info(f"{checkpoint}: recipe {report.recipe}, {report.backbone}, {report.classes} "
+                 "classes")
+    if report.svd is not None:
+        _print_svd(report.svd, report.svd_data)
+    if report.calibration_set:
+        console.info(f"quantized to INT8, calibrated on {report.calibrated} of the "
+                     f"{report.calibration_set} images of {calibrate}")
+    _print_checks(report, fmt)
+    if not report.checked:
+        console.info(("not checked", "yellow"), " (--no-check): the file was not compared "
+                     "with the PyTorch model")
+    ranks = (f"; its recipe has model.svd_fc6={report.svd_ranks[0]}, "
+             f"model.svd_fc7={report.svd_ranks[1]}" if fmt is Format.checkpoint else "")
+    console.info(("wrote", "bold green"), f" {out} ({report.size / 2**20:.1f} MiB{ranks})")
 
 
-def _check(model, run, check_images: list[Path] | None, what: str) -> None:
-    """Compare ``run`` with ``model`` and print the table; raise ExportError if they differ."""
-    from frcnn_cli.export import verify
-    from frcnn_cli.export.capture import ExportError
+def _print_checks(report, fmt: Format) -> None:
+    """The exported file against PyTorch: per image (fp32), and by objects (INT8)."""
+    if report.agreement:
+        what = "the fp32 ONNX file" if report.int8 is not None else f"the {fmt.value} file"
+        _print_agreement(report.agreement, f"{what} against PyTorch")
+        if not any(r.detections for r in report.agreement):
+            console.info(("note:", "yellow"), " the model detects nothing in these images, so "
+                         "only the empty case was compared; pass --check-image with pictures of "
+                         "its classes")
+    if report.int8 is not None:
+        _print_int8(report.int8)
+        if not report.int8.confident:
+            console.info(("note:", "yellow"), " the model detects nothing confidently on the "
+                         "check images, so the INT8 check compared nothing; pass --check-image "
+                         "with pictures of its classes")
 
-    results = verify.check_export(model, run, verify.check_images(check_images or []))
-    console.table(f"{what} against PyTorch", ["image", "size", "PyTorch", "exported",
-                                              "box diff (px)", "score diff", "agree"],
+
+def _print_agreement(results, title: str) -> None:
+    console.table(title, ["image", "size", "PyTorch", "exported", "box diff (px)",
+                          "score diff", "agree"],
                   [[r.image, f"{r.height}x{r.width}", r.detections, r.exported,
                     f"{r.max_box_diff:.2g}", f"{r.max_score_diff:.2g}",
                     "yes" if r.ok else ("NO", "bold red")] for r in results])
-    bad = [r for r in results if not r.ok]
-    if bad:
-        r = bad[0]
-        raise ExportError(f"{what} disagrees with the PyTorch model on {r.image} "
-                          f"({r.exported} vs {r.detections} detections, {r.unmatched} "
-                          f"unmatched, box diff {r.max_box_diff:.3g} px, score diff "
-                          f"{r.max_score_diff:.3g}); nothing written")
-    if not any(r.detections for r in results):
-        console.info(("note:", "yellow"), " the model detects nothing in these images, so only the "
-                     "empty case was compared; pass --check-image with pictures of its classes")
+
+
+def _print_int8(agreement) -> None:
+    console.table("the INT8 file against PyTorch fp32, by objects (scores >= 0.5)",
+                  ["image", "size", "confident", "found by both", "mean IoU",
+                   "max score diff"],
+                  [[Path(c.image).name, f"{c.height}x{c.width}", c.confident, c.paired,
+                    f"{c.iou_sum / c.pairs:.3f}" if c.pairs else "-",
+                    f"{c.max_score_diff:.3f}"] for c in agreement.images])
+    console.info(("agree" if agreement.ok else ("DISAGREE", "bold red")),
+                 f": {agreement.describe()}")
 
 
 def _print_svd(report, ann) -> None:

@@ -90,9 +90,9 @@ def run_predict(args: PredictArgs, reporter: Reporter = SILENT) -> PredictReport
     """``frcnn predict``: the images found, their outputs checked before any work (no input
     replaced, only frcnn's own files), the model loaded, its proposals chosen once, the
     drawings and ``OUT/detections.json`` written. DataError when no image could be read."""
-    from frcnn_cli import load_model
     from frcnn_cli.devices import autocast, resolve_device
     from frcnn_cli.evaluation.detections import save_detections
+    from frcnn_cli.evaluation.run import load_detector
     from frcnn_cli.files import prepare_output_dir, require_file
     from frcnn_cli.outputs import DETECTIONS, DRAWING
 
@@ -107,7 +107,7 @@ def run_predict(args: PredictArgs, reporter: Reporter = SILENT) -> PredictReport
         ("detections.json", DETECTIONS), *((job.output.relative_to(out), DRAWING) for job in jobs)])
     device = resolve_device(args.device)
     autocast(device, args.precision)  # fp16 on a CPU is refused before any work
-    model = load_model(args.checkpoint, device=device)
+    model = load_detector(args.checkpoint, device, args.precision)
     source = proposals_for(model)  # Selective Search for a detector trained on it, else None
     if args.tiling is not None and source is not None:
         raise InputError("--tile runs the model's own RPN on each tile; a detector on "

@@ -213,14 +213,34 @@ def _compare(args: EvalArgs, reporter: Reporter) -> EvalReport:
 
 
 def _load_model(args: EvalArgs):
-    """The checkpoint's model and the device it is on, once the precision is known to run
-    there (fp16 on a CPU is refused before any work)."""
-    from frcnn_cli import load_model
+    """The checkpoint's model (or the exported file's, run by its runtime) and the device it
+    is on, once the precision is known to run there (fp16 on a CPU is refused before any
+    work)."""
     from frcnn_cli.devices import autocast, resolve_device
 
     device = resolve_device(args.device)
     autocast(device, args.precision)
-    return load_model(args.checkpoint, device=device), device
+    return load_detector(args.checkpoint, device, args.precision,
+                         recall=args.recall, proposal_file=args.proposal_file), device
+
+
+def load_detector(path: PathLike, device, precision: str = "fp32", **needs: Any):
+    """A checkpoint's model, or an exported file (ONNX, TorchScript: fp32 or INT8) as a
+    detector with the same ``detect`` (:mod:`frcnn_cli.inference.exported`). An exported file
+    is one graph at its own precision: InputError for what only a checkpoint can do
+    (``needs``: ``recall`` for ``--proposals``, ``proposal_file``) and for ``--precision``."""
+    from frcnn_cli import load_model
+    from frcnn_cli.inference.exported import exported_format, load_exported_model
+
+    if exported_format(path) is None:
+        return load_model(path, device=device)
+    refused = {"--precision": precision != "fp32", "--proposals": needs.get("recall"),
+               "--proposal-file": needs.get("proposal_file")}
+    flags = [flag for flag, value in refused.items() if value]
+    if flags:
+        raise InputError(f"{path} is an exported file, one graph at its own precision with its "
+                         f"own RPN: {flags[0]} needs the checkpoint")
+    return load_exported_model(path, device)
 
 
 def _max_pixels(args: EvalArgs) -> int:

@@ -4,6 +4,9 @@
   ``torch.export`` graph, which both file formats are written from;
 - :mod:`~frcnn_cli.export.onnx` and :mod:`~frcnn_cli.export.torchscript`: the files;
 - :mod:`~frcnn_cli.export.verify`: does a file detect what the PyTorch model detects;
+- :mod:`~frcnn_cli.export.int8`: INT8 ONNX files calibrated on the user's images;
+- :mod:`~frcnn_cli.inference.exported`: exported files as detectors that eval, predict and
+  benchmark run (onnxruntime, OpenVINO, torch.jit);
 - :mod:`~frcnn_cli.export.svd`: fc6/fc7 compressed by truncated SVD (Fast R-CNN Section 3.1),
   and the head's speed before and after;
 - :mod:`~frcnn_cli.export.benchmark`: per-stage latency, FLOPs and memory, and the same for
@@ -25,6 +28,10 @@ if TYPE_CHECKING:  # torch loads with the functions, so importing the package st
     from torch import Tensor, nn
 
 FORMATS = ("onnx", "torchscript")
+# Images of the user's dataset an INT8 export calibrates on (frcnn export --int8
+# --calib-images): a few dozen cover the activation ranges; more cost time, not accuracy
+# (benchmarks/int8.py). Here, not in export/int8.py, so that the CLI reads it without torch.
+DEFAULT_CALIB_IMAGES = 32
 
 
 def export_bytes(model: nn.Module, fmt: str, opset: int | None = None, **extra: Any) -> bytes:
@@ -44,7 +51,7 @@ def load_exported(fmt: str, data: bytes) -> Callable[[Tensor], tuple[Tensor, Ten
     import torch
 
     if fmt == "onnx":
-        from frcnn_cli.export.onnx import onnx_session
+        from frcnn_cli.inference.exported import onnx_session
 
         session, _ = onnx_session(data)
 
@@ -53,7 +60,7 @@ def load_exported(fmt: str, data: bytes) -> Callable[[Tensor], tuple[Tensor, Ten
             return tuple(torch.from_numpy(v) for v in outputs)
 
         return run_onnx
-    from frcnn_cli.export.torchscript import load_torchscript
+    from frcnn_cli.inference.exported import load_torchscript
 
     module, _ = load_torchscript(data)
 

@@ -12,6 +12,9 @@ and torchvision's ``FasterRCNN`` is split the same way:
 | roi_head | | the class and box layers return (RoI pooling, fc6/fc7 or res5) |
 | postprocess | | forward returns (softmax, decoding, class NMS, boxes to input pixels) |
 
+An exported file (:func:`frcnn_cli.inference.exported.load_exported_model`) is one graph: it is
+timed whole, without stages or FLOPs (0), beside the models above (:func:`exported_to_time`).
+
 A Fast R-CNN detector trained on Selective Search proposals has no RPN stage: the search runs
 first, on the CPU, timed as the stage ``selective_search``, and the network then detects on its
 boxes (the paper's Section 1: the search, not the network, is the bottleneck).
@@ -153,10 +156,25 @@ class StageClock:
             h.remove()
 
 
+class WholeClock:
+    """The clock of an exported file: one graph, no stage boundaries to hook."""
+
+    def clear(self) -> None:
+        pass
+
+    def stages(self) -> dict[str, float]:
+        return {}
+
+    def remove(self) -> None:
+        pass
+
+
 def count_flops(model: nn.Module, image: Tensor, autocast: Any,
                 proposals: list[Tensor] | None = None) -> tuple[float, dict[str, float]]:
     """FLOPs of one forward (on ``proposals`` when given), in total and per part (backbone,
-    rpn, roi_heads)."""
+    rpn, roi_heads); 0 for an exported file, whose operators are not torch's."""
+    if not isinstance(model, nn.Module):
+        return 0.0, {}
     from torch.utils.flop_counter import FlopCounterMode
 
     def mkldnn_linear(x_shape, w_shape, *_, **__) -> int:  # our fp32 CPU path for fc6/fc7
@@ -226,8 +244,8 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
     image = image.to(device)
     nets = [m.eval().to(device) for m in models.values()]
     searches = [proposals_for(net) for net in nets]  # Selective Search for a Fast R-CNN
-    speeds = [ModelSpeed(name, {s: [] for s in (STAGES if search is None else SEARCH_STAGES)})
-              for name, search in zip(models, searches, strict=True)]
+    speeds = [ModelSpeed(name, _stages(net, search))
+              for name, net, search in zip(models, nets, searches, strict=True)]
     given = [None if search is None else [search.boxes(image, None).to(device)]
              for search in searches]  # the proposals of the untimed passes
     with torch.inference_mode():
@@ -235,39 +253,108 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
             speed.peak_memory = _peak_memory(nets[k], image, device, autocast, sync, given[k])
     for k, speed in enumerate(speeds):
         speed.flops, speed.part_flops = count_flops(nets[k], image, autocast, given[k])
-    clocks = [StageClock(net, sync) for net in nets]
-    try:
-        with torch.inference_mode(), reporter.task("benchmark", total=warmup + runs) as task:
-            for i in range(warmup + runs):
-                order = range(len(nets)) if i % 2 == 0 else reversed(range(len(nets)))
-                for k in order:
-                    sync()
-                    start = time.perf_counter()
-                    proposals = None
-                    if searches[k] is not None:  # on the CPU, before the network
-                        proposals = [searches[k].boxes(image, None).to(device)]
-                        sync()
-                        searched = time.perf_counter() - start
-                    clocks[k].clear()
-                    with autocast():
-                        out = _forward(nets[k], image, proposals)
-                    sync()
-                    total = time.perf_counter() - start
-                    if i >= warmup:
-                        speeds[k].totals.append(total)
-                        if proposals is not None:
-                            speeds[k].stages["selective_search"].append(searched)
-                        for stage, t in clocks[k].stages().items():
-                            speeds[k].stages[stage].append(t)
-                        speeds[k].detections = len(out[0]["boxes"])
-                task.update(advance=1)
-    finally:
-        for clock in clocks:
-            clock.remove()
+    with torch.inference_mode(), reporter.task("benchmark", total=warmup + runs) as task:
+        _interleaved(nets, searches, speeds, image, device, autocast, sync, warmup, runs, task)
     memory_kind = ("CUDA max_memory_allocated above the weights, one forward" if cuda else
                    "growth of the process RSS during the first forward (sampled every ms)")
     return BenchmarkResult(str(device), precision, (image.shape[1], image.shape[2]),
                            torch.get_num_threads(), warmup, runs, speeds, memory_kind)
+
+
+def _interleaved(nets: list, searches: list, speeds: list[ModelSpeed], image: Tensor,
+                 device: torch.device, autocast, sync, warmup: int, runs: int, task) -> None:
+    """``warmup + runs`` rounds, each model once a round, the order reversed every other
+    round; the runs after the warm-up recorded in ``speeds``."""
+    clocks = [_clock(net, sync) for net in nets]
+    try:
+        for i in range(warmup + runs):
+            order = range(len(nets)) if i % 2 == 0 else reversed(range(len(nets)))
+            for k in order:
+                sync()
+                start = time.perf_counter()
+                proposals = None
+                if searches[k] is not None:  # on the CPU, before the network
+                    proposals = [searches[k].boxes(image, None).to(device)]
+                    sync()
+                    searched = time.perf_counter() - start
+                clocks[k].clear()
+                with autocast():
+                    out = _forward(nets[k], image, proposals)
+                sync()
+                total = time.perf_counter() - start
+                if i >= warmup:
+                    speeds[k].totals.append(total)
+                    if proposals is not None:
+                        speeds[k].stages["selective_search"].append(searched)
+                    for stage, t in clocks[k].stages().items():
+                        speeds[k].stages[stage].append(t)
+                    speeds[k].detections = len(out[0]["boxes"])
+            task.update(advance=1)
+    finally:
+        for clock in clocks:
+            clock.remove()
+
+
+@dataclass
+class BenchmarkArgs:
+    """What ``frcnn benchmark`` was asked (the options of its ``--help``): a ``checkpoint``
+    (or an exported ONNX or TorchScript file), or a ``recipe`` with ``overrides`` and
+    ``classes``, random weights."""
+
+    checkpoint: str | os.PathLike | None = None
+    recipe: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    classes: int = 20
+    image: str | os.PathLike | None = None
+    size: tuple[int, int] = (375, 500)
+    device: str = "cpu"
+    precision: str = "fp32"
+    warmup: int = 2
+    runs: int = 10
+    compare: bool = False
+    json_out: str | os.PathLike | None = None
+
+
+def run_benchmark(args: BenchmarkArgs, reporter=None) -> tuple[BenchmarkResult, str, Any]:
+    """``frcnn benchmark``: the inputs and the ``--json`` output checked before any work, the
+    models loaded or built, timed, the result written; returns the result, what was timed
+    (in words) and the first model."""
+    from frcnn_cli.devices import resolve_device
+    from frcnn_cli.files import prepare_output_file, require_file, write_result
+    from frcnn_cli.inference.exported import exported_format
+    from frcnn_cli.outputs import BENCHMARK
+
+    if (args.checkpoint is None) == (args.recipe is None):
+        raise InputError("give a checkpoint or --recipe NAME (exactly one of them)")
+    if args.overrides and args.recipe is None:
+        raise InputError("--set changes a --recipe; a checkpoint keeps its own recipe")
+    if args.checkpoint is not None:
+        require_file(args.checkpoint, "checkpoint")
+    if args.json_out is not None:
+        prepare_output_file(args.json_out, BENCHMARK,
+                            [p for p in (args.checkpoint, args.image) if p], "--json file")
+    device = resolve_device(args.device)
+    if args.checkpoint is not None and exported_format(args.checkpoint) is not None:
+        models, source = exported_to_time(args.checkpoint, args.compare, device)
+    else:
+        models, source = models_to_time(args.checkpoint, args.recipe, args.overrides,
+                                        args.classes, args.compare)
+    result = benchmark(models, benchmark_image(args.image, args.size), device, args.precision,
+                       args.warmup, args.runs, reporter)
+    if args.json_out is not None:
+        write_result(args.json_out, BENCHMARK, {"source": source, **result.to_dict()})
+    return result, source, models["frcnn"]
+
+
+def _clock(net: Any, sync: Callable[[], None]) -> StageClock | WholeClock:
+    return StageClock(net, sync) if isinstance(net, nn.Module) else WholeClock()
+
+
+def _stages(net: Any, search: Any) -> dict[str, list[float]]:
+    """The stages ``net`` is timed by: none for an exported file (one graph)."""
+    if not isinstance(net, nn.Module):
+        return {}
+    return {s: [] for s in (STAGES if search is None else SEARCH_STAGES)}
 
 
 def _peak_memory(net: nn.Module, image: Tensor, device: torch.device, autocast, sync,
@@ -319,6 +406,27 @@ def models_to_time(checkpoint: str | os.PathLike | None = None, recipe: str | No
         torch.manual_seed(0)
         models["torchvision"] = build_reference(model.recipe, model.num_classes)
     return models, source
+
+
+def exported_to_time(path: str | os.PathLike, compare: bool = False,
+                     device: str | torch.device = "cpu") -> tuple[dict[str, Any], str]:
+    """:func:`models_to_time` for an exported file (``frcnn benchmark M.onnx``): the file as
+    ``frcnn``, and with ``compare`` torchvision's FasterRCNN built to the recipe it carries
+    (random weights, seed 0; InputError for a file too old to carry its recipe)."""
+    from frcnn_cli.inference.exported import load_exported_model
+
+    detector = load_exported_model(path, device)
+    models: dict[str, Any] = {"frcnn": detector}
+    if compare:
+        if not detector.recipe_known:
+            raise InputError(f"{path} does not carry its recipe (exported before frcnn "
+                             "stored it), so torchvision's model cannot be built to it; export "
+                             "the checkpoint again")
+        from frcnn_cli.model.reference import build_reference
+
+        torch.manual_seed(0)
+        models["torchvision"] = build_reference(detector.recipe, detector.num_classes)
+    return models, detector.describe()
 
 
 def benchmark_image(path: str | os.PathLike | None = None,

@@ -21,19 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from frcnn_cli import __version__
-from frcnn_cli.errors import FrcnnError, InputError
+from frcnn_cli.errors import InputError
 
 OUTPUT_NAMES = ("boxes", "scores", "labels")
 
 # torch.export treats sizes 0 and 1 as special cases, so symbolic sides start at 2.
 MIN_SIDE, MAX_SIDE = 2, 16384
-
-
-class ExportError(FrcnnError):
-    """An export that cannot be written or does not reproduce the model: a defect of the
-    exporter or the runtime, not of the user's input, hence exit code 1 (not 2)."""
-
-    exit_code = 1
 
 
 class SingleImageDetector(nn.Module):
@@ -100,10 +93,18 @@ def check_one_graph(model: nn.Module, name: str = "this model") -> None:
 
 def metadata(model: nn.Module, **extra: Any) -> dict[str, str]:
     """What a deployed file should carry besides weights: class names and dataset ids (label
-    i is ``classes[i - 1]``), the recipe, the input and output conventions."""
+    i is ``classes[i - 1]``), the recipe (its name, and the whole resolved recipe as JSON in
+    ``recipe_config``), the output filter the graph applies (``score_thresh``,
+    ``detections_per_img``: the recipe's test-time values), the precision of its weights
+    (fp32 unless ``extra`` says otherwise), the input and output conventions."""
+    heads = model.recipe.roi_heads
     return {
         "frcnn_version": __version__,
         "recipe": model.recipe.name or "",
+        "recipe_config": json.dumps(model.recipe.to_dict()),
+        "score_thresh": json.dumps(float(heads.score_thresh)),
+        "detections_per_img": json.dumps(int(heads.detections_per_img)),
+        "precision": "fp32",
         "classes": json.dumps(list(model.classes)),
         "input": "image: float32 [3, H, W], RGB in 0..1, any H and W",
         "outputs": "boxes: float32 [D, 4] x1 y1 x2 y2 in input pixels; scores: float32 [D]; "

@@ -31,7 +31,6 @@ from torch import nn
 
 from frcnn_cli.export.capture import (
     OUTPUT_NAMES,
-    ExportError,
     capture,
     example_image,
     metadata,
@@ -86,19 +85,3 @@ def onnx_bytes(model: nn.Module, opset: int | None = None, **extra: Any) -> byte
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto.SerializeToString()
-
-
-def onnx_session(data: bytes):
-    """An onnxruntime CPU session of an ONNX file's bytes, and its metadata as a dict."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # warnings about unused initialisers are noise here
-    try:
-        session = onnxruntime.InferenceSession(data, options,
-                                               providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types, one per status
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ExportError(f"onnxruntime {onnxruntime.__version__} cannot run the exported "
-                          f"file ({first}); another --opset may work") from None
-    return session, dict(session.get_modelmeta().custom_metadata_map)

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from frcnn_cli.export.capture import ExportError, capture, example_image, metadata
-
-EXTRA_FILE = "frcnn.json"
+from frcnn_cli.errors import ExportError
+from frcnn_cli.export.capture import capture, example_image, metadata
+from frcnn_cli.inference.exported import EXTRA_FILE
 
 # Python scalar operations of a captured graph, as operations on 0-dim tensors.
 _SCALAR_OPS: dict[Any, Any] = {
@@ -157,11 +157,3 @@ def torchscript_bytes(model: nn.Module, **extra: Any) -> bytes:
         torch.jit.save(module, buffer, _extra_files={
             EXTRA_FILE: json.dumps(metadata(model, **extra), indent=2)})
     return buffer.getvalue()
-
-
-def load_torchscript(data: bytes) -> tuple[torch.jit.ScriptModule, dict[str, str]]:
-    """A TorchScript file written by :func:`torchscript_bytes` and its metadata."""
-    extra = {EXTRA_FILE: ""}
-    with _quiet():
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra)
-    return module.eval(), json.loads(extra[EXTRA_FILE] or "{}")

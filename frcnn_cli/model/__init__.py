@@ -12,7 +12,7 @@
 - :mod:`~frcnn_cli.model.roi_heads`: the Fast R-CNN detector on the proposals (Section 3.2)
 - :mod:`~frcnn_cli.model.faster_rcnn`: the whole model, ``build_model`` and ``load_model``
 
-Beside the paper: :mod:`~frcnn_cli.model.coverage` (how anchors fit a dataset),
+Beside the paper: :mod:`~frcnn_cli.analysis.coverage` (how anchors fit a dataset),
 :mod:`~frcnn_cli.model.reference` (torchvision's FasterRCNN built alike, for speed) and
 :mod:`~frcnn_cli.model.torchvision_weights` (torchvision's trained detectors as frcnn models).
 """

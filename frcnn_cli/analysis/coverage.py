@@ -5,7 +5,9 @@ RPN would see for that image in training (the anchor grid of the image, anchors 
 border left out when the recipe ignores them). Objects at IoU >= ``rpn.fg_iou_thresh`` (0.7)
 are positives by the threshold rule; from ``rpn.bg_iou_thresh`` (0.3) up to it they learn
 only through the best-anchor rule (one anchor each); below it the RPN barely sees them.
-Shares are reported per class and per COCO size bucket (areas after the resize).
+Shares are reported per class and per COCO size bucket (:mod:`frcnn_cli.analysis.objects`: on
+the objects' areas in the original pixels, as COCO's APs, APm and APl; the matching itself is
+in resized pixels).
 
 Anchors sit every ``stride`` pixels, so an object only a few strides across is matched
 closely by none, whatever their sizes: its centre can lie half a stride from the nearest
@@ -15,28 +17,27 @@ and ``input.max_size`` times :data:`INPUT_SCALES`), each with the recipe's ancho
 best anchor set fitted at that scale, with its cost in pixels per image.
 
     recipe = with_anchors(recipe, scales=[4, 8, 16])       # or the recipe's own anchors
-    report, suggestions = anchor_coverage(load_annotations("train.json"), recipe)
+    report, suggestions = anchor_coverage(open_dataset("train.json", "anchors"), recipe)
 
 which is, step by step:
 
-    objects = ObjectSet.from_annotations(load_annotations("train.json"), recipe)
+    objects = ObjectSet.from_annotations(open_dataset("train.json", "anchors"), recipe)
     report = coverage(objects, recipe.anchors.scales, recipe.anchors.ratios, recipe)
     suggestions = suggest_anchors(objects, recipe)
-    advice = scale_advice(load_annotations("train.json"), recipe)   # small objects: inputs
+    advice = scale_advice(open_dataset("train.json", "anchors"), recipe)  # small objects
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from frcnn_cli.boxes import DEGENERATE, OUTSIDE, box_problem
+from frcnn_cli.analysis.objects import ObjectSet, size_buckets
 from frcnn_cli.config import Recipe
-from frcnn_cli.geometry import resize_scale, resized_shape
+from frcnn_cli.geometry import resized_shape
 from frcnn_cli.model.anchors import (
     AnchorGenerator,
     inside_image,
@@ -44,10 +45,6 @@ from frcnn_cli.model.anchors import (
     original_anchors,
 )
 from frcnn_cli.model.backbones import level_strides
-
-# COCO's size buckets (object area in pixels, here after the recipe's resize).
-BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2),
-           ("large", 96.0 ** 2, math.inf))
 
 # Objects whose median side after the resize is under this many strides are small for the
 # stride. A square object of side s with an anchor of its own size offset by d in x and y has
@@ -81,55 +78,6 @@ def with_anchors(recipe: Recipe, stride: int | None = None, base_size: int | Non
     if not changes:
         return recipe
     return recipe.model_copy(update={"anchors": recipe.anchors.model_copy(update=changes)})
-
-
-@dataclass
-class ObjectSet:
-    """Objects in resized pixels: ``boxes`` [N, 4], ``image_sizes`` [N, 2] (height, width of
-    each object's resized image), ``labels`` [N] in 1..K, the class names, and how many boxes
-    of the dataset were ``left_out`` as unusable (see :meth:`from_annotations`)."""
-
-    boxes: Tensor
-    image_sizes: Tensor
-    labels: Tensor
-    class_names: list[str]
-    left_out: int = 0
-
-    @property
-    def areas(self) -> Tensor:
-        return (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
-
-    def subset(self, index: Tensor) -> ObjectSet:
-        return ObjectSet(self.boxes[index], self.image_sizes[index], self.labels[index],
-                         self.class_names, self.left_out)
-
-    @classmethod
-    def from_annotations(cls, ann, recipe: Recipe) -> ObjectSet:
-        """The non-crowd objects of an :class:`~frcnn_cli.data.annotations.Annotations`,
-        resized by the recipe's rule. Boxes that training ignores are left out and counted:
-        not finite, without area, or wholly outside their image."""
-        boxes, sizes, labels = [], [], []
-        left_out = 0
-        for image in ann.images:
-            h, w = int(image["height"]), int(image["width"])
-            s = resize_scale(h, w, recipe.input.min_size, recipe.input.max_size)
-            size = resized_shape(h, w, recipe.input.min_size, recipe.input.max_size,
-                                 floor=recipe.input.resize == "torchvision")
-            for obj in ann.objects(image["id"]):
-                if obj.get("iscrowd", 0):
-                    continue
-                x, y, bw, bh = obj["bbox"]
-                problem = box_problem(obj["bbox"], (w, h))
-                if problem is not None and problem[0] in (DEGENERATE, OUTSIDE):
-                    left_out += 1
-                    continue
-                boxes.append([x * s, y * s, (x + bw) * s, (y + bh) * s])
-                sizes.append(size)
-                labels.append(ann.label_of(obj["category_id"]))
-        return cls(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                   torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2),
-                   torch.tensor(labels, dtype=torch.int64), [c["name"] for c in ann.classes],
-                   left_out)
 
 
 def anchor_levels(recipe: Recipe) -> list[dict]:
@@ -199,20 +147,19 @@ def coverage(objects: ObjectSet, scales: list[float], ratios: list[float],
     """``{"all": shares, "per_class": {name: shares}, "per_size": {bucket: shares},
     "per_class_size": {name: {bucket: shares}}, "per_level": {level: shares}}`` for these
     anchors, with the thresholds used (``fg_iou_thresh``, ``bg_iou_thresh``: the recipe's RPN
-    ones) and the objects' ``left_out`` count. ``per_level`` counts each object on the level of
+    ones). ``per_level`` counts each object on the level of
     its best anchor (the level whose RPN outputs learn it) and names the level's ``stride``
     and anchor ``sizes``."""
     best, level = best_anchors(objects, scales, ratios, recipe)
     fg, bg = recipe.rpn.fg_iou_thresh, recipe.rpn.bg_iou_thresh
-    areas = objects.areas
-    buckets = {name: (areas >= lo) & (areas < hi) for name, lo, hi in BUCKETS}
+    buckets = size_buckets(objects.original_areas)
     per_class, per_class_size = {}, {}
     for label, name in enumerate(objects.class_names, start=1):
         of_class = objects.labels == label
         per_class[name] = shares(best[of_class], fg, bg)
         per_class_size[name] = {b: shares(best[of_class & m], fg, bg)
                                 for b, m in buckets.items()}
-    return {"fg_iou_thresh": fg, "bg_iou_thresh": bg, "left_out": objects.left_out,
+    return {"fg_iou_thresh": fg, "bg_iou_thresh": bg,
             "all": shares(best, fg, bg), "per_class": per_class,
             "per_size": {b: shares(best[m], fg, bg) for b, m in buckets.items()},
             "per_class_size": per_class_size,

@@ -2,7 +2,8 @@
 
 Box sizes are measured after the recipe's resize (shorter side ``input.min_size``, longer at
 most ``input.max_size``), since that is what the anchors must cover; COCO's small / medium /
-large split (area below 32², below 96², above) uses the original pixels, as COCO does.
+large split uses the original pixels, as COCO does (the one rule of
+:mod:`frcnn_cli.analysis.objects`, which ``frcnn anchors --data`` splits by too).
 Boxes with non-finite or non-positive sides are counted apart and left out of the
 distributions (``frcnn data check`` tells where they are).
 """
@@ -18,14 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_cli.analysis.objects import size_bucket
 from frcnn_cli.boxes import is_degenerate
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import image_size
 from frcnn_cli.errors import DataError
 from frcnn_cli.geometry import resize_scale
-
-COCO_SMALL, COCO_MEDIUM = 32**2, 96**2
 
 
 @dataclass
@@ -103,8 +103,7 @@ def dataset_stats(ann: Annotations, recipe: Recipe | None = None) -> DatasetStat
                 stats.invalid_boxes += 1
                 continue
             area = w * h
-            coco["small" if area < COCO_SMALL else "medium" if area < COCO_MEDIUM
-                 else "large"] += 1
+            coco[size_bucket(area)] += 1
             if scale is not None:
                 sides.append(math.sqrt(area) * scale)
                 widths.append(w * scale)
