@@ -1,11 +1,18 @@
-"""Process-group helpers for training under ``torchrun --nproc-per-node N``.
+"""Process-group helpers for training and inference under ``torchrun``, on one machine or
+several (``--nnodes``).
 
 Without torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-op for a single
-process, so the training code reads the same either way.
+process, so the training and inference code reads the same either way.
+
+A process that dies (killed, out of memory, its node lost) leaves the others waiting in a
+collective operation: gloo notices the closed connection at once, NCCL at its timeout.
+:data:`TIMEOUT` bounds every wait (``FRCNN_DIST_TIMEOUT`` seconds, default 600), and torchrun
+stops the other workers with SIGTERM, which a training run turns into a saved ``last.pt``.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +40,16 @@ class DistInfo:
         return self.world_size > 1
 
 
+def timeout() -> datetime.timedelta:
+    """How long a process waits for the others in one collective operation."""
+    text = os.environ.get("FRCNN_DIST_TIMEOUT", "600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise InputError(f"FRCNN_DIST_TIMEOUT must be seconds, got {text!r}") from None
+    return datetime.timedelta(seconds=seconds)
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); a no-op otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -40,7 +57,7 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timeout())
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -83,6 +100,17 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def is_peer_failure(error: BaseException) -> bool:
+    """A collective that failed because another process stopped (a closed connection, a
+    timeout), not a fault of this one."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        s in text for s in ("connection closed", "connection reset", "timed out", "timeout",
+                            "broken pipe", "gloo", "nccl"))
+
+
 def training_device(device: str, amp: bool) -> torch.device:
     """A run's ``--device``, refusing ``--amp`` anywhere but on a GPU."""
     resolved = resolve_device(device)
@@ -91,8 +119,9 @@ def training_device(device: str, amp: bool) -> torch.device:
     return resolved
 
 
-def join_processes(device: str, amp: bool) -> tuple[torch.device, DistInfo]:
-    """This process's device and its place among torchrun's processes (alone without it)."""
+def join_processes(device: str, amp: bool = False) -> tuple[torch.device, DistInfo]:
+    """This process's device and its place among torchrun's processes (alone without it): a
+    training run's (``--amp`` refused off a GPU), and eval's, predict's and propose's."""
     resolved = training_device(device, amp)
     info = init_distributed(resolved)
     if info.enabled and resolved.type == "cuda":

@@ -127,6 +127,8 @@ def evaluate(
         tiling_from_options(tile, overlap, tile_batch, max_detections, many_tiles), max_pixels,
         analyze, score_thresh, max_dets)
     report = run_eval(args, console.reporter())
+    if report is None:  # under torchrun, a process other than the main one
+        return
     if report.comparison is not None:
         _comparison_tables(report.comparison, args.compare, report.data)
     elif report.recall is not None:

@@ -62,6 +62,8 @@ def predict(
     tiling = tiling_from_options(tile, overlap, tile_batch, max_detections, many_tiles)
     report = run_predict(PredictArgs(checkpoint, inputs, out, score_thresh, tiling, max_pixels,
                                      device, precision.value), console.reporter())
+    if report is None:  # under torchrun, a process other than the main one
+        return
     for source, reason in report.skipped:
         log.warning("skipped: %s", reason if str(source) in reason else f"{source}: {reason}")
     if tiling is not None:

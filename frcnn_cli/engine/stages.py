@@ -25,7 +25,6 @@ from frcnn_cli import config as config_mod
 from frcnn_cli import distributed as dist_mod
 from frcnn_cli.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.config import Recipe
-from frcnn_cli.devices import resolve_device
 from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.run_config import (
     RunArgs,
@@ -114,8 +113,8 @@ def _train_stages(root: Path, args: RunArgs, reporter: Reporter, is_main: bool) 
         final = load_checkpoint(s2_det.model_path)  # step 4's weights and meta (checkpoint_meta)
         final["meta"] = {**final["meta"], "stage": FINAL_STAGE}
         save_checkpoint(final, root / "model.pt")
-        if args.val:
-            val_map = evaluate_final(root, args, reporter)
+    if args.val:
+        val_map = evaluate_final(root, args, reporter)
     return RunResult(out=root, iterations=s2_det.iterations, model_path=root / "model.pt",
                      val_map=val_map)
 
@@ -127,18 +126,26 @@ def resume_alt(run_dir: str | os.PathLike, reporter: Reporter = SILENT,
     return train_alt(args, reporter)
 
 
-def evaluate_final(root: Path, args: RunArgs, reporter: Reporter = SILENT) -> float:
-    """VOC07 (the recipe's metric) of ``RUN/model.pt`` on --val, written to ``RUN/eval.json``."""
+def evaluate_final(root: Path, args: RunArgs, reporter: Reporter = SILENT) -> float | None:
+    """VOC07 (the recipe's metric) of ``RUN/model.pt`` on --val, written to ``RUN/eval.json``.
+    Under torchrun every process detects its share (joining the group waits for the main
+    one's ``model.pt``), and the main one scores and returns the mAP (the others None)."""
     from frcnn_cli.data.usable import open_dataset
     from frcnn_cli.evaluation.inference import evaluate_model
     from frcnn_cli.files import write_result
     from frcnn_cli.model.faster_rcnn import load_model
     from frcnn_cli.outputs import EVAL_RESULT
 
-    device = resolve_device(args.device)
-    model = load_model(root / "model.pt", device=device)
-    result = evaluate_model(model, open_dataset(args.val, "val"), metric=model.recipe.eval.metric,
-                            device=device, reporter=reporter)
+    device, dist = dist_mod.join_processes(args.device)
+    try:
+        model = load_model(root / "model.pt", device=device)
+        result = evaluate_model(model, open_dataset(args.val, "val"),
+                                metric=model.recipe.eval.metric, device=device,
+                                reporter=reporter if dist.is_main else SILENT, dist=dist)
+    finally:
+        dist_mod.shutdown(dist)
+    if result is None:
+        return None
     write_result(root / "eval.json", EVAL_RESULT, result.to_dict())
     return float(result.mAP)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 
@@ -175,6 +176,10 @@ class Run:
                         self.validate()
         except KeyboardInterrupt as stop:
             raise self._interrupted(isinstance(stop, Terminated)) from None
+        except (RuntimeError, torch.distributed.DistError) as error:
+            if not (self.dist.enabled and dist_mod.is_peer_failure(error)):
+                raise
+            raise self._lost_a_process(error) from None
         finally:
             self.hold.release()
             self.task.close()
@@ -195,14 +200,17 @@ class Run:
         self.hold.end()
 
     def validate(self, final: bool = False) -> None:
-        """mAP on --val (main process), logged; ``best.pt`` kept; ``eval.json`` if ``final``."""
-        if self.dist.is_main:
-            from frcnn_cli.evaluation.inference import evaluate_model
+        """mAP on --val, logged; ``best.pt`` kept; ``eval.json`` if ``final``. Under torchrun
+        every process detects its share of the images and the main one scores them."""
+        from frcnn_cli.evaluation.inference import evaluate_model
 
-            self.model.eval()
-            result = evaluate_model(self.model, self.val_ann, metric=self.recipe.eval.metric,
-                                    device=self.device, reporter=self.reporter,
-                                    proposals=self.val_proposals)
+        self.model.eval()
+        result = evaluate_model(self.model, self.val_ann, metric=self.recipe.eval.metric,
+                                device=self.device,
+                                reporter=self.reporter if self.dist.is_main else SILENT,
+                                proposals=self.val_proposals, dist=self.dist)
+        self.model.train()
+        if self.dist.is_main:
             value = float(result.mAP)
             self.metrics.write({"iteration": self.iteration, "val_mAP": round(value, 6),
                                 "metric": self.recipe.eval.metric})
@@ -214,7 +222,6 @@ class Run:
             if final:
                 write_result(self.out / "eval.json", EVAL_RESULT,
                              {"iteration": self.iteration, **result.to_dict()})
-            self.model.train()
         self.best_map = dist_mod.broadcast_from_main(self.best_map, self.dist)
         dist_mod.barrier(self.dist)
 
@@ -401,6 +408,18 @@ class Run:
         self.save_last()
         return Interrupted(f"{how} at iteration {self.iteration}; state saved to "
                            f"{self.last_path}. Resume with: {cmd}", terminated)
+
+    def _lost_a_process(self, error: BaseException) -> TrainingError:
+        """Another process of the run stopped mid-iteration: this one's state is half-way and
+        is not saved; ``last.pt`` keeps the last boundary it reached."""
+        self.hold.release()
+        self.task.close()
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:120]  # gloo's source location first
+        return TrainingError(
+            f"another process of the run stopped during iteration {self.iteration + 1} "
+            f"({type(error).__name__}: {first}); {_last_good(self.last_path)} Resume with: "
+            f"torchrun ... frcnn {self.args.command} --resume {self.out}")
 
     def _meta(self) -> dict:
         source = {"proposals": self.proposal_source} if self.proposal_source else {}

@@ -26,6 +26,7 @@ import torch
 from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import MAX_PIXELS
 from frcnn_cli.data.usable import match_classes, open_dataset, without_unusable
+from frcnn_cli.distributed import DistInfo
 from frcnn_cli.evaluation.coco import MAX_DETS
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
@@ -52,8 +53,11 @@ def predict_dataset(model, annotations: Annotations | str | os.PathLike,
                     batch_size: int = DEFAULT_BATCH_SIZE, *, precision: str = "fp32",
                     proposals: ExternalProposals | None = None, tiling: Tiling | None = None,
                     max_pixels: int | None = MAX_PIXELS,
-                    tiled_images: list[TiledImage] | None = None) -> list[dict[str, Any]]:
+                    tiled_images: list[TiledImage] | None = None,
+                    dist: DistInfo | None = None) -> list[dict[str, Any]]:
     """Detections of ``model`` on every image of a dataset, as COCO results in file pixels.
+    Under torchrun (``dist``) every process runs its share and the main one returns them all
+    (the others an empty list).
 
     The model is put in eval mode on ``device``, in ``precision`` (fp32, or autocast to
     bf16/fp16); its labels are mapped to the dataset's category ids by
@@ -70,7 +74,7 @@ def predict_dataset(model, annotations: Annotations | str | os.PathLike,
     results: list[dict[str, Any]] = []
     for found in detect_images(model, ImageSource.of_dataset(ann, max_pixels=max_pixels),
                                device, batch_size=batch_size, precision=precision,
-                               proposals=proposals, tiling=tiling, reporter=reporter,
+                               proposals=proposals, tiling=tiling, reporter=reporter, dist=dist,
                                description="detect" if tiling is None else "detect (tiles)"):
         out = found.output
         results.extend(to_coco_results(out["boxes"], out["scores"], out["labels"],
@@ -88,19 +92,23 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
                    precision: str = "fp32", proposals: ExternalProposals | None = None,
                    tiling: Tiling | None = None, max_pixels: int | None = MAX_PIXELS,
                    tiled_images: list[TiledImage] | None = None,
-                   max_dets: int | None = None) -> EvalResult:
+                   max_dets: int | None = None, dist: DistInfo | None = None
+                   ) -> EvalResult | None:
     """Run ``model`` over a dataset and score it (``metric``: voc07, voc or coco).
 
     ``annotations`` is an Annotations or a path to a COCO JSON file. Pass a list as
     ``detections`` to also receive the detections (COCO results, file pixels) in it.
     ``precision``, ``proposals``, ``tiling``, ``max_pixels``, ``tiled_images``: as
     :func:`predict_dataset`; with ``tiling`` whole images are scored. ``max_dets``: the COCO
-    metric's detections per image (None: pycocotools' 100).
+    metric's detections per image (None: pycocotools' 100). Under torchrun (``dist``) every
+    process detects its share and the main one scores them all; the others return None.
     """
     ann = _annotations(annotations)
     dets = predict_dataset(model, ann, device, reporter, batch_size, precision=precision,
                            proposals=proposals, tiling=tiling, max_pixels=max_pixels,
-                           tiled_images=tiled_images)
+                           tiled_images=tiled_images, dist=dist)
+    if dist is not None and not dist.is_main:
+        return None
     cap = max_dets or MAX_DETS
     most = max(Counter(d["image_id"] for d in dets).values(), default=0)
     if metric == "coco" and most > cap:
@@ -117,12 +125,14 @@ def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
                        device: str | torch.device = "cpu", reporter: Reporter = SILENT,
                        batch_size: int = DEFAULT_BATCH_SIZE,
                        top_n: tuple[int, ...] = TOP_N, precision: str = "fp32",
-                       max_pixels: int | None = MAX_PIXELS) -> RecallResult:
+                       max_pixels: int | None = MAX_PIXELS, dist: DistInfo | None = None
+                       ) -> RecallResult | None:
     """Recall of the RPN's top N proposals (default 300, 1000, 2000) on a dataset.
 
     Proposals are taken once with room for the largest N (the pre-NMS count stays the
     recipe's test value unless it is smaller); since NMS keeps boxes by falling score, the top
-    300 of those are the 300 a smaller setting would give.
+    300 of those are the 300 a smaller setting would give. Under torchrun (``dist``) the main
+    process returns the recall of all, the others None.
     """
     ann = without_unusable(_annotations(annotations))
     settings = {"pre_nms_top_n": max(model.recipe.rpn.pre_nms_top_n_test, max(top_n)),
@@ -132,9 +142,11 @@ def evaluate_proposals(model, annotations: Annotations | str | os.PathLike,
     for found in detect_images(model, ImageSource.of_dataset(ann, max_pixels=max_pixels),
                                device, batch_size=batch_size, precision=precision,
                                reporter=reporter, description="proposals", rpn_only=True,
-                               **settings):
+                               dist=dist, **settings):
         order = np.argsort(-found.output["scores"].reshape(-1), kind="stable")
         proposals[index[found.item.image_id]] = found.output["boxes"].reshape(-1, 4)[order]
+    if dist is not None and not dist.is_main:
+        return None
     result = proposal_recall(proposals, counted_objects(ann), top_n)
     result.extra = {"rpn": {**settings, "nms_thresh": float(model.recipe.rpn.nms_thresh)}}
     return result

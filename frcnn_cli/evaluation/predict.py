@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from frcnn_cli.data.images import IMAGE_SUFFIXES, MAX_PIXELS, is_image_file
+from frcnn_cli.data.images import IMAGE_SUFFIXES, MAX_PIXELS, is_image_file, read_image
+from frcnn_cli.distributed import DistInfo
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.draw import draw_detections
@@ -86,11 +87,24 @@ class PredictArgs:
     precision: str = "fp32"
 
 
-def run_predict(args: PredictArgs, reporter: Reporter = SILENT) -> PredictReport:
+def run_predict(args: PredictArgs, reporter: Reporter = SILENT) -> PredictReport | None:
     """``frcnn predict``: the images found, their outputs checked before any work (no input
     replaced, only frcnn's own files), the model loaded, its proposals chosen once, the
-    drawings and ``OUT/detections.json`` written. DataError when no image could be read."""
-    from frcnn_cli.devices import autocast, resolve_device
+    drawings and ``OUT/detections.json`` written. DataError when no image could be read.
+    Under torchrun every process runs its share; the main one writes everything and returns
+    the report, the others None."""
+    from frcnn_cli import distributed
+
+    device, dist = distributed.join_processes(args.device)
+    try:
+        report = _predict(args, device, dist, reporter if dist.is_main else SILENT)
+    finally:
+        distributed.shutdown(dist)
+    return report if dist.is_main else None
+
+
+def _predict(args: PredictArgs, device, dist: DistInfo, reporter: Reporter) -> PredictReport:
+    from frcnn_cli.devices import autocast
     from frcnn_cli.evaluation.detections import save_detections
     from frcnn_cli.evaluation.run import load_detector
     from frcnn_cli.files import prepare_output_dir, require_file
@@ -105,7 +119,6 @@ def run_predict(args: PredictArgs, reporter: Reporter = SILENT) -> PredictReport
     jobs = plan_outputs(found, out)
     prepare_output_dir(out, args.inputs, "--out folder", writes=[
         ("detections.json", DETECTIONS), *((job.output.relative_to(out), DRAWING) for job in jobs)])
-    device = resolve_device(args.device)
     autocast(device, args.precision)  # fp16 on a CPU is refused before any work
     model = load_detector(args.checkpoint, device, args.precision)
     source = proposals_for(model)  # Selective Search for a detector trained on it, else None
@@ -114,8 +127,10 @@ def run_predict(args: PredictArgs, reporter: Reporter = SILENT) -> PredictReport
                          "Selective Search proposals cannot be tiled")
     report = predict_files(model, jobs, device, args.score_thresh, reporter,
                            precision=args.precision, proposals=source, tiling=args.tiling,
-                           max_pixels=args.max_pixels or MAX_PIXELS)
+                           max_pixels=args.max_pixels or MAX_PIXELS, dist=dist)
     report.jobs, report.source = len(jobs), source
+    if not dist.is_main:
+        return report
     if not report.written:
         first = report.skipped[0][1] if report.skipped else "no image"
         raise DataError(f"none of the {len(jobs)} image(s) could be read ({first}); nothing "
@@ -187,8 +202,8 @@ def _resolved(path: Path) -> Path:
 def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = "cpu",
                   score_thresh: float = 0.5, reporter: Reporter = SILENT,
                   *, precision: str = "fp32", proposals: ExternalProposals | None = None,
-                  tiling: Tiling | None = None,
-                  max_pixels: int | None = MAX_PIXELS) -> PredictReport:
+                  tiling: Tiling | None = None, max_pixels: int | None = MAX_PIXELS,
+                  dist: DistInfo | None = None) -> PredictReport:
     """Run ``model`` on each job's image (on its tiles with ``tiling``), in ``precision``,
     keep detections scoring at least ``score_thresh``, write the drawing to ``job.output`` and
     collect the detections in file pixels.
@@ -196,7 +211,9 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
     A detector trained on Selective Search proposals runs it on each image (``proposals``:
     the source to use and time; default, the one its checkpoint names). An image that cannot
     be decoded, or has more than ``max_pixels`` pixels, is skipped and listed in the report's
-    ``skipped``. The progress bar counts images, or tiles with ``tiling``.
+    ``skipped``. The progress bar counts images, or tiles with ``tiling``. Under torchrun
+    (``dist``) every process detects its share and the main one draws and collects them all
+    (decoding again the images another process ran on); the others' reports are empty.
     """
     proposals = proposals if proposals is not None else proposals_for(model)
     # the model keeps down to the recipe's threshold unless the user asks for less
@@ -207,7 +224,7 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
                                   max_pixels=max_pixels, skip_unreadable=True)
     for found in detect_images(model, source, device, precision=precision, proposals=proposals,
                                tiling=tiling, keep_pixels=True, num_workers=0,
-                               reporter=reporter, score_thresh=detect_thresh,
+                               reporter=reporter, score_thresh=detect_thresh, dist=dist,
                                description="predict" if tiling is None else "predict (tiles)"):
         if found.output is None:
             report.skipped.append((found.item.path, found.skipped))
@@ -225,7 +242,8 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
             r["file_name"] = str(found.item.path)
             r["category_name"] = model.classes[int(label) - 1]["name"]
         report.detections.extend(results)
-        pixels = np.ascontiguousarray(found.pixels.permute(1, 2, 0).numpy())
+        pixels = (np.ascontiguousarray(found.pixels.permute(1, 2, 0).numpy())
+                  if found.pixels is not None else read_image(found.item.path, max_pixels))
         output = output_of[found.item.image_id]
         save_image(draw_detections(pixels, boxes, labels, scores, model.classes), output)
         report.written.append(output)

@@ -119,16 +119,30 @@ class EvalReport:
     written: list[Path] = field(default_factory=list)
 
 
-def run_eval(args: EvalArgs, reporter: Reporter = SILENT) -> EvalReport:
-    """Run ``frcnn eval`` as ``args`` says; see the module doc."""
+def run_eval(args: EvalArgs, reporter: Reporter = SILENT) -> EvalReport | None:
+    """Run ``frcnn eval`` as ``args`` says; see the module doc. Under torchrun every process
+    checks the same inputs and outputs and runs its share of the images; the main process
+    scores, writes and returns the report, the others return None."""
+    from frcnn_cli import distributed
+
+    args.refuse_conflicts()
+    device, dist = distributed.join_processes(args.device)
+    try:
+        report = _run(args, device, dist, reporter if dist.is_main else SILENT)
+    finally:
+        distributed.shutdown(dist)
+    return report if dist.is_main else None
+
+
+def _run(args: EvalArgs, device, dist, reporter: Reporter) -> EvalReport:
     from frcnn_cli.data.usable import open_dataset
     from frcnn_cli.evaluation import eval_outputs
 
-    args.refuse_conflicts()
-    if args.compare is not None:
-        return _compare(args, reporter)
+    if args.compare is not None or (args.detections is not None and not dist.is_main):
+        # no model to run: the main process alone does the work
+        return _compare(args, reporter) if dist.is_main else EvalReport(Path(args.data))
     outputs = eval_outputs.EvalOutputs.plan(args)  # before the dataset's images are read
-    model, device = _load_model(args) if args.checkpoint is not None else (None, None)
+    model = _load_model(args, device) if args.checkpoint is not None else None
     ann = open_dataset(args.data, "eval" if model is not None else "score")
     outputs.check_dataset(ann)
     report = EvalReport(Path(args.data))
@@ -138,7 +152,7 @@ def run_eval(args: EvalArgs, reporter: Reporter = SILENT) -> EvalReport:
         dets = read_detections(args.detections, ann)
         return _score(args, ann, dets, outputs, report, reporter, str(args.detections))
     if args.recall:
-        return _recall(args, model, device, ann, outputs, report, reporter)
+        return _recall(args, model, device, ann, outputs, report, reporter, dist)
     from frcnn_cli.evaluation.inference import predict_dataset
     from frcnn_cli.proposals.sources import proposals_for
 
@@ -149,7 +163,9 @@ def run_eval(args: EvalArgs, reporter: Reporter = SILENT) -> EvalReport:
     dets = predict_dataset(model, ann, device, reporter, args.batch_size,
                            precision=args.precision, proposals=report.source,
                            tiling=args.tiling, max_pixels=_max_pixels(args),
-                           tiled_images=report.tiled)
+                           tiled_images=report.tiled, dist=dist)
+    if not dist.is_main:
+        return report
     if args.save_detections is not None:
         from frcnn_cli.evaluation.detections import save_detections
 
@@ -180,7 +196,7 @@ def _score(args: EvalArgs, ann, dets: list[dict], outputs, report: EvalReport,
 
 
 def _recall(args: EvalArgs, model, device, ann, outputs, report: EvalReport,
-            reporter: Reporter) -> EvalReport:
+            reporter: Reporter, dist) -> EvalReport:
     from frcnn_cli.evaluation.inference import evaluate_proposals
 
     if model.proposal_source:
@@ -189,8 +205,9 @@ def _recall(args: EvalArgs, model, device, ann, outputs, report: EvalReport,
                          "to measure; compare proposal files with --compare-proposals")
     report.recall = evaluate_proposals(model, ann, device, reporter, args.batch_size,
                                        precision=args.precision,
-                                       max_pixels=_max_pixels(args))
-    report.written += outputs.write_recall(report.recall, args)
+                                       max_pixels=_max_pixels(args), dist=dist)
+    if dist.is_main:
+        report.written += outputs.write_recall(report.recall, args)
     return report
 
 
@@ -212,16 +229,14 @@ def _compare(args: EvalArgs, reporter: Reporter) -> EvalReport:
     return report
 
 
-def _load_model(args: EvalArgs):
-    """The checkpoint's model (or the exported file's, run by its runtime) and the device it
-    is on, once the precision is known to run there (fp16 on a CPU is refused before any
-    work)."""
-    from frcnn_cli.devices import autocast, resolve_device
+def _load_model(args: EvalArgs, device):
+    """The checkpoint's model (or the exported file's, run by its runtime) on ``device``, once
+    the precision is known to run there (fp16 on a CPU is refused before any work)."""
+    from frcnn_cli.devices import autocast
 
-    device = resolve_device(args.device)
     autocast(device, args.precision)
     return load_detector(args.checkpoint, device, args.precision,
-                         recall=args.recall, proposal_file=args.proposal_file), device
+                         recall=args.recall, proposal_file=args.proposal_file)
 
 
 def load_detector(path: PathLike, device, precision: str = "fp32", **needs: Any):

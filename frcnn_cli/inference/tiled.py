@@ -235,7 +235,20 @@ def detect_tiled(model, image: Tensor, tiling: Tiling, device: torch.device | st
     "scores", "labels"}`` on the CPU, best first, at most ``tiling.max_detections``.
     """
     height, width = image.shape[-2:]
-    windows = tiling.windows(width, height)
+    seen = tile_detections(model, image, tiling, device, task, score_thresh=score_thresh)
+    return merge_tiles(seen, width, height, model.recipe.roi_heads.nms_thresh,
+                       tiling.max_detections)
+
+
+def tile_detections(model, image: Tensor, tiling: Tiling, device: torch.device | str = "cpu",
+                    task: Task | None = None, rank: int = 0, world_size: int = 1,
+                    score_thresh: float | None = None
+                    ) -> list[tuple[Window, dict[str, Tensor]]]:
+    """``model.detect`` on tiles ``rank, rank + world_size, ...`` of one image (all of them by
+    default): ``(window, detections in the tile's pixels, on the CPU)`` in tile order, for
+    :func:`merge_tiles` once every process's share is together."""
+    height, width = image.shape[-2:]
+    windows = tiling.windows(width, height)[rank::world_size]
     seen: list[tuple[Window, dict[str, Tensor]]] = []
     for start in range(0, len(windows), tiling.tile_batch):
         batch = windows[start:start + tiling.tile_batch]
@@ -245,5 +258,4 @@ def detect_tiled(model, image: Tensor, tiling: Tiling, device: torch.device | st
                  for w, out in zip(batch, outputs, strict=True)]
         if task is not None:
             task.update(advance=len(batch))
-    return merge_tiles(seen, width, height, model.recipe.roi_heads.nms_thresh,
-                       tiling.max_detections)
+    return seen

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from frcnn_cli import distributed as dist_mod
-from frcnn_cli.devices import resolve_device
 from frcnn_cli.inference.images import ImageSource
 from frcnn_cli.inference.loop import detect_images
 from frcnn_cli.outputs import PROPOSALS
@@ -31,11 +30,12 @@ log = logging.getLogger("frcnn")
 
 
 def generate_proposals(model, annotations, device: torch.device, reporter: Reporter = SILENT,
-                       rank: int = 0, world_size: int = 1, batch_size: int = 1,
-                       max_proposals: int | None = None, skip_unreadable: bool = False
+                       batch_size: int = 1, max_proposals: int | None = None,
+                       skip_unreadable: bool = False, dist: dist_mod.DistInfo | None = None
                        ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], list[float]]:
-    """Run the model's RPN over (process ``rank``'s share of) a dataset with the training
-    proposal numbers (or ``max_proposals``, see :func:`rpn_counts`).
+    """Run the model's RPN over a dataset with the training proposal numbers (or
+    ``max_proposals``, see :func:`rpn_counts`); under torchrun (``dist``) each process its
+    share, the main one receiving them all (the others nothing).
 
     Returns ``{image_id: (boxes [P, 4] in the file's pixels, scores [P])}`` and the seconds
     per image of each forward (backbone and RPN; decoding excluded). ``skip_unreadable``: an
@@ -46,10 +46,9 @@ def generate_proposals(model, annotations, device: torch.device, reporter: Repor
     source = ImageSource.of_dataset(annotations, skip_unreadable=skip_unreadable)
     out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     seconds: list[float] = []
-    for found in detect_images(model, source, device, batch_size=batch_size, rank=rank,
-                               world_size=world_size, reporter=reporter,
-                               description="proposals", rpn_only=True, pre_nms_top_n=pre,
-                               post_nms_top_n=post):
+    for found in detect_images(model, source, device, batch_size=batch_size, dist=dist,
+                               reporter=reporter, description="proposals", rpn_only=True,
+                               pre_nms_top_n=pre, post_nms_top_n=post):
         if found.output is None:
             log.warning("no proposals for an image training skips: %s", found.skipped)
             continue
@@ -80,23 +79,18 @@ def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
     from frcnn_cli.files import prepare_output_file, require_file
     from frcnn_cli.model.faster_rcnn import load_model
 
-    dev = resolve_device(device)
-    dist = dist_mod.init_distributed(dev)
-    if dist.enabled and dev.type == "cuda":
-        dev = torch.device("cuda", dist.local_rank)
+    dev, dist = dist_mod.join_processes(device)
     require_file(checkpoint, "checkpoint")
     ann = open_dataset(data, purpose)
     if dist.is_main:
         prepare_output_file(out, PROPOSALS, [checkpoint, data, *ann.image_files()],
                             "proposals file")
     model = load_model(checkpoint, device=dev)
-    mine, seconds = generate_proposals(model, ann, dev, reporter if dist.is_main else SILENT,
-                                       rank=dist.rank, world_size=dist.world_size,
-                                       batch_size=batch_size, max_proposals=max_proposals,
-                                       skip_unreadable=purpose == "train")
-    parts = dist_mod.gather_to_main(mine, dist)
+    merged, seconds = generate_proposals(model, ann, dev,
+                                         reporter if dist.is_main else SILENT, batch_size,
+                                         max_proposals, skip_unreadable=purpose == "train",
+                                         dist=dist)
     if dist.is_main:
-        merged = {k: v for part in parts for k, v in part.items()}
         save_proposals(merged, ann.images, out, _rpn_meta(model.recipe, checkpoint,
                                                           max_proposals, seconds, dev, merged,
                                                           ann), ann.path)
