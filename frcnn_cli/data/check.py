@@ -45,7 +45,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "empty dataset": (ERROR, "nothing to fix: add images"),
     "missing image": (ERROR, "image dropped"),
     "unreadable image": (ERROR, "image dropped"),
-    "size mismatch": (ERROR, "size set from the file, boxes clipped"),
+    "size mismatch": (ERROR, "size set from the file; boxes turned with an EXIF-rotated "
+                      "image, else clipped"),
     "degenerate box": (ERROR, "dropped"),
     "box outside image": (ERROR, "dropped"),
     "unknown category": (ERROR, "dropped"),
@@ -250,18 +251,7 @@ def fix_dataset(ann: Annotations, report: CheckReport) -> tuple[Annotations, dic
     changes: Counter[str] = Counter()
     images = copy.deepcopy(ann.images)
     anns = copy.deepcopy(ann.annotations)
-    cats = copy.deepcopy(ann.categories)
-
-    # categories: merge repeats that agree; those that disagree stay for the user
-    seen_cats: dict[Any, str] = {}
-    kept_cats = []
-    for c in cats:
-        if c["id"] in seen_cats and seen_cats[c["id"]] == c["name"]:
-            changes["repeated categories merged"] += 1
-            continue
-        seen_cats.setdefault(c["id"], c["name"])
-        kept_cats.append(c)
-
+    kept_cats = _merged_categories(copy.deepcopy(ann.categories), changes)
     kept_images, turned = _fixed_images(images, report, changes)
     first_of_id = {}
     for im in kept_images:
@@ -310,6 +300,21 @@ def fix_dataset(ann: Annotations, report: CheckReport) -> tuple[Annotations, dic
         fixed.reindex()
         changes["duplicate boxes dropped"] += len(duplicates)
     return fixed, dict(changes)
+
+
+def _merged_categories(cats: list[dict[str, Any]], changes: Counter[str]
+                       ) -> list[dict[str, Any]]:
+    """The categories without repeats that agree (same id, same name); repeats that disagree
+    stay, for the user to settle."""
+    seen: dict[Any, str] = {}
+    kept = []
+    for c in cats:
+        if c["id"] in seen and seen[c["id"]] == c["name"]:
+            changes["repeated categories merged"] += 1
+            continue
+        seen.setdefault(c["id"], c["name"])
+        kept.append(c)
+    return kept
 
 
 def _fixed_images(images: list[dict[str, Any]], report: CheckReport, changes: Counter[str]
