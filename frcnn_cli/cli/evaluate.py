@@ -135,7 +135,7 @@ def evaluate(
         _recall_table(report.recall, report.data)
     else:
         if report.tiled:
-            console.tiled_table(report.tiled, args.tiling, "score >= the recipe's threshold")
+            console.tiled_table(report.tiled, args.tiling, f"score >= {report.score_thresh:g}")
         _result_tables(report.result, report.data)
         if report.analysis is not None:
             _analysis_tables(report.analysis)
@@ -182,7 +182,8 @@ def _analysis_tables(analysis) -> None:
     """TIDE's error table, the confusion matrix and each class at the score threshold."""
     errors, matrix = analysis.errors, analysis.confusion
     console.table(f"where the AP is lost (TIDE, AP50 {errors.ap50:.4f}): what fixing each "
-                  "kind of error alone would add", ["error", "the detection", "dAP", "count"],
+                  "kind of error alone would add", ["error", "the detection", "dAP (points)",
+                                                    "count"],
                   [[name, what, 100 * dap, n] for name, what, dap, n in analysis.error_rows()])
     header, rows = analysis.matrix_rows()
     console.table(f"confusion at score >= {matrix.score_thresh:g} (rows: truth, columns: "

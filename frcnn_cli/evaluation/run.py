@@ -115,6 +115,7 @@ class EvalReport:
     analysis: Any = None
     tiled: list[TiledImage] = field(default_factory=list)
     source: Any = None
+    score_thresh: float | None = None  # the model's, that its detections were kept at
     saved_detections: int | None = None
     written: list[Path] = field(default_factory=list)
 
@@ -157,6 +158,7 @@ def _run(args: EvalArgs, device, dist, reporter: Reporter) -> EvalReport:
     from frcnn_cli.proposals.sources import proposals_for
 
     report.source = proposals_for(model, args.proposal_file, ann, args.ignore_dataset_mismatch)
+    report.score_thresh = model.recipe.roi_heads.score_thresh
     if args.tiling is not None and report.source is not None:
         raise InputError("--tile runs the model's own RPN on each tile; a detector on external "
                          "proposals (or --proposal-file) cannot be tiled")
