@@ -147,3 +147,29 @@ def test_benchmark_times_an_export_beside_torchvision(onnx_file, one_thread):
     assert ours.stages == {} and len(ours.totals) == 1 and ours.totals[0] > 0
     assert "backbone" in theirs.stages and result.ratio() > 0
     assert ours.detections == len(models["frcnn"]([benchmark_image(size=(120, 160))])[0]["boxes"])
+
+
+def test_the_commands_take_an_exported_file_as_they_take_a_checkpoint(cli, onnx_file,
+                                                                      trained_shapes,
+                                                                      shapes_four, tmp_path):
+    """frcnn eval, predict and benchmark on the ONNX file: the checkpoint's mAP, its
+    detections; what only a checkpoint can do is refused in one line."""
+    maps = {}
+    for name, model in (("ckpt", trained_shapes), ("onnx", onnx_file)):
+        r = cli("eval", model, "--data", shapes_four, "--json", tmp_path / f"{name}.json",
+                "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        maps[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        r = cli("predict", model, shapes_four.parent / "images" / "train", "--out",
+                tmp_path / f"p-{name}", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+    assert maps["onnx"] == maps["ckpt"] and maps["ckpt"]["mAP"] > 0.8
+    dets = [json.loads((tmp_path / f"p-{n}" / "detections.json").read_text())
+            for n in ("ckpt", "onnx")]
+    assert [(d["file_name"], d["category_id"]) for d in dets[0]] == \
+        [(d["file_name"], d["category_id"]) for d in dets[1]]
+    r = cli("benchmark", onnx_file, "--runs", 1, "--warmup", 0)
+    assert r.exit_code == 0 and "onnx" in r.output.lower(), r.output
+    for args, flag in ((["--proposals"], "--proposals"), (["--precision", "bf16"], "--precision")):
+        r = cli("eval", onnx_file, "--data", shapes_four, "--device", "cpu", *args)
+        assert r.exit_code == 2 and f"{flag} needs the checkpoint" in r.output, r.output
