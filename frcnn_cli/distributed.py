@@ -12,8 +12,10 @@ stops the other workers with SIGTERM, which a training run turns into a saved ``
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +100,17 @@ def broadcast_from_main(obj: Any, info: DistInfo) -> Any:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def processes(device: str) -> Iterator[tuple[torch.device, DistInfo]]:
+    """``with processes("auto") as (device, dist):`` this process's device and place among
+    torchrun's for one command (eval, predict, propose), the group left at the end."""
+    resolved, info = join_processes(device)
+    try:
+        yield resolved, info
+    finally:
+        shutdown(info)
 
 
 def is_peer_failure(error: BaseException) -> bool:

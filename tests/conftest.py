@@ -40,6 +40,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def data(tmp_path):
+    """A fresh 64 px shapes set per test (the trust and reliability tests damage it):
+    train.json (4 images, ids 1..4), val.json (2, ids 1..2), images/."""
+    from reliability import small_shapes
+
+    return small_shapes(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An untrained, complete model checkpoint for the three shapes classes."""
+    from reliability import untrained_checkpoint
+
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
 @pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory):
     """A small synthetic shapes set, made once per session: the folder holding ``train.json``

@@ -5,6 +5,17 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+# Training options that make a run of a few iterations take seconds: 64 px, no worker
+# processes, two images a batch, no warm-up, the CPU.
+FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
+        "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
+        "solver.warmup_iters=0", "--device", "cpu"]
+
+
+def flat(text: str) -> str:
+    """Output without whitespace or box borders: the log handler wraps lines."""
+    return "".join(text.split()).replace("│", "")
+
 
 def digest(*paths: Path) -> dict[str, str]:
     """sha256 of every file under ``paths`` (files or folders)."""

@@ -7,7 +7,7 @@ its RoI levels are the same modules as on ResNet-50, in a fraction of the export
 
 import pytest
 import torch
-from random_weights import spread_batchnorm
+from random_weights import spread_weights
 
 from frcnn_cli import build_model
 from frcnn_cli.config import load_recipe
@@ -31,14 +31,7 @@ def model():
     own sort: onnxruntime's may differ.)"""
     torch.manual_seed(0)
     net = build_model(load_recipe("coco-r50-fpn", SETTINGS), 3).eval()
-    g = torch.Generator().manual_seed(1)
-    spread_batchnorm(net, g)
-    with torch.no_grad():
-        net.rpn.head.cls_logits.weight.normal_(0, 0.2, generator=g)
-        net.rpn.head.cls_logits.bias.normal_(0, 1, generator=g)
-        net.rpn.head.bbox_pred.weight.normal_(0, 0.02, generator=g)
-        net.roi_heads.cls_score.weight.normal_(0, 0.3, generator=g)
-        net.roi_heads.bbox_pred.weight.normal_(0, 0.05, generator=g)
+    spread_weights(net, torch.Generator().manual_seed(1))
     return net
 
 

@@ -17,26 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from reliability import assert_user_error, digest, small_shapes, untrained_checkpoint
-
-FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
-        "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
-        "solver.warmup_iters=0", "--device", "cpu"]
-
-
-def flat(text: str) -> str:
-    return "".join(text.split()).replace("│", "")
-
-
-@pytest.fixture
-def data(tmp_path):
-    """A fresh 64 px shapes set: train.json (4 images, ids 1..4), val.json (2, ids 1..2)."""
-    return small_shapes(tmp_path / "data")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+from reliability import (
+    FAST,
+    assert_user_error,
+    digest,
+    flat,
+)
 
 
 def edited(path: Path, name: str, edit) -> Path:

@@ -11,27 +11,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from reliability import assert_user_error, digest, small_shapes, untrained_checkpoint
+from reliability import FAST, assert_user_error, digest
 
 # the plain progress lines of slow work: "detect 2/4  3.1/s", "reading images 1/6", ...
 PROGRESS = re.compile(r"^(detect|proposals|train|predict|synthesising|reading images) \d",
                       re.MULTILINE)
-FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
-        "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
-        "solver.warmup_iters=0", "--device", "cpu"]
-@pytest.fixture
-def data(tmp_path):
-    """A fresh 64 px shapes set per test (tests try to damage it): train.json (4 images),
-    val.json (2), images/."""
-    return small_shapes(tmp_path / "data")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """An untrained, complete model checkpoint for the three shapes classes."""
-    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
 @pytest.fixture
 def detections(data, tmp_path):
     path = tmp_path / "dets.json"

@@ -17,11 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability import digest, small_shapes
-
-FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
-        "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
-        "solver.warmup_iters=0", "--device", "cpu"]
+from reliability import FAST, digest, small_shapes
 
 
 class Payload:

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability import FAST
 
 from frcnn_cli.checkpoint import load_checkpoint
 from frcnn_cli.proposals.files import read_raw
 
-FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
-        "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
-        "solver.warmup_iters=0", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 

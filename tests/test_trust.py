@@ -17,28 +17,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reliability import assert_user_error, digest, small_shapes, untrained_checkpoint
-
-FAST = ["--set", "input.min_size=64", "--set", "input.max_size=64", "--set",
-        "data.num_workers=0", "--set", "solver.images_per_batch=2", "--set",
-        "solver.warmup_iters=0", "--device", "cpu"]
-
-
-def flat(text: str) -> str:
-    """Output without whitespace or box borders: the log handler wraps lines."""
-    return "".join(text.split()).replace("│", "")
-
-
-@pytest.fixture
-def data(tmp_path):
-    """A fresh 64 px shapes set per test: train.json (4 images), val.json (2), images/."""
-    return small_shapes(tmp_path / "data")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """An untrained, complete model checkpoint for the three shapes classes."""
-    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+from reliability import (
+    FAST,
+    assert_user_error,
+    digest,
+    flat,
+)
 
 
 def edited(path: Path, out: Path, edit) -> Path:

@@ -136,14 +136,11 @@ def evaluate_final(root: Path, args: RunArgs, reporter: Reporter = SILENT) -> fl
     from frcnn_cli.model.faster_rcnn import load_model
     from frcnn_cli.outputs import EVAL_RESULT
 
-    device, dist = dist_mod.join_processes(args.device)
-    try:
+    with dist_mod.processes(args.device) as (device, dist):
         model = load_model(root / "model.pt", device=device)
         result = evaluate_model(model, open_dataset(args.val, "val"),
                                 metric=model.recipe.eval.metric, device=device,
                                 reporter=reporter if dist.is_main else SILENT, dist=dist)
-    finally:
-        dist_mod.shutdown(dist)
     if result is None:
         return None
     write_result(root / "eval.json", EVAL_RESULT, result.to_dict())

@@ -95,11 +95,8 @@ def run_predict(args: PredictArgs, reporter: Reporter = SILENT) -> PredictReport
     the report, the others None."""
     from frcnn_cli import distributed
 
-    device, dist = distributed.join_processes(args.device)
-    try:
+    with distributed.processes(args.device) as (device, dist):
         report = _predict(args, device, dist, reporter if dist.is_main else SILENT)
-    finally:
-        distributed.shutdown(dist)
     return report if dist.is_main else None
 
 

@@ -127,11 +127,8 @@ def run_eval(args: EvalArgs, reporter: Reporter = SILENT) -> EvalReport | None:
     from frcnn_cli import distributed
 
     args.refuse_conflicts()
-    device, dist = distributed.join_processes(args.device)
-    try:
+    with distributed.processes(args.device) as (device, dist):
         report = _run(args, device, dist, reporter if dist.is_main else SILENT)
-    finally:
-        distributed.shutdown(dist)
     return report if dist.is_main else None
 
 

@@ -79,23 +79,21 @@ def propose(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
     from frcnn_cli.files import prepare_output_file, require_file
     from frcnn_cli.model.faster_rcnn import load_model
 
-    dev, dist = dist_mod.join_processes(device)
-    require_file(checkpoint, "checkpoint")
-    ann = open_dataset(data, purpose)
-    if dist.is_main:
+    with dist_mod.processes(device) as (dev, dist):
+        require_file(checkpoint, "checkpoint")
+        ann = open_dataset(data, purpose)
+        # every process checks (the same verdict): none is left waiting for a refused one
         prepare_output_file(out, PROPOSALS, [checkpoint, data, *ann.image_files()],
                             "proposals file")
-    model = load_model(checkpoint, device=dev)
-    merged, seconds = generate_proposals(model, ann, dev,
-                                         reporter if dist.is_main else SILENT, batch_size,
-                                         max_proposals, skip_unreadable=purpose == "train",
-                                         dist=dist)
-    if dist.is_main:
-        save_proposals(merged, ann.images, out, _rpn_meta(model.recipe, checkpoint,
-                                                          max_proposals, seconds, dev, merged,
-                                                          ann), ann.path)
-    dist_mod.barrier(dist)
-    dist_mod.shutdown(dist)
+        model = load_model(checkpoint, device=dev)
+        merged, seconds = generate_proposals(model, ann, dev,
+                                             reporter if dist.is_main else SILENT, batch_size,
+                                             max_proposals, skip_unreadable=purpose == "train",
+                                             dist=dist)
+        if dist.is_main:
+            save_proposals(merged, ann.images, out, _rpn_meta(
+                model.recipe, checkpoint, max_proposals, seconds, dev, merged, ann), ann.path)
+        dist_mod.barrier(dist)  # the file is whole before any process goes on
     return Path(out)
 
 

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/random_weights.py
 sys.path.insert(0, str(HERE.parents[1]))  # the checkout
 
-from random_weights import spread_batchnorm  # noqa: E402
+from random_weights import spread_weights  # noqa: E402
 
 from frcnn_cli import build_model  # noqa: E402
 from frcnn_cli.checkpoint import checkpoint_meta, save_checkpoint  # noqa: E402
@@ -63,14 +63,7 @@ GIVEN = [torch.tensor([[5.0, 5, 60, 70], [30, 20, 130, 85], [0, 0, 140, 90]]),
 
 
 def spread(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
-    spread_batchnorm(model, g)
-    with torch.no_grad():
-        model.rpn.head.cls_logits.weight.normal_(0, 0.2, generator=g)
-        model.rpn.head.cls_logits.bias.normal_(0, 1, generator=g)
-        model.rpn.head.bbox_pred.weight.normal_(0, 0.02, generator=g)
-        model.roi_heads.cls_score.weight.normal_(0, 0.3, generator=g)
-        model.roi_heads.bbox_pred.weight.normal_(0, 0.05, generator=g)
+    spread_weights(model, torch.Generator().manual_seed(1))
 
 
 def outputs(model: torch.nn.Module) -> dict:
