@@ -23,7 +23,7 @@ def test_install_has_contrib_opencv_and_albumentations_works():
     # cv2, and the environment must end with the contrib build (see pyproject.toml).
     cv2 = opencv()
     assert hasattr(cv2.ximgproc.segmentation, "createSelectiveSearchSegmentation")
-    from frcnn_cli.data.transforms import Augmentation
+    from frcnn_cli.data.augment import Augmentation
 
     shift = Augmentation([{"name": "Affine", "translate_px": {"x": 10, "y": 0}, "p": 1.0}])
     image = np.zeros((80, 100, 3), np.uint8)

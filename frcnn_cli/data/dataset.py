@@ -45,13 +45,13 @@ import torch
 from frcnn_cli.boxes import clip_boxes
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations
-from frcnn_cli.data.images import MAX_PIXELS, opencv, read_image
-from frcnn_cli.data.transforms import (
+from frcnn_cli.data.augment import (
     build_augmentation,
     hflip,
     hflip_boxes,
     valid_boxes,
 )
+from frcnn_cli.data.images import MAX_PIXELS, opencv, read_image
 from frcnn_cli.data.usable import SizeMismatch, check_size, without_unusable
 from frcnn_cli.errors import DataError, FrcnnError
 
