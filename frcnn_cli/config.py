@@ -137,6 +137,12 @@ class DataConfig(Section):
     num_workers: int = Field(2, ge=0, description="Loader worker processes.")
     aspect_ratio_grouping: bool = Field(
         True, description="Batch portrait and landscape images separately to waste less padding.")
+    repeat_threshold: float | None = Field(
+        None, gt=0, le=1, description="Repeat-factor sampling (LVIS, Gupta et al. 2019): an "
+        "image is shown r = max over its classes of max(1, sqrt(t / f)) times per epoch, f "
+        "being the fraction of training images holding the class, so classes in fewer than a "
+        "fraction t of the images are seen more often (LVIS: 0.001); 'frcnn data stats "
+        "--recipe' shows the effect. null: every image once per epoch.")
 
 
 class RPNConfig(Section):
