@@ -77,8 +77,9 @@ def crashed(result) -> bool:
 @pytest.fixture(scope="module")
 def validated_runs(data, tmp_path_factory):
     """Three 6-iteration runs of one seed, validating every 2 iterations (a checkpoint every 2
-    too): ``whole`` uninterrupted; ``split`` crashed as iteration 5 began (last.pt of
-    iteration 4, written after its validation) and resumed; ``plain`` without --val."""
+    too): ``whole`` uninterrupted; ``split`` crashed as iteration 6 began (after logging
+    iteration 5; its last.pt is iteration 4's, written after that validation) and resumed;
+    ``plain`` without --val."""
     from typer.testing import CliRunner
 
     from frcnn_cli.cli.app import app
@@ -95,11 +96,11 @@ def validated_runs(data, tmp_path_factory):
     r = cli(*train_args(data, runs["plain"], 6, *extra, val=False))
     assert r.exit_code == 0, r.output
     with pytest.MonkeyPatch.context() as monkeypatch:
-        crash_at(monkeypatch, 5)
+        crash_at(monkeypatch, 6)
         r = cli(*train_args(data, runs["split"], 6, *extra))
         assert crashed(r)
     assert load_checkpoint(runs["split"] / "last.pt")["meta"]["iteration"] == 4
-    assert [x["iteration"] for x in lines(runs["split"])][-1] == 4  # logged, then the crash
+    assert [x["iteration"] for x in lines(runs["split"])][-1] == 5  # logged, then the crash
     r = cli("train", "--resume", runs["split"])
     assert r.exit_code == 0, r.output
     return runs
@@ -161,7 +162,8 @@ def expected_scalars(run: Path) -> dict[tuple[str, int], float]:
 
 def test_tensorboard_shows_metrics_jsonl_once_across_a_resume(validated_runs):
     """The resumed run's event files hold each value of its metrics.jsonl once, at its
-    iteration: the points its first process logged after last.pt (iteration 5) are purged."""
+    iteration: the points its first process logged after last.pt (iteration 5's) are purged
+    and logged again."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     split = validated_runs["split"]
