@@ -137,6 +137,12 @@ class DataConfig(Section):
     num_workers: int = Field(2, ge=0, description="Loader worker processes.")
     aspect_ratio_grouping: bool = Field(
         True, description="Batch portrait and landscape images separately to waste less padding.")
+    repeat_threshold: float | None = Field(
+        None, gt=0, le=1, description="Repeat-factor sampling (LVIS, Gupta et al. 2019): an "
+        "image is shown r = max over its classes of max(1, sqrt(t / f)) times per epoch, f "
+        "being the fraction of training images holding the class, so classes in fewer than a "
+        "fraction t of the images are seen more often (LVIS: 0.001); 'frcnn data stats "
+        "--recipe' shows the effect. null: every image once per epoch.")
 
 
 class RPNConfig(Section):
@@ -274,6 +280,11 @@ class TrainConfig(Section):
     val_every: int = Field(0, ge=0, description="Iterations between validations on --val "
                            "(0: only at the end).")
     seed: int = Field(0, description="Random seed.")
+    patience: int | None = Field(
+        None, ge=1, description="Early stopping: end the run when validation mAP has not "
+        "improved for this many validations in a row (every train.val_every iterations); "
+        "model.pt is then the best validation weights (best.pt). null: train the whole "
+        "schedule.")
 
 
 class EvalConfig(Section):
@@ -308,6 +319,8 @@ class Recipe(Section):
             raise ValueError("input.max_size must be at least input.min_size")
         if self.model.frozen_bn_eps is not None and "-fpn" not in self.model.backbone:
             raise ValueError("model.frozen_bn_eps applies to the -fpn backbones only")
+        if self.train.patience is not None and not self.train.val_every:
+            raise ValueError("train.patience counts validations: set train.val_every too")
         return self
 
     def to_dict(self) -> dict[str, Any]:

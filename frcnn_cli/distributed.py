@@ -97,6 +97,15 @@ def broadcast_from_main(obj: Any, info: DistInfo) -> Any:
     return box[0]
 
 
+def main_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every process the main one's buffers (BatchNorm's running statistics): DDP sends
+    them at the start of each forward pass, so after the last one each process holds those
+    its own batch left, and a model evaluated in shares must be one model, the main one's."""
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

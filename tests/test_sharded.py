@@ -94,12 +94,18 @@ def test_sharded_predict_and_propose_write_the_one_process_files(cli, trained_sh
     assert one["file_names"] == two["file_names"]
 
 
-def test_two_nodes_train_what_one_node_of_two_processes_trains(shapes_data, tmp_path):
-    """Two torchrun launchers, one process each, rendezvous as two nodes on this machine."""
+def test_two_nodes_train_what_one_node_of_two_processes_trains(cli, shapes_data, tmp_path):
+    """Two torchrun launchers, one process each, rendezvous as two nodes on this machine. The
+    run's validation is sharded too: its eval.json is what eval of its model.pt gives."""
     train = ["train", "--recipe", "shapes", "--train", shapes_data / "train.json", "--iters",
              4, "--seed", 3, *FAST]
-    proc = torchrun(*train, "--out", tmp_path / "standalone")
+    proc = torchrun(*train, "--out", tmp_path / "standalone", "--val", shapes_data / "val.json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = cli("eval", tmp_path / "standalone" / "model.pt", "--data", shapes_data / "val.json",
+            "--json", tmp_path / "one.json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    validated = json.loads((tmp_path / "standalone" / "eval.json").read_text())
+    assert validated["mAP"] == json.loads((tmp_path / "one.json").read_text())["mAP"]
     port = free_port()
     nodes = [torchrun(*train, "--out", tmp_path / "nodes",
                       launcher=["--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node",

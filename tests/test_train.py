@@ -205,6 +205,8 @@ def test_train_alt_freezes_what_the_paper_freezes(cli, shapes_data, tmp_path):
          ("stage1-rpn", "stage1-detector", "stage2-rpn", "stage2-detector")}
     final = _state(run / "model.pt")
     assert (run / "eval.json").is_file() and (run / "config.yaml").is_file()
+    # each stage logs to TensorBoard in its folder: tensorboard --logdir RUN shows four runs
+    assert all(len(list((run / name).glob("events.out.tfevents.*"))) == 1 for name in s)
 
     # The initial weights both stage-1 runs start from (the seed fixes them).
     recipe = config.load_recipe("shapes", [FAST[i + 1] for i in range(0, len(FAST), 2)])
@@ -379,4 +381,5 @@ def test_torchrun_two_processes_write_one_run(shapes_data, tmp_path, command):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
     assert load_checkpoint(run / "model.pt")["meta"]["iteration"] == 6
     assert len(_losses(run)) == 6  # one process writes the metrics
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # and TensorBoard's events
     assert "find_unused_parameters" not in proc.stderr  # no DDP warning about the setting

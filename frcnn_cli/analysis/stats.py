@@ -6,6 +6,12 @@ large split uses the original pixels, as COCO does (the one rule of
 :mod:`frcnn_cli.analysis.objects`, which ``frcnn anchors --data`` splits by too).
 Boxes with non-finite or non-positive sides are counted apart and left out of the
 distributions (``frcnn data check`` tells where they are).
+
+When the recipe sets ``data.repeat_threshold``, the statistics also say what repeat-factor
+sampling (:mod:`frcnn_cli.data.sampler`) makes of the classes: per class its r(c), and the
+images holding it in an epoch, before and after (expected numbers: the factors are rounded
+stochastically), counted on the objects training uses (difficult and crowd ones left out
+unless the recipe trains on them).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class DatasetStats:
     box_heights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # resized pixels
     aspect_ratios: np.ndarray = field(default_factory=lambda: np.zeros(0))  # h / w
     coco_sizes: dict[str, int] = field(default_factory=dict)  # small, medium, large
+    repeat: dict[str, Any] | None = None  # repeat-factor sampling (see repeat_summary)
 
     def distributions(self) -> dict[str, dict[str, float]]:
         """Quantiles of each distribution: ``{name: {min, p5, median, p95, max, mean}}``."""
@@ -59,12 +66,15 @@ class DatasetStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no per-box arrays)."""
-        return {"images": self.num_images, "objects": self.num_objects,
-                "images_without_objects": self.images_without_objects,
-                "invalid_boxes": self.invalid_boxes,
-                "resize": {"min_size": self.min_size, "max_size": self.max_size},
-                "classes": self.classes, "coco_sizes": self.coco_sizes,
-                "distributions": self.distributions()}
+        out = {"images": self.num_images, "objects": self.num_objects,
+               "images_without_objects": self.images_without_objects,
+               "invalid_boxes": self.invalid_boxes,
+               "resize": {"min_size": self.min_size, "max_size": self.max_size},
+               "classes": self.classes, "coco_sizes": self.coco_sizes,
+               "distributions": self.distributions()}
+        if self.repeat is not None:
+            out["repeat_factors"] = self.repeat
+        return out
 
 
 def quantiles(values: np.ndarray) -> dict[str, float]:
@@ -118,7 +128,37 @@ def dataset_stats(ann: Annotations, recipe: Recipe | None = None) -> DatasetStat
     stats.box_heights = np.array(heights)
     stats.aspect_ratios = np.array(aspects)
     stats.coco_sizes = dict(coco)
+    if recipe.data.repeat_threshold is not None:
+        stats.repeat = repeat_summary(ann, recipe)
     return stats
+
+
+def repeat_summary(ann: Annotations, recipe: Recipe) -> dict[str, Any]:
+    """What ``recipe.data.repeat_threshold`` t makes of each class of ``ann``'s training:
+    ``{"threshold": t, "images_per_epoch": {"before", "after"}, "classes": [{"id", "name",
+    "repeat": r(c), "images": {"before", "after"}, "frequency": {"before", "after"}}]}``, a
+    class's images being those holding it per epoch (``after``: expected, sum of their
+    repeat factors) and its frequency their fraction of the epoch's images."""
+    from frcnn_cli.data.dataset import DetectionDataset
+    from frcnn_cli.data.sampler import class_repeat_factors, repeat_factors
+
+    threshold = recipe.data.repeat_threshold
+    labels = DetectionDataset(ann, recipe, train=True).image_labels
+    per_class = class_repeat_factors(labels, ann.num_classes, threshold)
+    per_image = repeat_factors(labels, ann.num_classes, threshold)
+    holds = np.zeros((len(labels), ann.num_classes + 1), bool)  # [N, K + 1]: image i has c
+    for i, image_labels in enumerate(labels):
+        holds[i, image_labels] = True
+    images, expected = holds.sum(axis=0), per_image @ holds  # [K + 1] each
+    before, after = len(labels), float(per_image.sum())
+    classes = [{"id": category["id"], "name": category["name"],
+                "repeat": float(per_class[label]),
+                "images": {"before": int(images[label]), "after": float(expected[label])},
+                "frequency": {"before": int(images[label]) / max(before, 1),
+                              "after": float(expected[label]) / after if after else 0.0}}
+               for label, category in enumerate(ann.classes, start=1)]
+    return {"threshold": threshold, "images_per_epoch": {"before": before, "after": after},
+            "classes": classes}
 
 
 def _scale(ann: Annotations, im: dict[str, Any], min_size: int, max_size: int

@@ -216,7 +216,9 @@ def stats(
 
     Box sizes are in pixels after the recipe's resize (the paper's 600/1000
     without --recipe), which is what the anchors must cover. COCO's
-    small/medium/large counts use the original pixels.
+    small/medium/large counts use the original pixels. A recipe that sets
+    data.repeat_threshold adds what repeat-factor sampling makes of each
+    class: its repeat factor and its images per epoch, before and after.
 
     Example: [bold]frcnn data stats demo/train.json --recipe shapes --plot demo/stats[/]
     """
@@ -236,8 +238,18 @@ def stats(
     if json_out is not None:
         prepare_output_file(json_out, DATA_STATS, inputs=ann.image_files(),
                             what="--json output")
-    r = config.load_recipe(recipe)
-    st = dataset_stats(ann, r)
+    st = dataset_stats(ann, config.load_recipe(recipe))
+    _print_stats(annotations, st)
+    if folder is not None:
+        for path in plot_stats(st, folder):
+            console.info(f"wrote {path}")
+    if json_out is not None:
+        write_result(json_out, DATA_STATS, st.to_dict())
+        console.info(f"wrote {json_out}")
+
+
+def _print_stats(annotations: Path, st) -> None:
+    """The tables of ``frcnn data stats`` (``st``: a DatasetStats)."""
     console.info(f"{annotations}: {st.num_images} images ({st.images_without_objects} without "
                  f"objects), {st.num_objects} objects, {len(st.classes)} classes"
                  + (f", {st.invalid_boxes} invalid boxes" if st.invalid_boxes else ""))
@@ -252,12 +264,22 @@ def stats(
                    for name, q in st.distributions().items()])
     console.table("COCO sizes (original pixels)", ["small (<32²)", "medium (<96²)", "large"],
                   [[st.coco_sizes["small"], st.coco_sizes["medium"], st.coco_sizes["large"]]])
-    if folder is not None:
-        for path in plot_stats(st, folder):
-            console.info(f"wrote {path}")
-    if json_out is not None:
-        write_result(json_out, DATA_STATS, st.to_dict())
-        console.info(f"wrote {json_out}")
+    if st.repeat is not None:
+        _print_repeat(st.repeat)
+
+
+def _print_repeat(repeat: dict) -> None:
+    """What repeat-factor sampling makes of each class (analysis.stats.repeat_summary)."""
+    epoch = repeat["images_per_epoch"]
+    console.table(f"repeat-factor sampling, data.repeat_threshold {repeat['threshold']:g} "
+                  "(the objects training uses)",
+                  ["id", "class", "f(c)", "r(c)", "images/epoch", "with repeats", "f after"],
+                  [[c["id"], c["name"], f"{c['frequency']['before']:.4f}",
+                    f"{c['repeat']:.2f}",
+                    c["images"]["before"], f"{c['images']['after']:.1f}",
+                    f"{c['frequency']['after']:.4f}"] for c in repeat["classes"]])
+    console.info(f"images per epoch: {epoch['before']} -> {epoch['after']:.1f} with repeats "
+                 "(expected: factors are rounded at random each epoch)")
 
 
 @data_app.command("split")

@@ -92,6 +92,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def image_labels(self) -> list[np.ndarray]:
+        """The labels (int64, in 1..K) of each image's objects as this dataset hands them to
+        the model (training: without the difficult and crowd objects it leaves out)."""
+        return [objects["labels"] for objects in self._objects]
+
     def _read_objects(self, image: dict[str, Any]) -> dict[str, np.ndarray]:
         """Boxes (x1y1x2y2 file pixels), labels and flags of one image, filtered for training,
         and the ignore regions training uses."""
@@ -265,17 +271,22 @@ def build_train_loader(annotations: Annotations, recipe: Recipe, images_per_batc
     """Endless training batches ``(images, targets)`` for process ``rank`` of ``world_size``.
 
     ``images_per_batch`` is this process's share of an iteration. Batches are
-    aspect-grouped when ``recipe.data.aspect_ratio_grouping`` is on, decoded by
+    aspect-grouped when ``recipe.data.aspect_ratio_grouping`` is on, images of rare classes
+    repeated when ``recipe.data.repeat_threshold`` is set (repeat-factor sampling), decoded by
     ``recipe.data.num_workers`` worker processes, and a function of ``seed`` and the iteration
     alone: the loader built with ``start_iter=k`` yields what an uninterrupted one yields from
     its k-th batch on, augmentation included, whatever the number of workers.
     """
-    from frcnn_cli.data.sampler import TrainingSampler, aspect_groups
+    from frcnn_cli.data.sampler import TrainingSampler, aspect_groups, repeat_factors
 
     dataset = DetectionDataset(annotations, recipe, train=True, proposals=proposals)
     groups = aspect_groups(annotations) if recipe.data.aspect_ratio_grouping else None
+    threshold = recipe.data.repeat_threshold
+    repeat = None if threshold is None else repeat_factors(
+        dataset.image_labels, annotations.num_classes, threshold)
     sampler = TrainingSampler(len(dataset), images_per_batch, seed, group_ids=groups,
-                              start_iter=start_iter, rank=rank, world_size=world_size)
+                              start_iter=start_iter, rank=rank, world_size=world_size,
+                              repeat=repeat)
     workers = recipe.data.num_workers
     return Loader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,

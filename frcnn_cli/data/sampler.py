@@ -11,11 +11,19 @@ Every element is ``(index, sample_seed)`` with the seed derived from ``(seed, it
 position)``: augmentation follows the sample, not the worker that decodes it. Resuming at
 ``start_iter`` replays the index arithmetic of the skipped iterations (no image is read) and
 then yields exactly the batches an uninterrupted run would have seen.
+
+Repeat-factor sampling (``data.repeat_threshold``; LVIS, Gupta et al. 2019, Section 5, as
+detectron2's ``RepeatFactorTrainingSampler``) shows images of rare classes more often: with
+f(c) the fraction of training images that hold class c, r(c) = max(1, sqrt(t / f(c))), and an
+image repeats by the largest r(c) of its classes (1 without objects). An epoch takes each image
+floor(r) times, and once more with probability r - floor(r) (stochastic rounding, drawn
+afresh each epoch), before it is shuffled; the draws come from the epoch's ``(seed, epoch)``
+generator too, so a resumed run replays them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -41,6 +49,31 @@ def aspect_groups(annotations: Annotations) -> np.ndarray:
     return groups
 
 
+def class_repeat_factors(image_labels: Sequence[Iterable[int]], num_classes: int,
+                         threshold: float) -> np.ndarray:
+    """float64 ``[K + 1]``: r(c) = max(1, sqrt(t / f(c))) of each label c in 1..K (LVIS
+    Section 5), with f(c) the fraction of the images whose ``image_labels`` (the labels of each
+    image's objects, in 1..K) hold c. Entry 0 and classes in no image are 1."""
+    images_with = np.zeros(num_classes + 1, np.float64)
+    for labels in image_labels:
+        images_with[np.unique(np.asarray(list(labels), np.int64))] += 1
+    frequency = images_with / max(len(image_labels), 1)
+    factors = np.ones(num_classes + 1, np.float64)
+    seen = frequency > 0
+    factors[seen] = np.maximum(1.0, np.sqrt(threshold / frequency[seen]))
+    factors[0] = 1.0
+    return factors
+
+
+def repeat_factors(image_labels: Sequence[Iterable[int]], num_classes: int,
+                   threshold: float) -> np.ndarray:
+    """float64 ``[N]``: each image's repeat factor, the largest r(c) of its classes
+    (:func:`class_repeat_factors`), 1 for an image without objects."""
+    per_class = class_repeat_factors(image_labels, num_classes, threshold)
+    return np.array([max((per_class[c] for c in labels), default=1.0)
+                     for labels in image_labels], np.float64)
+
+
 def sample_seed(seed: int, iteration: int, position: int) -> int:
     """The seed of the sample at ``position`` of global batch ``iteration``."""
     return int(np.random.SeedSequence([seed, iteration, position]).generate_state(1)[0])
@@ -51,12 +84,14 @@ class TrainingSampler:
 
     ``group_ids``: ``[N]`` group of each image (None: one group, no aspect grouping).
     ``images_per_batch`` counts the images of this process; a global batch holds
-    ``images_per_batch * world_size``.
+    ``images_per_batch * world_size``. ``repeat``: ``[N]`` repeat factor of each image, >= 1
+    (:func:`repeat_factors`; None: each image once per epoch).
     """
 
     def __init__(self, num_images: int, images_per_batch: int, seed: int,
                  group_ids: Sequence[int] | np.ndarray | None = None, start_iter: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1,
+                 repeat: Sequence[float] | np.ndarray | None = None) -> None:
         if num_images <= 0:
             raise DataError("the training set has no images")
         if images_per_batch < 1:
@@ -73,6 +108,10 @@ class TrainingSampler:
                        else np.asarray(group_ids, np.int64))
         if len(self.groups) != num_images:
             raise ValueError("group_ids must have one entry per image")
+        self.repeat = None if repeat is None else np.asarray(repeat, np.float64)
+        if self.repeat is not None and (len(self.repeat) != num_images
+                                        or not (self.repeat >= 1).all()):
+            raise ValueError("repeat must hold one factor >= 1 per image")
         self.start_iter = start_iter
         self.rank = rank
 
@@ -81,7 +120,7 @@ class TrainingSampler:
         buffers: dict[int, list[int]] = {}
         epoch = 0
         while True:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
+            order = self.epoch_order(epoch)
             for idx, group in zip(order.tolist(), self.groups[order].tolist(), strict=True):
                 buf = buffers.setdefault(group, [])
                 buf.append(idx)
@@ -89,6 +128,16 @@ class TrainingSampler:
                     yield buf
                     buffers[group] = []
             epoch += 1
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """int64 ``[M]``: the images of ``epoch`` in the order they are drawn, each once, or
+        with repeat factors as many times as its stochastically rounded factor (M varies)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.repeat is None:
+            return rng.permutation(self.num_images)
+        whole = np.floor(self.repeat)
+        copies = (whole + (rng.random(self.num_images) < self.repeat - whole)).astype(np.int64)
+        return rng.permutation(np.repeat(np.arange(self.num_images), copies))
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         lo = self.rank * self.per_rank

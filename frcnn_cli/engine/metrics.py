@@ -1,4 +1,5 @@
-"""``metrics.jsonl``, and the losses averaged into each of its lines."""
+"""``metrics.jsonl`` and TensorBoard's event files beside it, and the losses averaged into
+each metrics line."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from frcnn_cli.files import write_text
@@ -16,10 +18,25 @@ SHORT_NAMES = {"loss_rpn_cls": "rpn_cls", "loss_rpn_box": "rpn_box", "loss_det_c
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per logged step or validation."""
+    """What a run logs: ``metrics.jsonl`` (one JSON object per logged step or validation) and
+    the same values in TensorBoard's event files in its folder
+    (:mod:`frcnn_cli.engine.events`), both fed by :meth:`write`. ``enabled``: this process
+    logs (the main one)."""
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
+        self.events = None
+
+    def open(self, after: int | None = None) -> None:
+        """Start logging: a new run (``after`` None), or a run resumed from iteration
+        ``after``, whose later lines and points (it logs them again) go from both."""
+        if not self.enabled:
+            return
+        from frcnn_cli.engine.events import EventLog
+
+        if after is not None:
+            self.truncate_after(after)
+        self.events = EventLog(self.path.parent, purge_after=after)
 
     def truncate_after(self, iteration: int) -> None:
         """Drop lines logged after ``iteration`` (a resumed run logs them again)."""
@@ -30,9 +47,27 @@ class MetricsLog:
         write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl``, and its values in the event files."""
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.events is not None:
+                self.events.write(record)
+
+    def image(self, tag: str, pixels: np.ndarray, step: int) -> None:
+        """A picture (uint8 ``[H, W, 3]``) for TensorBoard alone."""
+        if self.enabled and self.events is not None:
+            self.events.image(tag, pixels, step)
+
+    def flush(self) -> None:
+        """Everything logged so far on disk (metrics lines are at once; events are buffered)."""
+        if self.events is not None:
+            self.events.flush()
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
 
 
 class LossWindow:

@@ -1,4 +1,5 @@
-"""Training curves from ``metrics.jsonl``: ``plots/loss.png`` and ``plots/val_map.png``."""
+"""Training curves from ``metrics.jsonl``: ``plots/loss.png`` (with the validation loss) and
+``plots/val_map.png``."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             if pts:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, label=label, linewidth=2 if key == "loss" else 1)
+        val = [(r["iteration"], r["val_loss"]) for r in records if "val_loss" in r]
+        if val:
+            xs, ys = zip(*val, strict=True)
+            ax.plot(xs, ys, "k--o", label="total, validation", linewidth=2, markersize=4)
         ax.set_xlabel("iteration")
         ax.set_ylabel("loss")
         ax.set_title(f"{run.name}: training losses")

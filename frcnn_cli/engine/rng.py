@@ -6,6 +6,8 @@ A resumed run restores every one of them, so it draws what the uninterrupted run
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_python_state_from_plain(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def apart(seed: int) -> Iterator[None]:
+    """Draws made inside come from generators seeded with ``seed`` and leave every generator
+    of the run as it was: work done between two iterations (the validation loss samples
+    anchors and RoIs) draws the same each time and moves neither the run nor its resume."""
+    state = rng_state()
+    try:
+        seed_everything(seed)
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def _python_state_to_plain(state: tuple) -> list:

@@ -65,6 +65,7 @@ class RunResult:
     val_map: float | None = None
     resumed_from: int = 0
     losses: dict[str, float] = field(default_factory=dict)
+    stopped_early: str | None = None  # why a run ended before its schedule (train.patience)
 
 
 def schedule_for(args: RunArgs, recipe: Recipe) -> tuple[int, list[int]]:

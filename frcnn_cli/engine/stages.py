@@ -25,6 +25,7 @@ from frcnn_cli import config as config_mod
 from frcnn_cli import distributed as dist_mod
 from frcnn_cli.checkpoint import load_checkpoint, save_checkpoint
 from frcnn_cli.config import Recipe
+from frcnn_cli.engine.events import EVENT_FILES
 from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.run_config import (
     RunArgs,
@@ -78,6 +79,9 @@ def _train_stages(root: Path, args: RunArgs, reporter: Reporter, is_main: bool) 
     """:func:`train_alt` once the run folder ``root`` is locked."""
     args, recipe = _start_or_continue(root, args, is_main)
     init = args.init or "imagenet"
+    if recipe.train.patience is not None and is_main:
+        log.warning("train.patience applies to frcnn train: train-alt's stages train their "
+                    "whole schedules")
 
     def run(kind: RunKind, **kw) -> RunResult:
         out = root / kind.value
@@ -185,12 +189,14 @@ _BEFORE_FIRST_CHECKPOINT = {"config.yaml", "metrics.jsonl", "plots"}
 
 def _clear_unstarted(stage_dir: Path) -> None:
     """Remove what a stage of this run wrote before it was stopped ahead of its first
-    checkpoint (``config.yaml``, ``metrics.jsonl``, ``plots/``), so that it starts again in
-    an empty folder; anything else there is left for the stage's own refusal."""
+    checkpoint (``config.yaml``, ``metrics.jsonl``, TensorBoard's event files, ``plots/``), so
+    that it starts again in an empty folder; anything else there is left for the stage's own
+    refusal."""
     if not stage_dir.is_dir():
         return
     names = {p.name for p in stage_dir.iterdir() if p.name != LOCK_NAME}
-    if not names or not names <= _BEFORE_FIRST_CHECKPOINT:
+    events = {p.name for p in stage_dir.glob(EVENT_FILES) if p.is_file()}
+    if not names or not names - events <= _BEFORE_FIRST_CHECKPOINT:
         return
     plots = stage_dir / "plots"
     if plots.is_dir() and any(p.suffix != ".png" or p.is_dir() for p in plots.iterdir()):

@@ -6,19 +6,22 @@
 
 A run folder holds ``config.yaml`` (the resolved recipe and these arguments), ``last.pt``
 (resumable: model, optimizer, scheduler, RNG states), ``model.pt`` (final weights),
-``best.pt`` (best validation mAP), ``metrics.jsonl``, ``plots/`` and ``eval.json``.
-``resume_run(run_dir)`` reads ``config.yaml`` and continues from ``last.pt`` exactly where the
-run stopped: same batches, same augmentation, same random draws.
+``best.pt`` (best validation mAP), ``metrics.jsonl`` and the same values in TensorBoard's
+event files, ``plots/`` and ``eval.json``. ``resume_run(run_dir)`` reads ``config.yaml`` and
+continues from ``last.pt`` exactly where the run stopped: same batches, same augmentation,
+same random draws.
 
 A :class:`Run` is set up, then started or resumed, then trained: its loop calls ``step`` once
 per iteration and ``validate`` every ``train.val_every`` iterations, and ends with ``finish``.
+A validation logs the mAP, each class's AP and the validation loss, and draws a few images
+for TensorBoard; with ``train.patience`` the loop ends early once the mAP has stopped rising
+(:mod:`frcnn_cli.engine.patience`), and ``model.pt`` is then the best validation's weights.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -31,8 +34,10 @@ from frcnn_cli.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoi
 from frcnn_cli.config import Recipe
 from frcnn_cli.engine.initial_model import build_initial_model, warn_if_anchors_cross_border
 from frcnn_cli.engine.kinds import RunKind
+from frcnn_cli.engine.losses import batch_losses, loss_samples, validation_losses
 from frcnn_cli.engine.metrics import LossWindow, MetricsLog, short_names
 from frcnn_cli.engine.optim import build_optimizer, build_scheduler
+from frcnn_cli.engine.patience import Patience
 from frcnn_cli.engine.rng import rng_state, seed_everything, set_rng_state
 from frcnn_cli.engine.run_config import (
     RunArgs,
@@ -123,10 +128,18 @@ class Run:
         self.window = LossWindow()
         self.hold = HoldInterrupts()  # so that a stop, and the state saved, fall between steps
         self.iteration = self.start_iter = 0
-        self.best_map, self.last_losses, self.done = -1.0, {}, False
+        self.last_losses, self.done = {}, False
+        self.patience = Patience(self.recipe.train.patience)
+        self.stop_reason: str | None = None  # why the run ended before its schedule
+        self.val_samples = None  # --val as training samples, for the validation loss
+        if self.patience.patience and self.val_ann is None and self.kind is RunKind.JOINT:
+            log.warning("train.patience counts validations on --val, and this run has none: "
+                        "it trains its whole schedule")
 
     def close(self) -> None:
-        """Release the run folder (its lock); the run's files stay."""
+        """Release the run folder (its lock) and the event files; the run's files stay."""
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -137,6 +150,7 @@ class Run:
         self.batches = self._batches()
         if self.dist.is_main:
             write_config(self.out, self.args, self.recipe, data=self.data)
+        self.metrics.open()
 
     def resume(self) -> None:
         """Continue from ``last.pt``: weights, optimizer, lr schedule, random states and the
@@ -144,9 +158,11 @@ class Run:
         had already finished."""
         state = load_checkpoint(self.last_path)
         self.iteration = self.start_iter = int(state["meta"]["iteration"])
-        if self.iteration >= self.max_iters and self.model_path.exists():
-            log.info("%s already finished its %d iterations; nothing to resume", self.out,
-                     self.max_iters)
+        self.stop_reason = state["meta"].get("stopped_early")
+        if (self.iteration >= self.max_iters or self.stop_reason) and self.model_path.exists():
+            log.info("%s already finished (%s); nothing to resume", self.out,
+                     f"stopped early: {self.stop_reason}" if self.stop_reason
+                     else f"its {self.max_iters} iterations")
             dist_mod.shutdown(self.dist)
             self.done = True
             return
@@ -156,10 +172,10 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        self.best_map = float(state["meta"].get("best_map", -1.0))
+        self.patience = Patience.from_meta(state["meta"], self.recipe.train.patience)
         self.window = LossWindow(state.get("log_window", {}))
         set_rng_state(state["rng"])
-        self.metrics.truncate_after(self.iteration)
+        self.metrics.open(after=self.iteration)
         log.info("resuming %s from iteration %d of %d", self.out, self.iteration, self.max_iters)
 
     # ------------------------------------------------------------------ the loop
@@ -170,10 +186,12 @@ class Run:
         self._begin_loop()
         try:
             with sigterm_as_interrupt():
-                while self.iteration < self.max_iters:
+                while self.iteration < self.max_iters and self.stop_reason is None:
                     self.step(*next(self.batches))
                     if self._validation_due():
                         self.validate()
+                        if self._checkpoint_due():  # after it: last.pt keeps its best and count
+                            self.save_last()
         except KeyboardInterrupt as stop:
             raise self._interrupted(isinstance(stop, Terminated)) from None
         except (RuntimeError, torch.distributed.DistError) as error:
@@ -187,7 +205,8 @@ class Run:
 
     def step(self, images: list[torch.Tensor], targets: list[dict]) -> None:
         """One iteration: losses, backward pass, update; the losses logged and ``last.pt``
-        saved when due. A Ctrl-C during it takes effect once it is whole."""
+        saved when due (after the validation when one is due too). A Ctrl-C during it takes
+        effect once it is whole."""
         self.hold.begin()
         losses = self._losses(images, targets)
         total = sum(losses.values())
@@ -195,39 +214,75 @@ class Run:
         self._update(total)
         self.iteration += 1
         self._log(losses, total)
-        if self.iteration % self.checkpoint_every == 0 and self.iteration < self.max_iters:
+        if self._checkpoint_due() and not self._validation_due():
             self.save_last()
         self.hold.end()
 
     def validate(self, final: bool = False) -> None:
-        """mAP on --val, logged; ``best.pt`` kept; ``eval.json`` if ``final``. Under torchrun
-        every process detects its share of the images and the main one scores them."""
+        """mAP and loss on --val, logged; ``best.pt`` kept; patience counted; ``eval.json``
+        if ``final``. Under torchrun every process detects its share of the images and the
+        main one scores them and records the rest."""
         from frcnn_cli.evaluation.inference import evaluate_model
 
+        dist_mod.main_buffers(self.model, self.dist)  # every share scored by one model
         self.model.eval()
         result = evaluate_model(self.model, self.val_ann, metric=self.recipe.eval.metric,
                                 device=self.device,
                                 reporter=self.reporter if self.dist.is_main else SILENT,
                                 proposals=self.val_proposals, dist=self.dist)
-        self.model.train()
         if self.dist.is_main:
-            value = float(result.mAP)
-            self.metrics.write({"iteration": self.iteration, "val_mAP": round(value, 6),
-                                "metric": self.recipe.eval.metric})
-            log.info("iteration %d: validation %s mAP %.4f", self.iteration,
-                     self.recipe.eval.metric, value)
-            if value > self.best_map or math.isclose(self.best_map, -1.0):
-                self.best_map = value
-                self._save_model(self.out / "best.pt")
-            if final:
-                write_result(self.out / "eval.json", EVAL_RESULT,
-                             {"iteration": self.iteration, **result.to_dict()})
-        self.best_map = dist_mod.broadcast_from_main(self.best_map, self.dist)
+            self._record_validation(result, final)
+        self.model.train()
+        self.stop_reason = dist_mod.broadcast_from_main(self.stop_reason, self.dist)
         dist_mod.barrier(self.dist)
+
+    def _record_validation(self, result, final: bool) -> None:
+        """A validation's metrics line (mAP, each class's AP, the validation loss), its
+        pictures, ``best.pt`` when it is the best, ``eval.json`` when ``final``, and the
+        early stop when patience has run out (main process)."""
+        value = float(result.mAP)
+        losses = self.validation_losses()
+        self.metrics.write({"iteration": self.iteration, "val_mAP": round(value, 6),
+                            "metric": self.recipe.eval.metric,
+                            "val_AP": {name: None if ap is None else round(float(ap), 6)
+                                       for name, ap in result.per_class.items()},
+                            **{f"val_{k}": round(v, 6) for k, v in losses.items()}})
+        log.info("iteration %d: validation %s mAP %.4f, loss %.4f", self.iteration,
+                 self.recipe.eval.metric, value, losses["loss"])
+        self._draw_validation_images()
+        if self.patience.observe(value, self.iteration):
+            self._save_model(self.out / "best.pt",
+                             validation={"iteration": self.iteration, **result.to_dict()})
+        if final:
+            write_result(self.out / "eval.json", EVAL_RESULT,
+                         {"iteration": self.iteration, **result.to_dict()})
+        elif self.patience.stop_reason:
+            self.stop_reason = self.patience.stop_reason
+            log.info("stopping early at iteration %d: %s", self.iteration, self.stop_reason)
+            self.metrics.write({"iteration": self.iteration, "stopped_early": self.stop_reason})
+        self.metrics.flush()
+
+    def validation_losses(self) -> dict[str, float]:
+        """The losses of the model on --val, no update (:mod:`frcnn_cli.engine.losses`)."""
+        if self.val_samples is None:
+            self.val_samples = loss_samples(self.val_ann, self.recipe)
+        return validation_losses(
+            self.model, self.val_samples, self.device, self.kind,
+            images_per_batch=self.images_per_batch // self.dist.world_size, seed=self.seed,
+            amp=self.args.amp, proposals=self.val_proposals)
+
+    def _draw_validation_images(self) -> None:
+        """A few validation images with their detections, for TensorBoard."""
+        from frcnn_cli.engine.pictures import detection_pictures
+
+        for name, pixels in detection_pictures(self.model, self.val_ann, self.device,
+                                               self.val_proposals):
+            self.metrics.image(f"val/detections/{name}", pixels, self.iteration)
 
     def save_last(self) -> None:
         """``last.pt``: everything a resume needs, at an iteration boundary."""
         if self.dist.is_main:
+            self.metrics.flush()  # TensorBoard's files hold every point last.pt's iteration has
             save_checkpoint({
                 "model": self.model.state_dict(),
                 "meta": self._meta(),
@@ -239,24 +294,38 @@ class Run:
             }, self.last_path)
 
     def finish(self) -> RunResult:
-        """The end: ``last.pt``, the final validation (``eval.json``), ``model.pt``, plots."""
+        """The end: ``last.pt``, the final validation (``eval.json``), ``model.pt``, plots.
+        A run stopped early ends with the best validation instead (``best.pt``'s weights and
+        its scores)."""
         self.save_last()
-        val_map = None
-        if self.val_ann is not None:
+        if self.stop_reason is None and self.val_ann is not None:
             self.validate(final=True)
-            val_map = _read_eval(self.out)
         if self.dist.is_main:
             from frcnn_cli.engine.plots import plot_run
 
-            self._save_model(self.model_path)
+            if self.stop_reason is None:
+                self._save_model(self.model_path)
+            else:
+                self._keep_best()
             plot_run(self.out)
         dist_mod.barrier(self.dist)
         dist_mod.shutdown(self.dist)
-        return self.result(val_map)
+        return self.result(_read_eval(self.out) if self.val_ann is not None else None)
 
     def result(self, val_map: float | None) -> RunResult:
         return RunResult(out=self.out, iterations=self.iteration, model_path=self.model_path,
-                         val_map=val_map, resumed_from=self.start_iter, losses=self.last_losses)
+                         val_map=val_map, resumed_from=self.start_iter, losses=self.last_losses,
+                         stopped_early=self.stop_reason)
+
+    def _keep_best(self) -> None:
+        """A run stopped early: ``model.pt`` is ``best.pt`` (weights and meta, the reason
+        added) and ``eval.json`` the scores of its validation."""
+        best = load_checkpoint(self.out / "best.pt")
+        validation = best["meta"].pop("validation", None)
+        best["meta"]["stopped_early"] = self.stop_reason
+        save_checkpoint(best, self.model_path)
+        if validation is not None:  # (best.pt of a run from before patience existed: none)
+            write_result(self.out / "eval.json", EVAL_RESULT, validation)
 
     # ------------------------------------------------------------------ set-up parts
 
@@ -343,16 +412,8 @@ class Run:
     def _losses(self, images: list[torch.Tensor], targets: list[dict]
                 ) -> dict[str, torch.Tensor]:
         """The model's losses on one batch (with its proposals in steps 2 and 4)."""
-        images = [im.to(self.device, non_blocking=True) for im in images]
-        proposals = None
-        if self.proposals is not None:
-            proposals = [t.pop("proposals").to(self.device) for t in targets]
-        targets = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()}
-                   for t in targets]
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16,
-                            enabled=self.args.amp):
-            return self.ddp_model(images, targets, proposals=proposals,
-                                  rpn_only=self.kind.is_rpn)
+        return batch_losses(self.ddp_model, images, targets, self.device, self.kind,
+                            self.args.amp)
 
     def _check_finite(self, losses: dict[str, torch.Tensor], total: torch.Tensor) -> None:
         if not torch.isfinite(total).item():
@@ -388,6 +449,9 @@ class Run:
                             "time": round(time.perf_counter() - self.tic, 3)})
         self.task.update(completed=self.iteration, **short_names(means), lr=lr)
 
+    def _checkpoint_due(self) -> bool:
+        return self.iteration % self.checkpoint_every == 0 and self.iteration < self.max_iters
+
     def _validation_due(self) -> bool:
         every = self.recipe.train.val_every
         return bool(self.val_ann is not None and every and self.iteration % every == 0
@@ -421,13 +485,15 @@ class Run:
             f"({type(error).__name__}: {first}); {_last_good(self.last_path)} Resume with: "
             f"torchrun ... frcnn {self.args.command} --resume {self.out}")
 
-    def _meta(self) -> dict:
+    def _meta(self, **extra) -> dict:
         source = {"proposals": self.proposal_source} if self.proposal_source else {}
+        stopped = {"stopped_early": self.stop_reason} if self.stop_reason else {}
         return checkpoint_meta(self.model, self.iteration, self.kind.value, self.recipe,
-                               best_map=self.best_map, seed=self.seed, **source)
+                               seed=self.seed, **self.patience.meta(), **source, **stopped,
+                               **extra)
 
-    def _save_model(self, path: Path) -> None:
-        save_checkpoint({"model": self.model.state_dict(), "meta": self._meta()}, path)
+    def _save_model(self, path: Path, **extra) -> None:
+        save_checkpoint({"model": self.model.state_dict(), "meta": self._meta(**extra)}, path)
 
 
 def _last_good(last_path: Path) -> str:
