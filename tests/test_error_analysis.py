@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
@@ -134,8 +135,11 @@ def reference(ann, dets):
         gt.add_ground_truth(a["image_id"], a["category_id"], list(a["bbox"]))
     for d in dets:
         pred.add_detection(d["image_id"], d["category_id"], d["score"], list(d["bbox"]))
-    evaluator = tide.TIDE()
-    run = evaluator.evaluate(gt, pred, mode=tide.TIDE.BOX)
+    # tidecv's plotter sets seaborn's style and palette for the whole process: keep them from
+    # leaking into the plots other tests of this process check
+    with matplotlib.rc_context():
+        evaluator = tide.TIDE()
+        run = evaluator.evaluate(gt, pred, mode=tide.TIDE.BOX)
     counts = {e.short_name: len(found) for e, found in run.error_dict.items()}
     return (run.ap, evaluator.get_main_errors()["dets"], evaluator.get_special_errors()["dets"],
             counts)
