@@ -116,3 +116,30 @@ def test_no_circle_between_packages_and_each_imports_only_below_it():
         above = imported & subpackages
         allowed = LAYERS.get(package, GROUND_MAY_IMPORT.get(package, set()))
         assert above <= allowed, f"{package} imports {sorted(above - allowed)}"
+
+
+# The commands parse, call and print: a command's function body stays short; the library's
+# functions stay readable on one screen.
+BODY_LINES = {"cli": 40}
+OTHER_BODY_LINES = 60
+
+
+def _body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from a function's first statement after its docstring to its last."""
+    body = function.body
+    if (isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        body = body[1:]
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+def test_function_bodies_stay_short():
+    long = []
+    for path in sorted(ROOT.rglob("*.py")):
+        limit = BODY_LINES.get(_package(_name(path)), OTHER_BODY_LINES)
+        for node in ast.walk(ast.parse(path.read_text())):
+            is_function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if is_function and _body_lines(node) > limit:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
+                            f"({_body_lines(node)} lines, limit {limit})")
+    assert long == [], "\n".join(long)
