@@ -30,6 +30,9 @@ DEGENERATE = "degenerate box"
 OUTSIDE = "box outside image"
 PARTLY_OUTSIDE = "box partly outside image"
 TINY = "tiny box"
+# ... and counted in messages
+PLURAL = {DEGENERATE: "degenerate boxes", OUTSIDE: "boxes outside their image",
+          TINY: "boxes under a pixel"}
 
 
 def is_number(value: Any) -> bool:
@@ -48,20 +51,34 @@ def box_problem(bbox: list[float], extent: tuple[float, float] | None = None
                 ) -> tuple[str, str] | None:
     """The kind and description of what is wrong with one ``[x, y, w, h]`` box in an image of
     ``extent = (width, height)`` (None: unknown), or None when it is fine."""
+    kind = _box_kind(bbox, extent)
+    if kind is None:
+        return None
+    shown = "[" + ", ".join(f"{v:g}" for v in bbox) + "]"  # only for a box with a problem
+    if kind == DEGENERATE:
+        why = "is not finite" if not all(math.isfinite(v) for v in bbox) else \
+            "has a zero or negative side"
+        return kind, f"box {shown} {why}"
+    if kind == TINY:
+        return kind, f"box {shown} is under a pixel wide or high"
+    width, height = extent
+    where = "lies outside" if kind == OUTSIDE else "reaches outside"
+    return kind, f"box {shown} {where} the {width:g}x{height:g} image"
+
+
+def _box_kind(bbox: list[float], extent: tuple[float, float] | None) -> str | None:
+    """The kind of :func:`box_problem`, first found first."""
     x, y, w, h = bbox
-    shown = "[" + ", ".join(f"{v:g}" for v in bbox) + "]"
-    if not all(math.isfinite(v) for v in bbox):
-        return DEGENERATE, f"box {shown} is not finite"
-    if w <= 0 or h <= 0:
-        return DEGENERATE, f"box {shown} has a zero or negative side"
+    if not all(math.isfinite(v) for v in bbox) or w <= 0 or h <= 0:
+        return DEGENERATE
     if extent is not None:
         width, height = extent
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            return OUTSIDE, f"box {shown} lies outside the {width:g}x{height:g} image"
+            return OUTSIDE
         if x < -_SLACK or y < -_SLACK or x + w > width + _SLACK or y + h > height + _SLACK:
-            return PARTLY_OUTSIDE, f"box {shown} reaches outside the {width:g}x{height:g} image"
+            return PARTLY_OUTSIDE
     if w < MIN_SIDE or h < MIN_SIDE:
-        return TINY, f"box {shown} is under a pixel wide or high"
+        return TINY
     return None
 
 

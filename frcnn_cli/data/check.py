@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from frcnn_cli.boxes import box_problem
+from frcnn_cli.boxes import PLURAL, box_problem
 from frcnn_cli.data.annotations import Annotations
-from frcnn_cli.data.images import image_header, orient_boxes
+from frcnn_cli.data.images import orient_boxes, read_headers
 from frcnn_cli.data.usable import structure_problems
 from frcnn_cli.errors import DataError
 from frcnn_cli.progress import SILENT, Reporter
@@ -66,8 +64,6 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 DUPLICATE_IOU = 0.95
-PLURAL = {"degenerate box": "degenerate boxes", "box outside image": "boxes outside their image",
-           "tiny box": "boxes under a pixel"}
 
 
 @dataclass
@@ -131,28 +127,19 @@ def check_dataset(ann: Annotations, decode: bool = True, reporter: Reporter = SI
 
 def _measure(ann: Annotations, decode: bool, reporter: Reporter, workers: int | None,
              report: CheckReport) -> dict[int, tuple[int, int] | None]:
-    def probe(i: int) -> tuple[tuple[int, int, int] | None, str | None, str]:
-        im = ann.images[i]
-        path = ann.image_path(im)
-        if not path.is_file():
-            return None, "missing image", f"image {im['id']}: {path} not found"
-        try:
-            return image_header(path, decode=decode), None, ""
-        except DataError as e:
-            return None, "unreadable image", f"image {im['id']}: {e}"
-
+    paths = [ann.image_path(im) for im in ann.images]
+    with reporter.task("reading images", total=len(paths)) as task:
+        headers = read_headers(paths, decode, workers, lambda: task.update(advance=1))
     measured: dict[int, tuple[int, int] | None] = {}
-    workers = workers or min(8, os.cpu_count() or 1)
-    # decoders release the GIL: threads keep every core busy without copying the dataset
-    with ThreadPoolExecutor(workers) as pool, \
-            reporter.task("reading images", total=len(ann.images)) as task:
-        for i, (header, kind, message) in enumerate(pool.map(probe, range(len(ann.images)))):
-            measured[i] = None if header is None else header[:2]
-            if header is not None:
-                report.orientation[i] = header[2]
-            if kind is not None:
-                report.add(kind, message)
-            task.update(advance=1)
+    for i, (im, path, header) in enumerate(zip(ann.images, paths, headers, strict=True)):
+        if isinstance(header, DataError):
+            measured[i] = None
+            if not path.is_file():
+                report.add("missing image", f"image {im['id']}: {path} not found")
+            else:
+                report.add("unreadable image", f"image {im['id']}: {header}")
+        else:
+            measured[i], report.orientation[i] = header[:2], header[2]
     return measured
 
 

@@ -30,10 +30,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from frcnn_cli.boxes import DEGENERATE, OUTSIDE, box_problem
+from frcnn_cli.boxes import DEGENERATE, OUTSIDE, PLURAL, box_problem
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations, load_annotations
 from frcnn_cli.errors import DataError
@@ -48,7 +47,6 @@ PURPOSES = {"train": "training set", "val": "validation set", "eval": "dataset",
 _READS_PIXELS = {"train", "val", "eval", "propose", "tile"}
 _SKIPS_UNREADABLE = {"train"}
 UNUSABLE = (DEGENERATE, OUTSIDE)  # box kinds no metric or loss can use
-PLURAL = {DEGENERATE: "degenerate boxes", OUTSIDE: "boxes outside their image"}
 
 
 class SizeMismatch(DataError):
@@ -126,16 +124,10 @@ def probe_images(ann: Annotations, skip_unreadable: bool = False, what: str = "d
     are refused, or left out with one warning when ``skip_unreadable``; a size that differs
     from the record's is refused (:func:`check_size`); a record without a size gets the
     file's. Returns ``ann``, or a copy without the images left out."""
-    from frcnn_cli.data.images import image_size
+    from frcnn_cli.data.images import read_headers
 
-    def probe(record: dict[str, Any]) -> tuple[int, int] | DataError:
-        try:
-            return image_size(ann.image_path(record))
-        except DataError as e:
-            return e
-
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        sizes = list(pool.map(probe, ann.images))
+    sizes = [h if isinstance(h, DataError) else h[:2]
+             for h in read_headers([ann.image_path(im) for im in ann.images], workers=workers)]
     unreadable = [(im, size) for im, size in zip(ann.images, sizes, strict=True)
                   if isinstance(size, DataError)]
     for record, size in zip(ann.images, sizes, strict=True):
@@ -156,8 +148,8 @@ def probe_images(ann: Annotations, skip_unreadable: bool = False, what: str = "d
                         "and --fix drops them")
     log.warning("%s %s: training leaves out %d image(s) that cannot be read, e.g. %s; "
                 "'frcnn data check' lists them", what, ann.path, len(unreadable), first)
-    return ann.subset(im["id"] for im in ann.images
-                      if im["id"] not in {bad["id"] for bad, _ in unreadable})
+    left_out = {bad["id"] for bad, _ in unreadable}
+    return ann.subset(im["id"] for im in ann.images if im["id"] not in left_out)
 
 
 def check_size(record: dict[str, Any], path: str | os.PathLike, width: int, height: int
@@ -208,27 +200,13 @@ def without_unusable(ann: Annotations) -> Annotations:
     return Annotations(ann.images, kept, ann.categories, ann.root, ann.path, ann.extra)
 
 
-def training_objects(annotations: Annotations, recipe: Recipe) -> int:
-    """How many objects training learns from: those not left out as difficult or crowd
-    (``recipe.data``) whose box is usable."""
-    data, count = recipe.data, 0
-    for a in annotations.annotations:
-        if (a.get("difficult", 0) and not data.use_difficult) \
-                or (a.get("iscrowd", 0) and not data.use_crowd):
-            continue
-        image = annotations.image(a["image_id"]) if annotations.has_image(a["image_id"]) \
-            else None
-        count += unusable_kind(a, image) is None
-    return count
-
-
 def refuse_nothing_to_learn(ann: Annotations, recipe: Recipe) -> None:
-    """A training set without one object training can use trains nothing: say so, before the
-    run folder is made."""
-    if not ann.images:
-        raise DataError(f"the training set has no images ({ann.path}); training needs at least "
-                        "one image with an object")
-    if training_objects(ann, recipe):
+    """A training set (its unusable boxes already left out, :func:`without_unusable`) without
+    one object training learns from, one not left out as difficult or crowd
+    (``recipe.data``), trains nothing: say so, before the run folder is made."""
+    data = recipe.data
+    if any((data.use_difficult or not a.get("difficult", 0))
+           and (data.use_crowd or not a.get("iscrowd", 0)) for a in ann.annotations):
         return
     n = len(ann.annotations)
     why = "no annotations" if not n else (
@@ -240,11 +218,15 @@ def refuse_nothing_to_learn(ann: Annotations, recipe: Recipe) -> None:
 
 def refuse_nothing_to_score(ann: Annotations) -> None:
     """DataError when no object counts (all difficult or crowd, or none): mAP is undefined."""
-    if any(not a.get("difficult", 0) and not a.get("iscrowd", 0) for a in ann.annotations):
-        return
+    if not any(not a.get("difficult", 0) and not a.get("iscrowd", 0) for a in ann.annotations):
+        raise nothing_to_score(ann)
+
+
+def nothing_to_score(ann: Annotations) -> DataError:
+    """The error of a dataset without an object that counts."""
     where = f" {ann.path}" if ann.path is not None else ""
-    raise DataError(f"dataset{where} has no object to evaluate against (difficult and crowd "
-                    "objects do not count); mAP is undefined")
+    return DataError(f"dataset{where} has no object to evaluate against (difficult and crowd "
+                     "objects do not count); mAP is undefined")
 
 
 def match_classes(model_classes: list[dict[str, Any]], ann: Annotations
