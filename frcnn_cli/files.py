@@ -34,7 +34,7 @@ except ImportError:  # Windows
     fcntl = None
 
 from frcnn_cli.errors import DataError, InputError
-from frcnn_cli.outputs import OutputKind, describe, result_marker
+from frcnn_cli.outputs import OutputKind, describe, result_marker, with_article
 
 log = logging.getLogger("frcnn")
 
@@ -122,13 +122,10 @@ def refuse_unless(path: Path, kind: OutputKind, what: str = "output") -> None:
     """InputError unless the existing file ``path`` is an earlier output of ``kind``."""
     if kind.recognise(path):
         return
-    raise InputError(f"{what} {path} already holds {describe(path)}, not {_a(kind.name)}; "
-                     f"frcnn replaces only {_a(kind.name)} it wrote before: move the file "
-                     "away or choose another path")
-
-
-def _a(name: str) -> str:
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+    wanted = with_article(kind.name)
+    raise InputError(f"{what} {path} already holds {describe(path)}, not {wanted}; frcnn "
+                     f"replaces only {wanted} it wrote before: move the file away or choose "
+                     "another path")
 
 
 def _writable_dir(folder: Path, what: str) -> None:

@@ -74,12 +74,7 @@ def dataset_kind(command: str) -> OutputKind:
 
 
 def _dataset_writer(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            found = _DATASET_MARK.match(f.read(_HEAD))
-    except OSError:
-        return None
-    return found.group(1).decode("utf-8", "replace") if found else None
+    return _head_match(path, _DATASET_MARK)
 
 
 def result_marker(kind: OutputKind) -> dict[str, Any]:
@@ -95,9 +90,14 @@ def _marked(name: str) -> Callable[[Path], bool]:
 
 
 def _head_mark(path: Path) -> str | None:
+    return _head_match(path, _RESULT_MARK)
+
+
+def _head_match(path: Path, mark: re.Pattern[bytes]) -> str | None:
+    """The name ``mark`` finds at the start of the file (its first :data:`_HEAD` bytes)."""
     try:
         with open(path, "rb") as f:
-            found = _RESULT_MARK.match(f.read(_HEAD))
+            found = mark.match(f.read(_HEAD))
     except OSError:
         return None
     return found.group(1).decode("utf-8", "replace") if found else None
@@ -240,6 +240,11 @@ _KINDS = (EVAL_RESULT, RECALL_RESULT, PROPOSAL_COMPARISON, DETECTIONS, DATA_STAT
           ERRORS_RESULT, CONFUSION_RESULT, ERROR_DRAWING)
 
 
+def with_article(name: str) -> str:
+    """``name`` after "a" or "an"."""
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def describe(path: Path) -> str:
     """What an existing file holds, in a few words: "a checkpoint", "a dataset (COCO JSON)",
     "an image", "an eval result", ... or "a file of unknown kind"."""
@@ -252,7 +257,7 @@ def describe(path: Path) -> str:
         return "a checkpoint"
     for kind in _KINDS:
         if kind.recognise(path):
-            return f"{'an' if kind.name[0].lower() in 'aeiou' else 'a'} {kind.name}"
+            return with_article(kind.name)
     if obj is not None or zipfile.is_zipfile(path):
         return "a PyTorch file"
     if picture_software(path) is not None or _is_image(path):
