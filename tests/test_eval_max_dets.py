@@ -71,3 +71,23 @@ def test_the_cap_is_the_coco_metrics():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(InputError, match="max_dets must be a positive integer"):
             evaluate_detections(ann, dets, "coco", max_dets=bad)
+
+
+def test_the_cap_with_a_default_voc_metric_is_refused_before_the_model_runs(
+        cli, data, checkpoint, tmp_path, monkeypatch):
+    """No --metric: the checkpoint recipe's (voc07 for shapes) or voc07 for --detections; a
+    cap is refused from it before any image goes through the model."""
+    import frcnn_cli.evaluation.inference as inference
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the model ran before --max-dets was refused")
+
+    monkeypatch.setattr(inference, "predict_dataset", ran)
+    r = cli("eval", checkpoint, "--data", data / "val.json", "--max-dets", "5")
+    assert r.exit_code == 2, r.output
+    assert "--metric voc07 scores every detection" in " ".join(r.output.split())
+    dets = tmp_path / "dets.json"
+    dets.write_text("[]")
+    r = cli("eval", "--detections", dets, "--data", data / "val.json", "--max-dets", "5")
+    assert r.exit_code == 2, r.output
+    assert "--metric voc07 scores every detection" in " ".join(r.output.split())

@@ -196,6 +196,24 @@ def test_a_proposals_file_of_another_dataset_is_refused_unless_asked(cli, data, 
     assert "usedanyway" in flat(r.output)
 
 
+def test_a_detector_on_a_proposals_file_is_not_tiled(cli, data, checkpoint, tmp_path):
+    """Tiles run the model's own RPN: external proposals with --tile are refused, not dropped."""
+    import torch
+
+    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.proposals.files import save_proposals
+
+    val = load_annotations(data / "val.json")
+    boxes = {im["id"]: (torch.tensor([[2.0, 2, 30, 30]]), torch.tensor([0.9]))
+             for im in val.images}
+    made = save_proposals(boxes, val.images, tmp_path / "val-proposals.pt", {"method": "rpn"},
+                          val.path)
+    r = cli("eval", checkpoint, "--data", data / "val.json", "--proposal-file", made, "--tile",
+            32, "--device", "cpu")
+    assert_user_error(r, "a detector on external proposals (Selective Search, --proposal-file) "
+                      "cannot be tiled")
+
+
 # --------------------------------------------------------------------------- datasets
 
 

@@ -95,21 +95,21 @@ class EvalOutputs:
             written += plot_pr_curves(result, self.args.plot)
         return written
 
-    def write_recall(self, recall, args) -> list[Path]:
+    def write_recall(self, recall) -> list[Path]:
         from frcnn_cli.evaluation.plots import plot_recall_curve
 
         return [write_result(self.json, RECALL_RESULT, {
-                    "checkpoint": str(args.checkpoint), "data": str(args.data),
+                    "checkpoint": str(self.args.checkpoint), "data": str(self.args.data),
                     **recall.to_dict()}),
                 plot_recall_curve(recall, self.png)]
 
-    def write_comparison(self, comparison, args) -> list[Path]:
+    def write_comparison(self, comparison) -> list[Path]:
         written = []
         if self.json is not None:
             written.append(write_result(self.json, PROPOSAL_COMPARISON,
-                                        {"data": str(args.data), **comparison.to_dict()}))
-        if args.plot is not None:
+                                        {"data": str(self.args.data), **comparison.to_dict()}))
+        if self.args.plot is not None:
             from frcnn_cli.evaluation.plots import plot_proposal_comparison
 
-            written += plot_proposal_comparison(comparison, args.plot)
+            written += plot_proposal_comparison(comparison, self.args.plot)
         return written

@@ -13,14 +13,15 @@ them out (:func:`frcnn_cli.data.usable.without_unusable`).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from frcnn_cli.data.annotations import Annotations
-from frcnn_cli.data.usable import without_unusable
-from frcnn_cli.errors import DataError, InputError
+from frcnn_cli.data.usable import nothing_to_score, without_unusable
+from frcnn_cli.errors import InputError
 from frcnn_cli.evaluation import coco, voc
 from frcnn_cli.evaluation.detections import detection_arrays, ground_truth_arrays
 
@@ -107,9 +108,14 @@ def evaluate_detections(ann: Annotations, detections: list[dict[str, Any]],
     if metric == "coco":
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in ann.annotations], dtype=bool)
         if crowd.all():  # also true when there is no object at all
-            raise _no_objects(ann)
-        res = coco.evaluate_coco(ann, detections,
-                                 coco.MAX_DETS if max_dets is None else max_dets)
+            raise nothing_to_score(ann)
+        cap = coco.MAX_DETS if max_dets is None else max_dets
+        most = max(Counter(d["image_id"] for d in detections).values(), default=0)
+        if most > cap:
+            log.warning("pycocotools scores the best %d detections of an image (its maxDets: "
+                        "--max-dets) and an image here has %d; --metric voc scores them all",
+                        cap, most)
+        res = coco.evaluate_coco(ann, detections, cap)
         curves = {name: PRCurve(res.recall_points, np.clip(res.precision_50[k], 0, None))
                   for k, name in enumerate(names) if res.per_class[k] is not None}
         return EvalResult(
@@ -124,7 +130,7 @@ def evaluate_detections(ann: Annotations, detections: list[dict[str, Any]],
         dets.scores, num_classes, use_07_metric=(metric == "voc07"))
     scored = [c.ap for c in per_class if c.ap is not None]
     if not scored:
-        raise _no_objects(ann)
+        raise nothing_to_score(ann)
     return EvalResult(
         metric, float(np.mean(scored)), by_name([c.ap for c in per_class]),
         objects=by_name([c.num_positives for c in per_class]),
@@ -140,9 +146,3 @@ def class_names(ann: Annotations) -> list[str]:
     names = [c["name"] for c in ann.classes]
     return [f"{n} (id {c['id']})" if names.count(n) > 1 else n
             for n, c in zip(names, ann.classes, strict=True)]
-
-
-def _no_objects(ann: Annotations) -> DataError:
-    where = f" {ann.path}" if ann.path is not None else ""
-    return DataError(f"dataset{where} has no object to evaluate against (difficult and crowd "
-                     "objects do not count); mAP is undefined")

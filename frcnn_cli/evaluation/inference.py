@@ -15,9 +15,7 @@ little.
 
 from __future__ import annotations
 
-import logging
 import os
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -27,7 +25,6 @@ from frcnn_cli.data.annotations import Annotations
 from frcnn_cli.data.images import MAX_PIXELS
 from frcnn_cli.data.usable import match_classes, open_dataset, without_unusable
 from frcnn_cli.distributed import DistInfo
-from frcnn_cli.evaluation.coco import MAX_DETS
 from frcnn_cli.evaluation.detections import to_coco_results
 from frcnn_cli.evaluation.evaluate import EvalResult, evaluate_detections
 from frcnn_cli.inference.images import ImageSource
@@ -36,8 +33,6 @@ from frcnn_cli.inference.tiled import TiledImage, Tiling
 from frcnn_cli.progress import SILENT, Reporter
 from frcnn_cli.proposals.recall import TOP_N, RecallResult, counted_objects, proposal_recall
 from frcnn_cli.proposals.sources import ExternalProposals, proposals_for
-
-log = logging.getLogger("frcnn")
 
 DEFAULT_BATCH_SIZE = 1
 
@@ -109,12 +104,6 @@ def evaluate_model(model, annotations: Annotations | str | os.PathLike, metric: 
                            tiled_images=tiled_images, dist=dist)
     if dist is not None and not dist.is_main:
         return None
-    cap = max_dets or MAX_DETS
-    most = max(Counter(d["image_id"] for d in dets).values(), default=0)
-    if metric == "coco" and most > cap:
-        log.warning("pycocotools scores the best %d detections of an image (its maxDets: "
-                    "--max-dets) and an image here has %d; --metric voc scores them all", cap,
-                    most)
     if detections is not None:
         detections.extend(dets)
     return evaluate_detections(ann, dets, metric, source="model detections",

@@ -119,9 +119,6 @@ def _predict(args: PredictArgs, device, dist: DistInfo, reporter: Reporter) -> P
     autocast(device, args.precision)  # fp16 on a CPU is refused before any work
     model = load_detector(args.checkpoint, device, args.precision)
     source = proposals_for(model)  # Selective Search for a detector trained on it, else None
-    if args.tiling is not None and source is not None:
-        raise InputError("--tile runs the model's own RPN on each tile; a detector on "
-                         "Selective Search proposals cannot be tiled")
     report = predict_files(model, jobs, device, args.score_thresh, reporter,
                            precision=args.precision, proposals=source, tiling=args.tiling,
                            max_pixels=args.max_pixels or MAX_PIXELS, dist=dist)

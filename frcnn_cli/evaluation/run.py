@@ -22,6 +22,7 @@ from frcnn_cli.inference.tiled import TiledImage, Tiling
 from frcnn_cli.progress import SILENT, Reporter
 
 PathLike = str | os.PathLike
+DETECTIONS_METRIC = "voc07"  # the metric of --detections unless --metric says otherwise
 
 
 @dataclass
@@ -62,9 +63,6 @@ class EvalArgs:
         if self.score_thresh is not None and self.analyze is None:
             raise InputError("--score-thresh is the operating point of --analyze; add "
                              "--analyze DIR")
-        if self.max_dets is not None and (self.metric or "coco") != "coco":
-            raise InputError(f"--max-dets caps pycocotools' detections per image; --metric "
-                             f"{self.metric} scores every detection")
         if self.compare is not None:
             return self._compare_alone()
         if (self.checkpoint is None) == (self.detections is None):
@@ -85,6 +83,13 @@ class EvalArgs:
         if self.tiling is not None and self.batch_size != 1:
             raise InputError("with --tile, --tile-batch sets the tiles per forward pass; drop "
                              "--batch-size")
+
+    def refuse_max_dets(self, metric: str) -> None:
+        """InputError for ``--max-dets`` with a VOC metric, given or the default ``metric``
+        (the checkpoint recipe's, voc07 for ``--detections``): before the model runs."""
+        if self.max_dets is not None and metric != "coco":
+            raise InputError(f"--max-dets caps pycocotools' detections per image; --metric "
+                             f"{metric} scores every detection")
 
     def _compare_alone(self) -> None:
         if not self.compare:
@@ -141,6 +146,8 @@ def _run(args: EvalArgs, device, dist, reporter: Reporter) -> EvalReport:
         return _compare(args, reporter) if dist.is_main else EvalReport(Path(args.data))
     outputs = eval_outputs.EvalOutputs.plan(args)  # before the dataset's images are read
     model = _load_model(args, device) if args.checkpoint is not None else None
+    args.refuse_max_dets(args.metric or (model.recipe.eval.metric if model is not None
+                                         else DETECTIONS_METRIC))
     ann = open_dataset(args.data, "eval" if model is not None else "score")
     outputs.check_dataset(ann)
     report = EvalReport(Path(args.data))
@@ -156,9 +163,6 @@ def _run(args: EvalArgs, device, dist, reporter: Reporter) -> EvalReport:
 
     report.source = proposals_for(model, args.proposal_file, ann, args.ignore_dataset_mismatch)
     report.score_thresh = model.recipe.roi_heads.score_thresh
-    if args.tiling is not None and report.source is not None:
-        raise InputError("--tile runs the model's own RPN on each tile; a detector on external "
-                         "proposals (or --proposal-file) cannot be tiled")
     dets = predict_dataset(model, ann, device, reporter, args.batch_size,
                            precision=args.precision, proposals=report.source,
                            tiling=args.tiling, max_pixels=_max_pixels(args),
@@ -175,7 +179,8 @@ def _run(args: EvalArgs, device, dist, reporter: Reporter) -> EvalReport:
 
 
 def _score(args: EvalArgs, ann, dets: list[dict], outputs, report: EvalReport,
-           reporter: Reporter, source: str, default_metric: str = "voc07") -> EvalReport:
+           reporter: Reporter, source: str, default_metric: str = DETECTIONS_METRIC
+           ) -> EvalReport:
     """Score ``dets``, analyse them (``--analyze``), write the JSON and the plots."""
     from frcnn_cli.evaluation.coco import MAX_DETS
     from frcnn_cli.evaluation.evaluate import evaluate_detections
@@ -206,7 +211,7 @@ def _recall(args: EvalArgs, model, device, ann, outputs, report: EvalReport,
                                        precision=args.precision,
                                        max_pixels=_max_pixels(args), dist=dist)
     if dist.is_main:
-        report.written += outputs.write_recall(report.recall, args)
+        report.written += outputs.write_recall(report.recall)
     return report
 
 
@@ -224,7 +229,7 @@ def _compare(args: EvalArgs, reporter: Reporter) -> EvalReport:
     report = EvalReport(Path(args.data))
     report.comparison = compare_proposal_files(
         list(args.compare), ann, ignore_dataset_mismatch=args.ignore_dataset_mismatch)
-    report.written += outputs.write_comparison(report.comparison, args)
+    report.written += outputs.write_comparison(report.comparison)
     return report
 
 

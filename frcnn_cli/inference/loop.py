@@ -34,6 +34,7 @@ import torch
 from frcnn_cli.data.dataset import Loader, init_worker, own_generator
 from frcnn_cli.devices import autocast, synchronize
 from frcnn_cli.distributed import DistInfo, gather_to_main
+from frcnn_cli.errors import InputError
 from frcnn_cli.inference.images import ImageItem, ImageSource
 from frcnn_cli.inference.tiled import Tiling, detect_tiled, merge_tiles, tile_detections
 from frcnn_cli.progress import SILENT, Reporter
@@ -69,8 +70,12 @@ def detect_images(model, source: ImageSource, device: torch.device | str = "cpu"
     """Run ``model`` (in eval mode on ``device``, in ``precision``: fp32, or autocast to
     bf16/fp16) on ``source``, in order; see the module doc. ``proposals``: an external proposal
     source (:mod:`frcnn_cli.proposals.sources`) or None (the model's RPN); ``num_workers``:
-    decoding processes (default the recipe's ``data.num_workers``). The progress bar counts
-    this process's images, or tiles."""
+    decoding processes (default the recipe's ``data.num_workers``; with ``tiling`` none, so
+    that one large image at a time is decoded). The progress bar counts this process's
+    images, or tiles."""
+    if tiling is not None and proposals is not None:
+        raise InputError("--tile runs the model's own RPN on each tile; a detector on external "
+                         "proposals (Selective Search, --proposal-file) cannot be tiled")
     device, dist = torch.device(device), dist or DistInfo()
     model.eval().to(device)
     if tiling is not None:
@@ -85,6 +90,8 @@ def detect_images(model, source: ImageSource, device: torch.device | str = "cpu"
     total = (sum(len(tiling.windows(*s)) for s in sizes if s is not None)
              if tiling is not None else len(indices))
     workers = model.recipe.data.num_workers if num_workers is None else num_workers
+    if tiling is not None:  # one large image decoded at a time, here: no copies in flight
+        workers = 0
     # its own generator: a loader draws its workers' seed from one, and drawing from torch's
     # would move a training run's random state at every validation
     loader = Loader(
@@ -160,13 +167,14 @@ def _detect_batch(model, batch: list, device: torch.device, precision: str, prop
     ready = [(image, item) for image, item, _ in batch if image is not None]
     if not ready:
         return found
-    inputs = [image.to(device, non_blocking=True) for image, _ in ready]
+    # a tiled image stays where it was decoded: its tiles go to the device one batch at a time
+    inputs = [image if tiling else image.to(device, non_blocking=True) for image, _ in ready]
     synchronize(device)
     start = time.perf_counter()
     with autocast(device, precision):
         if tiling is not None:
             outputs = [detect_tiled(model, image, tiling, device, task, **settings)
-                       for image, _ in ready]
+                       for image in inputs]
         elif proposals is not None:
             outputs = proposals.detect(model, inputs, [item.image_id for _, item in ready],
                                        **settings)

@@ -199,12 +199,6 @@ class TiledImage:
     tiles: int
     detections: int
 
-    @classmethod
-    def of(cls, name: str, pixels, tiling: Tiling, detections: int) -> TiledImage:
-        """The record of a decoded image ``pixels`` ``[H, W, 3]``."""
-        height, width = pixels.shape[:2]
-        return cls(name, width, height, len(tiling.windows(width, height)), detections)
-
 
 def tiling_from_options(size: int | None, overlap: float | None = None,
                         tile_batch: int | None = None, max_detections: int | None = None,

@@ -9,7 +9,7 @@ file instead (``frcnn eval --proposal-file``: the paper's Table 2 pairs detector
 that way).
 
     source = proposals_for(model)                      # None: the model's own RPN
-    outputs = detect(model, images, image_ids, source)
+    outputs = source.detect(model, images, image_ids)    # else model.detect(images)
     source.proposal_seconds_per_image, source.network_seconds_per_image
 
 Both kinds time themselves: the proposals (Selective Search, or reading them) apart from the
@@ -177,12 +177,4 @@ def search_for(settings: dict[str, Any] | None, remember: bool = False
     return SelectiveSearch(settings.get("mode", "fast"),
                            settings.get("max_proposals", MAX_PROPOSALS),
                            settings.get("max_side", MAX_SIDE), remember)
-
-
-def detect(model, images: list[Tensor], image_ids: list[Any], proposals: ExternalProposals | None,
-           **settings: Any) -> list[dict[str, Tensor]]:
-    """``model.detect`` on its own RPN's proposals, or on ``proposals``' boxes."""
-    if proposals is None:
-        return model.detect(images, **settings)
-    return proposals.detect(model, images, image_ids, **settings)
 
