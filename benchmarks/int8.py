@@ -41,34 +41,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_vs_torchvision import timed  # noqa: E402 (the sibling script's helper)
+from speed_vs_torchvision import cpu_flags, timed  # noqa: E402 (the sibling script's helpers)
 
-from frcnn_cli import build_model, load_model  # noqa: E402
-from frcnn_cli.config import load_recipe  # noqa: E402
+from frcnn_cli import load_model  # noqa: E402
 from frcnn_cli.data.annotations import load_annotations  # noqa: E402
 from frcnn_cli.evaluation.inference import evaluate_model  # noqa: E402
 from frcnn_cli.export import export_bytes, int8, verify  # noqa: E402
-from frcnn_cli.export.benchmark import benchmark_image  # noqa: E402
+from frcnn_cli.export.benchmark import benchmark_image, models_to_time  # noqa: E402
 from frcnn_cli.inference.exported import ExportedDetector, load_exported_model  # noqa: E402
-from frcnn_cli.model.reference import build_reference  # noqa: E402
 
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 SENSITIVITY = ((), ("rpn_predict",), ("head_predict",), ("rpn_predict", "head_predict"),
                ("rpn_predict", "head_predict", "head"), ("rpn_predict", "head_predict", "rpn"),
                ("backbone", "rpn", "head"))
-
-
-def cpu_flags() -> str:
-    """Which of :data:`FLAGS` this CPU has (from /proc/cpuinfo, as lscpu shows them)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    have = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
-                     if line.startswith("flags")), []))
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    return f"{model}: " + ", ".join(f"{f} {'yes' if f in have else 'no'}" for f in FLAGS)
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> None:
@@ -126,11 +110,7 @@ def openvino_detector(path: Path, threads: int) -> ExportedDetector | None:
 
 
 def write_int8(model, fp32: bytes, ann, count: int, keep: tuple[str, ...], path: Path) -> Path:
-    calib, _ = int8.calibration_and_check(len(ann.images), count)
-    images = [im for _, im in int8.read_images(ann, calib)]
-    calibration = int8.Calibration(Path(str(ann.path)).name,
-                                   [ann.images[i]["id"] for i in calib], fp32_roles=list(keep))
-    path.write_bytes(int8.quantize(fp32, model, images, calibration))
+    path.write_bytes(int8.quantize_on(fp32, model, ann, count, keep)[0])
     return path
 
 
@@ -185,11 +165,8 @@ def sensitivity(model, fp32: bytes, ann, val, val_images, args, folder: Path) ->
 def vgg16_files(args, folder: Path):
     """The VGG16 network with random weights (seed 0), its fp32 and INT8 ONNX files, and
     torchvision's FasterRCNN built to the same recipe."""
-    recipe = load_recipe(args.recipe, ["model.pretrained=false"])
-    torch.manual_seed(0)
-    ours = build_model(recipe, args.classes).eval()
-    torch.manual_seed(0)
-    theirs = build_reference(recipe, args.classes).eval()
+    models, _ = models_to_time(recipe=args.recipe, num_classes=args.classes, compare=True)
+    ours, theirs = models["frcnn"], models["torchvision"].eval()
     fp32 = export_bytes(ours, "onnx")
     (folder / "vgg16-fp32.onnx").write_bytes(fp32)
     h, w = args.size

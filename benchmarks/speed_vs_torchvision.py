@@ -22,12 +22,30 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from frcnn_cli.config import load_recipe
 from frcnn_cli.model.faster_rcnn import build_model
 from frcnn_cli.model.reference import build_reference
+
+# The instruction sets CPU timings depend on: fp32 (avx2, avx512f), INT8 (avx512_vnni, amx),
+# bf16 (avx512_bf16, amx).
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> str:
+    """Which of :data:`FLAGS` this CPU has (from /proc/cpuinfo, as lscpu shows them)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    have = set(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                     if line.startswith("flags")), []))
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    return f"{model}: " + ", ".join(f"{f} {'yes' if f in have else 'no'}" for f in FLAGS)
 
 
 def timed(fn) -> float:
@@ -80,6 +98,7 @@ def main() -> None:
     print(f"recipe {recipe.name}: {recipe.model.backbone}, {args.classes + 1} classes, "
           f"image {h}x{w} -> shorter side {recipe.input.min_size}, device {device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(cpu_flags())
     times: dict[str, list[float]] = {"frcnn": [], "torchvision": []}
     if args.bf16:
         times[f"frcnn {str(low).split('.')[-1]}"] = []

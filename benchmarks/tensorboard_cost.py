@@ -11,39 +11,26 @@ interleaved ``--repeats`` times so that a change in the machine's load hits both
 time per iteration is read from each run's ``metrics.jsonl`` (its ``time``, seconds since the
 loop began; the first iteration, which warms up, is left out). It prints the median of each,
 their ratio, the cost of one metrics line written alone (``MetricsLog.write`` with and without
-events, median of many, 2 ms apart), and the CPU's model and vector instruction sets (lscpu), since
-timings depend on them.
+events, median of many, 2 ms apart), and the CPU's model and the instruction sets timings
+depend on (``speed_vs_torchvision.cpu_flags``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from frcnn_cli.engine import metrics as metrics_mod
-from frcnn_cli.engine.run_config import RunArgs
-from frcnn_cli.engine.trainer import train_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_vs_torchvision import cpu_flags  # noqa: E402 (the sibling script's helper)
 
-VECTOR_SETS = re.compile(r"^(sse4_2|avx|avx2|fma|avx512\w*|amx\w*|avx_vnni)$")
-
-
-def cpu() -> str:
-    """The CPU's model name and the vector instruction sets it has (lscpu)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "lscpu unavailable"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    sets = " ".join(f for f in flags if VECTOR_SETS.match(f)) or "none listed"
-    return (f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} "
-            f"CPUs; vector sets: {sets}")
+from frcnn_cli.engine import metrics as metrics_mod  # noqa: E402
+from frcnn_cli.engine.run_config import RunArgs  # noqa: E402
+from frcnn_cli.engine.trainer import train_run  # noqa: E402
 
 
 def seconds_per_iteration(run: Path) -> float:
@@ -118,7 +105,7 @@ def main() -> int:
                 return 2
             taken[events].append(train(data, run, iters, events, overrides))
     on, off = statistics.median(taken[True]), statistics.median(taken[False])
-    print(f"CPU: {cpu()}")
+    print(cpu_flags())
     print(f"shapes, {iters} iterations, a metrics line every iteration, {repeats} runs each "
           "(interleaved)")
     print(f"  without event files  {1000 * off:8.1f} ms/iteration  "

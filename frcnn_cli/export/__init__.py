@@ -47,25 +47,8 @@ def export_bytes(model: nn.Module, fmt: str, opset: int | None = None, **extra: 
 
 
 def load_exported(fmt: str, data: bytes) -> Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]:
-    """``run(image [3, H, W]) -> (boxes, scores, labels)`` with onnxruntime or torch.jit."""
-    import torch
+    """``run(image [3, H, W]) -> (boxes, scores, labels)`` with onnxruntime or torch.jit, on
+    the CPU (the runtime :func:`~frcnn_cli.inference.exported.load_exported_model` uses)."""
+    from frcnn_cli.inference.exported import exported_runtime
 
-    if fmt == "onnx":
-        from frcnn_cli.inference.exported import onnx_session
-
-        session, _ = onnx_session(data)
-
-        def run_onnx(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            outputs = session.run(None, {"image": image.detach().cpu().float().numpy()})
-            return tuple(torch.from_numpy(v) for v in outputs)
-
-        return run_onnx
-    from frcnn_cli.inference.exported import load_torchscript
-
-    module, _ = load_torchscript(data)
-
-    def run_torchscript(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        with torch.inference_mode():
-            return module(image)
-
-    return run_torchscript
+    return exported_runtime(fmt, data).run

@@ -38,6 +38,7 @@ memory, so it is measured cold; 0 where /proc is missing).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import statistics
 import threading
@@ -49,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from frcnn_cli.devices import PRECISIONS
+from frcnn_cli import devices
 from frcnn_cli.errors import InputError
 
 STAGES = ("preprocess", "backbone", "rpn", "roi_head", "postprocess")
@@ -229,16 +230,8 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
 
     reporter = reporter or SILENT
     cuda = device.type == "cuda"
-    dtype = PRECISIONS[precision]
-
-    def autocast():
-        return (torch.autocast(device.type, dtype=dtype) if dtype is not None
-                else contextlib.nullcontext())
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
+    autocast = functools.partial(devices.autocast, device, precision)
+    sync = functools.partial(devices.synchronize, device)
     from frcnn_cli.proposals.sources import proposals_for
 
     image = image.to(device)
@@ -396,16 +389,21 @@ def models_to_time(checkpoint: str | os.PathLike | None = None, recipe: str | No
         source = f"recipe {loaded.name} (random weights)"
     models = {"frcnn": model}
     if compare:
-        from frcnn_cli.model.reference import build_reference
-
         if model.proposal_source:
             raise InputError(f"{source} is a Fast R-CNN detector on Selective Search "
                              "proposals; torchvision's FasterRCNN proposes with an RPN: "
                              "compare a Faster R-CNN checkpoint or a --recipe")
-
-        torch.manual_seed(0)
-        models["torchvision"] = build_reference(model.recipe, model.num_classes)
+        models["torchvision"] = _torchvision_model(model)
     return models, source
+
+
+def _torchvision_model(model) -> nn.Module:
+    """torchvision's FasterRCNN built to ``model``'s recipe and classes, random weights
+    (seed 0)."""
+    from frcnn_cli.model.reference import build_reference
+
+    torch.manual_seed(0)
+    return build_reference(model.recipe, model.num_classes)
 
 
 def exported_to_time(path: str | os.PathLike, compare: bool = False,
@@ -422,10 +420,7 @@ def exported_to_time(path: str | os.PathLike, compare: bool = False,
             raise InputError(f"{path} does not carry its recipe (exported before frcnn "
                              "stored it), so torchvision's model cannot be built to it; export "
                              "the checkpoint again")
-        from frcnn_cli.model.reference import build_reference
-
-        torch.manual_seed(0)
-        models["torchvision"] = build_reference(detector.recipe, detector.num_classes)
+        models["torchvision"] = _torchvision_model(detector)
     return models, detector.describe()
 
 

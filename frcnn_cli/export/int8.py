@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from frcnn_cli.errors import DataError, InputError
@@ -94,19 +93,26 @@ def calibration_and_check(total: int, count: int, check: int = CHECK_IMAGES
     return calib, [rest[i] for i in spread(len(rest), check)]
 
 
-def read_images(ann, indices: Sequence[int], max_pixels: int | None = None
-                ) -> list[tuple[str, Tensor]]:
+def read_images(ann, indices: Sequence[int]) -> list[tuple[str, Tensor]]:
     """``(file name, [3, H, W] float in 0..1)`` of the dataset's images at ``indices``: the
     decoded file, as the exported graph takes it."""
-    from frcnn_cli.data.images import MAX_PIXELS, read_image
+    from frcnn_cli.data.images import read_image
+    from frcnn_cli.export.verify import as_input
 
-    images = []
-    for i in indices:
-        record = ann.images[i]
-        pixels = read_image(ann.image_path(record), max_pixels or MAX_PIXELS)
-        images.append((record["file_name"], torch.from_numpy(
-            np.ascontiguousarray(pixels.transpose(2, 0, 1))).float() / 255))
-    return images
+    return [(ann.images[i]["file_name"], as_input(read_image(ann.image_path(ann.images[i]))))
+            for i in indices]
+
+
+def quantize_on(fp32: bytes, model: nn.Module, ann, count: int,
+                keep_fp32: Sequence[str] = KEEP_FP32) -> tuple[bytes, Calibration]:
+    """The INT8 file of the fp32 ONNX file ``fp32`` of ``model``, calibrated on ``count``
+    images of the dataset ``ann`` (:func:`calibration_and_check`), ``keep_fp32``'s layers
+    left in fp32; and what it was calibrated on."""
+    calib, _ = calibration_and_check(len(ann.images), count)
+    calibration = Calibration(Path(str(ann.path)).name if ann.path else "",
+                              [ann.images[i]["id"] for i in calib], fp32_roles=list(keep_fp32))
+    images = [image for _, image in read_images(ann, calib)]
+    return quantize(fp32, model, images, calibration), calibration
 
 
 def layer_roles(model: nn.Module) -> dict[str, str]:
@@ -249,12 +255,10 @@ class Int8Export:
     calibration: Calibration
     fp32_check: list[Any] | None = None
     int8_check: Any = None
-    check_images: list[str] = field(default_factory=list)
 
 
 def export_int8(model: nn.Module, ann, count: int = DEFAULT_CALIB_IMAGES, *,
                 check: bool = True, check_paths: Sequence[str] = (), opset: int | None = None,
-                keep_fp32: Sequence[str] = KEEP_FP32, max_pixels: int | None = None,
                 **extra: Any) -> Int8Export:
     """``model`` (eval mode, CPU) as an INT8 ONNX file calibrated on ``count`` images of the
     dataset ``ann`` (:func:`calibration_and_check`), ``extra`` in its metadata.
@@ -269,20 +273,14 @@ def export_int8(model: nn.Module, ann, count: int = DEFAULT_CALIB_IMAGES, *,
 
     if not ann.images:
         raise DataError(f"{ann.path}: no images to calibrate on")
-    calib, others = calibration_and_check(len(ann.images), count)
-    images = read_images(ann, calib, max_pixels)
-    calibration = Calibration(Path(str(ann.path)).name if ann.path else "",
-                              [ann.images[i]["id"] for i in calib], fp32_roles=list(keep_fp32))
     fp32 = export_bytes(model, "onnx", opset, **extra)
-    result = Int8Export(b"", calibration)
+    fp32_check = (verify.check_export(model, load_exported("onnx", fp32), verify.check_images())
+                  if check else None)
+    result = Int8Export(*quantize_on(fp32, model, ann, count), fp32_check)
     if check:
-        result.fp32_check = verify.check_export(model, load_exported("onnx", fp32),
-                                                verify.check_images())
-    result.data = quantize(fp32, model, [im for _, im in images], calibration)
-    if check:
+        _, others = calibration_and_check(len(ann.images), count)
         compared = (verify.check_images(check_paths) if check_paths
-                    else read_images(ann, others, max_pixels))
-        result.check_images = [name for name, _ in compared]
+                    else read_images(ann, others))
         result.int8_check = verify.check_int8(model, load_exported("onnx", result.data),
                                               compared)
     return result

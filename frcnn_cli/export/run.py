@@ -195,10 +195,11 @@ def _int8(model, args: ExportArgs, kind, report: ExportReport, extra: dict) -> b
     ann = open_dataset(args.calibrate, "eval")
     prepare_output_file(args.out, kind, ann.image_files(), "--out file")
     count = args.calib_images or DEFAULT_CALIB_IMAGES
-    report.calibrated, report.calibration_set = min(count, len(ann.images)), len(ann.images)
     result = export_int8(model, ann, count, check=args.check,
                          check_paths=[str(p) for p in args.check_images], opset=args.opset,
                          **extra)
+    report.calibrated = len(result.calibration.image_ids)
+    report.calibration_set = len(ann.images)
     if not args.check:
         return result.data
     report.agreement, report.int8 = result.fp32_check, result.int8_check

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from frcnn_cli.devices import synchronize
 from frcnn_cli.errors import InputError
 from frcnn_cli.model.box_heads import FCHead, LowRankLinear
 from frcnn_cli.progress import SILENT, Reporter
@@ -144,15 +145,11 @@ def time_heads(models: dict[str, nn.Module], rois: int | None = None,
                         generator=generator).to(device)
     heads = {name: fc_head(model).eval() for name, model in models.items()}
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def once(head: nn.Module) -> float:
-        sync()
+        synchronize(device)
         start = time.perf_counter()
         head(pooled)
-        sync()
+        synchronize(device)
         return time.perf_counter() - start
 
     for head in heads.values():  # warm-up: allocator, oneDNN primitives, CUDA kernels

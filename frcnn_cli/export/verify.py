@@ -94,18 +94,20 @@ def check_images(paths: Sequence[str | os.PathLike] = ()) -> list[tuple[str, Ten
     if paths:
         from frcnn_cli.data.images import read_image
 
-        return [(str(p), _to_tensor(read_image(p))) for p in paths]
+        return [(str(p), as_input(read_image(p))) for p in paths]
     from frcnn_cli.data.synth import SynthConfig, draw_image
 
     images = []
     for i, (h, w) in enumerate(CHECK_SIZES):
         pixels, _ = draw_image(SynthConfig(size=max(h, w), max_objects=5, empty_fraction=0.0),
                                np.random.default_rng(i))
-        images.append((f"synthetic #{i + 1}", _to_tensor(pixels[:h, :w])))
+        images.append((f"synthetic #{i + 1}", as_input(pixels[:h, :w])))
     return images
 
 
-def _to_tensor(pixels: np.ndarray) -> Tensor:
+def as_input(pixels: np.ndarray) -> Tensor:
+    """A decoded ``[H, W, 3]`` uint8 image as an exported file takes it: ``[3, H, W]`` float
+    in 0..1."""
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float() / 255.0
 
 
@@ -114,13 +116,7 @@ def check_export(model: nn.Module, run_exported: Callable[[Tensor], Detections],
                  images: Sequence[tuple[str, Tensor]]) -> list[Agreement]:
     """Agreement of ``run_exported(image) -> (boxes, scores, labels)`` with ``model`` (eval
     mode, CPU) on each image."""
-    results = []
-    for name, image in images:
-        expected = model([image])[0]
-        reference = (expected["boxes"], expected["scores"], expected["labels"])
-        results.append(compare(reference, run_exported(image), name,
-                               (image.shape[1], image.shape[2])))
-    return results
+    return _against_model(model, run_exported, images, compare)
 
 
 @dataclass
@@ -227,10 +223,16 @@ def check_int8(model: nn.Module, run_exported: Callable[[Tensor], Detections],
                images: Sequence[tuple[str, Tensor]]) -> Int8Agreement:
     """:func:`closeness` of ``run_exported(image)`` to ``model`` (eval mode, CPU) on each
     image, judged together."""
+    return Int8Agreement(_against_model(model, run_exported, images, closeness))
+
+
+def _against_model(model: nn.Module, run_exported: Callable[[Tensor], Detections],
+                   images: Sequence[tuple[str, Tensor]], judge: Callable) -> list:
+    """``judge(model's detections, run_exported(image), name, (H, W))`` on each image."""
     results = []
     for name, image in images:
         expected = model([image])[0]
         reference = (expected["boxes"], expected["scores"], expected["labels"])
-        results.append(closeness(reference, run_exported(image), name,
-                                 (image.shape[1], image.shape[2])))
-    return Int8Agreement(results)
+        results.append(judge(reference, run_exported(image), name,
+                             (image.shape[1], image.shape[2])))
+    return results

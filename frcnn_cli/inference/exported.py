@@ -82,8 +82,15 @@ def load_exported_model(path: str | os.PathLike, device: str | torch.device = "c
     fmt = exported_format(path)
     if fmt is None:
         raise InputError(f"{path} is not an ONNX or TorchScript file written by frcnn export")
-    engine = _ENGINES[RUNTIMES[fmt]](path.read_bytes(), threads)
-    return ExportedDetector(engine, path, fmt).to(device)
+    return ExportedDetector(exported_runtime(fmt, path.read_bytes(), threads), path,
+                            fmt).to(device)
+
+
+def exported_runtime(fmt: str, data: bytes, threads: int | None = None):
+    """The runtime of ``fmt`` (:data:`RUNTIMES`) holding an exported file's bytes, on the CPU:
+    ``run(image) -> (boxes, scores, labels)``, ``metadata``, ``place(device)``; ``threads``
+    compute threads (default: torch's)."""
+    return _ENGINES[RUNTIMES[fmt]](data, threads)
 
 
 class ExportedDetector:
