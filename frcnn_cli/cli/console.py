@@ -48,17 +48,16 @@ def setup_logging(quiet: bool = False, debug: bool = False) -> None:
     """Route the ``frcnn`` logger to stderr: warnings always, info unless quiet. Under
     torchrun the processes other than the main one print only their errors: the main one
     speaks for the run."""
-    quiet = quiet or int(os.environ.get("RANK", "0")) > 0
-    state.quiet, state.debug = quiet, debug
+    helper = int(os.environ.get("RANK", "0")) > 0
+    state.quiet, state.debug = quiet or helper, debug
     logger = logging.getLogger("frcnn")
     logger.handlers.clear()
     handler = RichHandler(console=err_console, show_time=False, show_path=False,
                           markup=False, rich_tracebacks=False)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.ERROR if state.quiet and
-                    int(os.environ.get("RANK", "0")) > 0 else logging.WARNING if quiet
-                    else logging.INFO)
+    logger.setLevel(logging.DEBUG if debug else logging.ERROR if helper
+                    else logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
 
 

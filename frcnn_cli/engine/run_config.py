@@ -105,6 +105,21 @@ def data_fingerprint(ann) -> dict[str, Any]:
             "images": len(ann.images), "digest": digest.hexdigest()}
 
 
+def open_run_data(args: RunArgs, recipe: Recipe) -> tuple[Any, Any, dict[str, Any]]:
+    """The training and validation sets of a run, read as training reads them (every rule of
+    :func:`frcnn_cli.data.usable.open_dataset`; the validation set's classes matched to the
+    training set's), and their fingerprints (:func:`data_fingerprint`): ``(train, val or None,
+    {"train": ..., "val": ...})``."""
+    from frcnn_cli.data.usable import match_classes, open_dataset
+
+    train = open_dataset(args.train, "train", recipe)
+    val = open_dataset(args.val, "val") if args.val else None
+    if val is not None:
+        match_classes(train.classes, val)
+    return train, val, {"train": data_fingerprint(train),
+                        "val": data_fingerprint(val) if val else None}
+
+
 def refuse_changed_data(run_dir: Path, now: dict[str, dict[str, Any] | None]) -> None:
     """InputError naming what changed when a dataset of the run in ``run_dir`` is not the one
     it started with (``now``: ``{"train": fingerprint, "val": ...}``). Runs that stored

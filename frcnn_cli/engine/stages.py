@@ -19,7 +19,6 @@ import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 from frcnn_cli import config as config_mod
 from frcnn_cli import distributed as dist_mod
@@ -30,7 +29,7 @@ from frcnn_cli.engine.kinds import RunKind
 from frcnn_cli.engine.run_config import (
     RunArgs,
     RunResult,
-    data_fingerprint,
+    open_run_data,
     refuse_changed_data,
     refuse_unless_empty,
     stored_run,
@@ -159,28 +158,16 @@ def _start_or_continue(root: Path, args: RunArgs, is_main: bool) -> tuple[RunArg
     if (root / "config.yaml").is_file():
         stored, recipe = stored_run(root, args.device)
         _refuse_other_arguments(root, stored, args)
-        refuse_changed_data(root, _checked_data(stored, recipe))
+        refuse_changed_data(root, open_run_data(stored, recipe)[2])
         log.info("%s: continuing with the recipe stored in its config.yaml", root)
         return stored, recipe
     recipe = config_mod.load_recipe(args.recipe, args.overrides)
-    data = _checked_data(args, recipe)
+    data = open_run_data(args, recipe)[2]
     if is_main:
         refuse_unless_empty(root, "train-alt", live=False)  # as found once locked
         write_config(root, replace(args, command="train-alt"), recipe, data=data,
                      stages={kind.value: str(root / kind.value) for kind in RunKind.steps()})
     return args, recipe
-
-
-def _checked_data(args: RunArgs, recipe: Recipe) -> dict[str, Any]:
-    """The training and validation sets read as the stages will read them (every rule of
-    :func:`frcnn_cli.data.usable.open_dataset`), and their fingerprints."""
-    from frcnn_cli.data.usable import match_classes, open_dataset
-
-    train = open_dataset(args.train, "train", recipe)
-    val = open_dataset(args.val, "val") if args.val else None
-    if val is not None:
-        match_classes(train.classes, val)
-    return {"train": data_fingerprint(train), "val": data_fingerprint(val) if val else None}
 
 
 # What a stage writes before its first checkpoint: a stage stopped that early starts again.

@@ -43,8 +43,8 @@ from frcnn_cli.engine.run_config import (
     RunArgs,
     RunResult,
     claim_run_folder,
-    data_fingerprint,
     images_per_batch,
+    open_run_data,
     refuse_changed_data,
     schedule_for,
     stored_run,
@@ -333,14 +333,7 @@ class Run:
         """The training and validation sets, every rule checked before the run folder is
         taken (:func:`frcnn_cli.data.usable.open_dataset`): a run that would fail at its
         first validation fails here; a resumed run only on the data it started with."""
-        from frcnn_cli.data.usable import match_classes, open_dataset
-
-        self.train_ann = open_dataset(self.args.train, "train", self.recipe)
-        self.val_ann = open_dataset(self.args.val, "val") if self.args.val else None
-        if self.val_ann is not None:
-            match_classes(self.train_ann.classes, self.val_ann)
-        self.data = {"train": data_fingerprint(self.train_ann),
-                     "val": data_fingerprint(self.val_ann) if self.val_ann else None}
+        self.train_ann, self.val_ann, self.data = open_run_data(self.args, self.recipe)
         if resume:
             refuse_changed_data(Path(self.args.out), self.data)
 
