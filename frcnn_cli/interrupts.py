@@ -56,6 +56,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def stops_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM do nothing during the block, then their handlers are back: a run
+    already stopping and saying why (its state saved, the resume command composed) is not cut
+    short by a second stop, such as torchrun's SIGTERM after another process died first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 class HoldInterrupts:
     """Holds Ctrl-C (SIGINT) and SIGTERM back while an iteration updates the weights.
 

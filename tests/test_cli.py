@@ -74,6 +74,31 @@ def test_unexpected_error_exit_1_with_hint(cli, monkeypatch):
     assert r.exit_code == 1 and "Traceback" in r.output
 
 
+def test_a_stop_while_failing_keeps_the_error(cli, monkeypatch):
+    """torchrun's SIGTERM follows a lost process while the run is saying so: the user reads
+    why the run stopped (and how to resume), not "terminated"."""
+    from frcnn_cli import config
+    from frcnn_cli.errors import FrcnnError
+    from frcnn_cli.interrupts import Terminated
+
+    def failing(*a, **k):
+        try:
+            raise FrcnnError("another process of the run stopped; Resume with: ...")
+        finally:
+            raise Terminated  # the signal handler, run while the error unwinds
+
+    monkeypatch.setattr(config, "load_recipe", failing)
+    r = cli("recipe", "show", "shapes")
+    assert r.exit_code == 2 and "another process of the run stopped" in r.output, r.output
+
+    def stopped(*a, **k):
+        raise Terminated
+
+    monkeypatch.setattr(config, "load_recipe", stopped)
+    r = cli("recipe", "show", "shapes")
+    assert r.exit_code == 143 and "terminated (SIGTERM)" in r.output, r.output
+
+
 def test_console_script_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "frcnn_cli", "--version"], capture_output=True,
                          text=True, check=True)

@@ -35,16 +35,14 @@ class FrcnnGroup(options.Group):
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except FrcnnError as e:
-            if console.state.debug:
-                console.err_console.print(traceback.format_exc(), markup=False)
-            console.error(str(e))
-            raise typer.Exit(e.exit_code) from None
-        except Terminated:
-            console.error("terminated (SIGTERM)")
-            raise typer.Exit(128 + signal.SIGTERM) from None
-        except KeyboardInterrupt:
-            console.error("interrupted")
-            raise typer.Exit(130) from None
+            _fail(e)
+        except KeyboardInterrupt as stop:  # Terminated (SIGTERM) too
+            failing = _error_stopped(stop)
+            if failing is not None:  # the command was already failing: say why
+                _fail(failing)
+            terminated = isinstance(stop, Terminated)
+            console.error("terminated (SIGTERM)" if terminated else "interrupted")
+            raise typer.Exit(128 + signal.SIGTERM if terminated else 130) from None
         except BrokenPipeError:
             # The reader went away (`frcnn ... | head`): stop quietly, as a Unix filter does,
             # and point stdout at /dev/null so the final flush at exit cannot fail again.
@@ -57,6 +55,22 @@ class FrcnnGroup(options.Group):
             console.error(f"unexpected {type(e).__name__}: {first} "
                           "(rerun with --debug for the traceback)")
             raise typer.Exit(1) from None
+
+
+def _fail(error: FrcnnError) -> None:
+    if console.state.debug:
+        console.err_console.print(traceback.format_exc(), markup=False)
+    console.error(str(error))
+    raise typer.Exit(error.exit_code) from None
+
+
+def _error_stopped(stop: BaseException) -> FrcnnError | None:
+    """The error a command was already stopping with when Ctrl-C or SIGTERM arrived (as
+    torchrun's SIGTERM follows a lost process), found in the stop's context."""
+    seen = stop.__context__
+    while seen is not None and not isinstance(seen, FrcnnError):
+        seen = seen.__context__
+    return seen
 
 
 app = options.Typer(

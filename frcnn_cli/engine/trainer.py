@@ -57,6 +57,7 @@ from frcnn_cli.interrupts import (
     Interrupted,
     Terminated,
     sigterm_as_interrupt,
+    stops_ignored,
 )
 from frcnn_cli.outputs import EVAL_RESULT
 from frcnn_cli.progress import SILENT, Reporter
@@ -193,11 +194,15 @@ class Run:
                         if self._checkpoint_due():  # after it: last.pt keeps its best and count
                             self.save_last()
         except KeyboardInterrupt as stop:
-            raise self._interrupted(isinstance(stop, Terminated)) from None
+            self.hold.release()  # its handlers would come back inside the block below
+            with stops_ignored():  # a second stop would cut the save short
+                raise self._interrupted(isinstance(stop, Terminated)) from None
         except (RuntimeError, torch.distributed.DistError) as error:
             if not (self.dist.enabled and dist_mod.is_peer_failure(error)):
                 raise
-            raise self._lost_a_process(error) from None
+            self.hold.release()
+            with stops_ignored():  # torchrun's SIGTERM follows the lost process
+                raise self._lost_a_process(error) from None
         finally:
             self.hold.release()
             self.task.close()
@@ -469,7 +474,6 @@ class Run:
     def _lost_a_process(self, error: BaseException) -> TrainingError:
         """Another process of the run stopped mid-iteration: this one's state is half-way and
         is not saved; ``last.pt`` keeps the last boundary it reached."""
-        self.hold.release()
         self.task.close()
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:120]  # gloo's source location first
