@@ -1,5 +1,8 @@
 """Selective Search proposals: the OpenCV install, boxes, order, determinism, workers, size cap."""
 
+import subprocess
+import sys
+import threading
 import types
 
 import numpy as np
@@ -90,6 +93,40 @@ def test_large_image_is_searched_shrunk_and_boxes_come_back_to_its_pixels():
     # an image no larger than max_side is searched as it is
     np.testing.assert_array_equal(selective_search(small, max_side=300),
                                   selective_search(small, max_side=None))
+
+
+def test_a_thread_calling_rand_does_not_reorder_the_boxes(val, monkeypatch):
+    """OpenCV ranks regions with C's rand(), which onnxruntime's thread also draws from once
+    it is imported: in such a process the search runs in a process of its own."""
+    image = read_image(val.image_path(val.images[0]))
+    monkeypatch.setattr(ss, "RAND_THREAD_MODULES", ("sys",))  # as with onnxruntime imported
+    quiet = selective_search(image)
+    c_rand, stop = ss._c_library().rand, threading.Event()
+
+    def draw() -> None:  # OpenCV lets go of the GIL while it searches
+        while not stop.is_set():
+            c_rand()
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        noisy = [selective_search(image) for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join()
+    for boxes in noisy:
+        np.testing.assert_array_equal(boxes, quiet)
+
+
+def test_propose_never_imports_onnxruntime(shapes_data, tmp_path):
+    """The command that searches a dataset runs the search in its own process."""
+    run = ("import sys; from typer.testing import CliRunner; from frcnn_cli.cli.app import app; "
+           "r = CliRunner().invoke(app, ['propose', '--method', 'selective-search', '--data', "
+           f"{str(shapes_data / 'val.json')!r}, '--out', {str(tmp_path / 'ss.pt')!r}]); "
+           "assert r.exit_code == 0, r.output; print('onnxruntime' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "False", out.stdout + out.stderr
 
 
 def test_dataset_in_workers_equals_one_process(val, tmp_path):

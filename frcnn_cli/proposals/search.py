@@ -15,8 +15,11 @@ rectangle of a region's pixels, so the continuous box is ``x, y, x + w, y + h``.
 Order and determinism. OpenCV ranks the regions of each grouping hierarchy by
 ``level * rand()``, with C's ``rand()``, which no OpenCV seed reaches: two calls on the same
 image give different orders. C's generator is seeded here with :data:`SEED` right before each
-call, so the same image gives the same boxes in the same order in any process (another thread
-of this process calling ``rand()`` at the same moment would still disturb it). OpenCV runs
+call, so the same image gives the same boxes in the same order in any process. Another thread
+calling ``rand()`` meanwhile would reorder them: onnxruntime starts one when it is imported (it
+draws at 0.5 s, 5.5 s, 14 s, 35 s, ... after the import, measured with 1.32). In a process
+that has imported it (:data:`RAND_THREAD_MODULES`), the search runs in a spawned process of
+its own, kept for the next image. The commands that search never import it. OpenCV runs
 single-threaded (``data.images.opencv``); its threads change no result, only fork safety.
 
 Scores. Selective Search has no score; proposal files need one per box, so the box at rank
@@ -59,6 +62,7 @@ MODES = ("fast", "quality")
 MAX_PROPOSALS = 2000  # the paper's comparison: 2000 SS boxes against 300 RPN proposals
 MAX_SIDE = 500        # Fast R-CNN's VOC images; larger ones are shrunk to it
 SEED = 0              # C's rand(), which orders OpenCV's regions
+RAND_THREAD_MODULES = ("onnxruntime",)  # imported, they run a thread that calls C's rand()
 CONTRIB_WHEEL = "opencv-contrib-python-headless"
 
 
@@ -125,6 +129,27 @@ def selective_search(image: np.ndarray, mode: str = "fast",
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise InputError(f"Selective Search takes a uint8 [H, W, 3] RGB image, got "
                          f"{image.dtype} {list(image.shape)}")
+    ximgproc_cv2()
+    if any(name in sys.modules for name in RAND_THREAD_MODULES):
+        return _quiet_process().submit(_search, image, mode, max_proposals, max_side).result()
+    return _search(image, mode, max_proposals, max_side)
+
+
+_quiet: tuple[int, ProcessPoolExecutor] | None = None
+
+
+def _quiet_process() -> ProcessPoolExecutor:
+    """One spawned process, this process's own (a forked child makes its own), where no
+    other thread calls ``rand()``."""
+    global _quiet
+    if _quiet is None or _quiet[0] != os.getpid():
+        _quiet = (os.getpid(), ProcessPoolExecutor(1, multiprocessing.get_context("spawn")))
+    return _quiet[1]
+
+
+def _search(image: np.ndarray, mode: str, max_proposals: int | None,
+            max_side: int | None) -> np.ndarray:
+    """:func:`selective_search` itself, in this process."""
     cv2 = ximgproc_cv2()
     height, width = image.shape[:2]
     bgr = np.ascontiguousarray(image[:, :, ::-1])
