@@ -109,3 +109,30 @@ def trained_shapes(shapes_four, tmp_path_factory):
             result = CliRunner().invoke(app, [str(a) for a in args])
             assert result.exit_code == 0, result.output
     return out / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def shapes_exports(trained_shapes):
+    """``trained_shapes`` exported once per session from one capture, as ``frcnn export``
+    writes it: ``{"onnx": path, "torchscript": path}``. Shared by the workers as the model is
+    (exports take most of the time of the tests that run them)."""
+    from filelock import FileLock
+
+    from frcnn_cli import load_model
+    from frcnn_cli.export import capture as capture_mod
+    from frcnn_cli.export import export_bytes
+    from frcnn_cli.export import onnx as onnx_export
+    from frcnn_cli.export import torchscript as torchscript_export
+
+    folder = trained_shapes.parent.parent
+    paths = {"onnx": folder / "model.onnx", "torchscript": folder / "model.ts"}
+    with FileLock(str(folder / "exports.lock")):
+        if not all(p.is_file() for p in paths.values()):
+            model = load_model(trained_shapes)
+            captured = capture_mod.capture(model)
+            with pytest.MonkeyPatch.context() as patch:
+                for module in (onnx_export, torchscript_export):
+                    patch.setattr(module, "capture", lambda _: captured)
+                for fmt, path in paths.items():
+                    path.write_bytes(export_bytes(model, fmt))
+    return paths

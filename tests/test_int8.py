@@ -20,11 +20,9 @@ CALIB = 8
 
 
 @pytest.fixture(scope="module")
-def fp32(trained_shapes):
+def fp32(shapes_exports):
     """The fp32 ONNX file of the trained shapes model, as bytes."""
-    from frcnn_cli.export import export_bytes
-
-    return export_bytes(load_model(trained_shapes), "onnx")
+    return shapes_exports["onnx"].read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ of them up or down itself."""
 import json
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
 from PIL import Image
@@ -18,9 +17,6 @@ from frcnn_cli import load_model
 from frcnn_cli.data.annotations import load_annotations
 from frcnn_cli.data.images import read_image
 from frcnn_cli.evaluation.detections import load_detections
-from frcnn_cli.export import onnx as onnx_export
-from frcnn_cli.export import torchscript as torchscript_export
-from frcnn_cli.export.capture import capture
 from frcnn_cli.proposals.files import read_raw as read_proposals
 
 BOX_TOL, SCORE_TOL = 1e-3, 1e-5
@@ -80,14 +76,12 @@ def _assert_same(ref, other, what):
         free[j] = False
 
 
-def test_every_path_gives_the_same_detections(cli, trained_shapes, sized, tmp_path, monkeypatch):
+def test_every_path_gives_the_same_detections(cli, trained_shapes, shapes_exports, sized,
+                                              tmp_path):
+    import onnxruntime  # here: imported, it starts a thread (see proposals/search.py)
+
     ann = load_annotations(sized)
     model = load_model(trained_shapes)
-    # both files from one capture of the model, as test_export_fpn.py does: `frcnn export`
-    # captures the checkpoint's model the same way for each format
-    captured = capture(load_model(trained_shapes))
-    for module in (onnx_export, torchscript_export):
-        monkeypatch.setattr(module, "capture", lambda _: captured)
     classes = np.array([c["id"] for c in model.classes])
     with torch.inference_mode():
         python = {im["id"]: model([_raw(ann.image_path(im))])[0] for im in ann.images}
@@ -111,10 +105,7 @@ def test_every_path_gives_the_same_detections(cli, trained_shapes, sized, tmp_pa
     predicted = json.loads((out / "detections.json").read_text())
     name_to_id = {im["file_name"].split("/")[-1]: im["id"] for im in ann.images}
 
-    onnx_file, ts_file = tmp_path / "model.onnx", tmp_path / "model.ts"
-    for fmt, path in (("onnx", onnx_file), ("torchscript", ts_file)):
-        r = cli("export", trained_shapes, "--format", fmt, "--out", path, "--no-check")
-        assert r.exit_code == 0, r.output
+    onnx_file, ts_file = shapes_exports["onnx"], shapes_exports["torchscript"]
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     scripted = torch.jit.load(str(ts_file))
     _assert_onnx_interface(onnx_file, model)

@@ -17,17 +17,9 @@ from frcnn_cli.inference.exported import exported_format, load_exported_model
 
 
 @pytest.fixture(scope="module")
-def onnx_file(trained_shapes, tmp_path_factory):
-    """``frcnn export`` of the trained shapes model to ONNX (checked against PyTorch)."""
-    from typer.testing import CliRunner
-
-    from frcnn_cli.cli.app import app
-
-    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    result = CliRunner().invoke(app, ["export", str(trained_shapes), "--format", "onnx",
-                                      "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+def onnx_file(shapes_exports):
+    """The trained shapes model as ``frcnn export --format onnx`` writes it."""
+    return shapes_exports["onnx"]
 
 
 def test_eval_of_an_fp32_onnx_export_is_the_checkpoints(onnx_file, trained_shapes, shapes_four,
