@@ -194,13 +194,11 @@ class Run:
                         if self._checkpoint_due():  # after it: last.pt keeps its best and count
                             self.save_last()
         except KeyboardInterrupt as stop:
-            self.hold.release()  # its handlers would come back inside the block below
             with stops_ignored():  # a second stop would cut the save short
                 raise self._interrupted(isinstance(stop, Terminated)) from None
         except (RuntimeError, torch.distributed.DistError) as error:
             if not (self.dist.enabled and dist_mod.is_peer_failure(error)):
                 raise
-            self.hold.release()
             with stops_ignored():  # torchrun's SIGTERM follows the lost process
                 raise self._lost_a_process(error) from None
         finally:
