@@ -33,13 +33,14 @@ def resolve_device(name: str) -> torch.device:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(device: torch.device, precision: str = "fp32"):
+def autocast(device: torch.device, precision: str = "fp32", emulated_fp16: bool = False):
     """The context a model runs in for ``precision``: nothing for fp32, else autocast. The
     model keeps its prediction layers (objectness, box deltas, class scores) in fp32 under
-    autocast, so only the convolutions and fc6/fc7 run in reduced precision."""
+    autocast, so only the convolutions and fc6/fc7 run in reduced precision. fp16 off CUDA is
+    refused unless ``emulated_fp16`` (``benchmark`` times it, with a note)."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision '{precision}'; use {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
+    if precision == "fp16" and device.type != "cuda" and not emulated_fp16:
         raise InputError("--precision fp16 needs a CUDA device; bf16 is the CPU's reduced "
                          "precision")
     dtype = PRECISIONS[precision]

@@ -121,6 +121,15 @@ def test_benchmark_command(tmp_path, cli):
     assert d["ratio"]["total"] > 0
 
 
+def test_benchmark_times_emulated_fp16_on_the_cpu(cli):
+    """eval and predict refuse fp16 on a CPU; benchmark times it, saying it is emulated, with
+    the default device (auto) too."""
+    r = cli("benchmark", "--recipe", "shapes", "--image-size", "64x64", "--runs", 1,
+            "--warmup", 0, "--precision", "fp16")
+    assert r.exit_code == 0, r.output
+    assert "fp16 on the CPU is emulated" in r.output and "fp16" in r.output
+
+
 def test_benchmark_command_errors(tmp_path, cli):
     r = cli("benchmark")
     assert r.exit_code == 2 and "give a checkpoint or --recipe" in r.output

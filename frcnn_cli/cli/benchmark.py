@@ -54,9 +54,10 @@ def benchmark(
     """
     import torch
 
+    from frcnn_cli.devices import resolve_device
     from frcnn_cli.export.benchmark import BenchmarkArgs, run_benchmark
 
-    if precision is options.Precision.fp16 and device == "cpu":
+    if precision is options.Precision.fp16 and resolve_device(device).type == "cpu":
         console.info(("note:", "yellow"), " fp16 on the CPU is emulated and slow; bf16 is the "
                      "CPU's reduced precision")
     args = BenchmarkArgs(checkpoint, recipe, overrides or [], classes, image,

@@ -230,7 +230,7 @@ def benchmark(models: dict[str, nn.Module], image: Tensor, device: torch.device,
 
     reporter = reporter or SILENT
     cuda = device.type == "cuda"
-    autocast = functools.partial(devices.autocast, device, precision)
+    autocast = functools.partial(devices.autocast, device, precision, emulated_fp16=True)
     sync = functools.partial(devices.synchronize, device)
     from frcnn_cli.proposals.sources import proposals_for
 
