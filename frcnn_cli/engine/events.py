@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_cli.boxes import is_number
+
 # The strings of a metrics line that TensorBoard shows, as text (others, e.g. the metric's
 # name beside val_mAP, are not worth a panel).
 TEXT_KEYS = ("stopped_early",)
@@ -42,14 +44,10 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
             continue
         if isinstance(value, dict):
             out.update({f"{tag_of(key)}/{name}": float(v) for name, v in value.items()
-                        if _is_number(v)})
-        elif _is_number(value):
+                        if is_number(v)})
+        elif is_number(value):
             out[tag_of(key)] = float(value)
     return out
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class EventLog:

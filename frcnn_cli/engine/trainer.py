@@ -196,7 +196,7 @@ class Run:
         except KeyboardInterrupt as stop:
             with stops_ignored():  # a second stop would cut the save short
                 raise self._interrupted(isinstance(stop, Terminated)) from None
-        except (RuntimeError, torch.distributed.DistError) as error:
+        except RuntimeError as error:  # torch.distributed.DistError is one
             if not (self.dist.enabled and dist_mod.is_peer_failure(error)):
                 raise
             with stops_ignored():  # torchrun's SIGTERM follows the lost process
