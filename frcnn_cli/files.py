@@ -59,6 +59,14 @@ def require_dir(path: str | os.PathLike, what: str = "folder") -> Path:
     return p
 
 
+def resolved(path: Path) -> Path:
+    """``path`` with its links followed, else (a loop, a missing parent) made absolute."""
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
+
+
 def _same(a: Path, b: Path) -> bool:
     """One file under two names: the same path once resolved, or a hard link."""
     try:

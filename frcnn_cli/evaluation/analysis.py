@@ -40,7 +40,7 @@ from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.coco import MAX_DETS
 from frcnn_cli.evaluation.confusion import Confusion, confusion
 from frcnn_cli.evaluation.detections import detection_arrays, ground_truth_arrays
-from frcnn_cli.evaluation.draw import ERROR_COLOURS, draw_boxes
+from frcnn_cli.evaluation.draw import ERROR_COLOURS, draw_boxes, save_image
 from frcnn_cli.evaluation.evaluate import class_names
 from frcnn_cli.evaluation.greedy import xyxy
 from frcnn_cli.evaluation.plots import plot_confusion
@@ -60,14 +60,13 @@ from frcnn_cli.evaluation.tide import (
     find_outcomes,
     tide_errors,
 )
-from frcnn_cli.files import atomic_open, prepare_output_dir, prepare_output_file, write_result
+from frcnn_cli.files import prepare_output_dir, prepare_output_file, resolved, write_result
 from frcnn_cli.outputs import (
     CONFUSION_RESULT,
     ERROR_DRAWING,
     ERROR_DRAWING_SOFTWARE,
     ERRORS_RESULT,
     PLOT,
-    drawing_metadata,
 )
 from frcnn_cli.progress import SILENT, Reporter
 
@@ -158,9 +157,9 @@ def check_outputs(out_dir: str | os.PathLike, ann: Annotations,
               (CONFUSION_PLOT, PLOT), *((name, ERROR_DRAWING) for name in names)]
     out = prepare_output_dir(out_dir, [*inputs, ann.path], "--analyze folder", writes)
     prepare_output_dir(out / IMAGES_DIR, what="--analyze images folder")
-    sources = {_resolved(path) for path in ann.image_files()}
+    sources = {resolved(path) for path in ann.image_files()}
     for name in names:
-        if _resolved(out / name) in sources:
+        if resolved(out / name) in sources:
             raise InputError(f"the error drawing {out / name} would replace an image of the "
                              "dataset; choose an --analyze folder that holds none")
     return out
@@ -270,11 +269,7 @@ def _save_drawing(image, path: Path) -> Path:
     """Write a PIL image atomically, JPEG (quality 95) for ``.jpg`` and PNG otherwise, tagged
     as an error drawing; a file there that is not one is refused (InputError) and kept."""
     prepare_output_file(path, ERROR_DRAWING, what="error drawing")
-    fmt = "JPEG" if path.suffix == ".jpg" else "PNG"
-    with atomic_open(path, "wb") as f:
-        image.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}),
-                   **drawing_metadata(fmt, ERROR_DRAWING_SOFTWARE))
-    return path
+    return save_image(image, path, ERROR_DRAWING_SOFTWARE)
 
 
 def _check_settings(score_thresh: float, max_images: int, max_dets: int) -> None:
@@ -285,10 +280,3 @@ def _check_settings(score_thresh: float, max_images: int, max_dets: int) -> None
                                (max_dets, "the detections per image (max_dets)", 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise InputError(f"{what} must be an integer >= {least}, got {value!r}")
-
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()

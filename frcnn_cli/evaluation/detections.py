@@ -155,8 +155,14 @@ class _FileIndex:
             parts = Path(im["file_name"]).parts
             for k in range(1, len(parts) + 1):
                 self.by_tail.setdefault(parts[-k:], []).append(im["id"])
+        self.found: dict[str, Any] = {}  # a file's detections come in runs: resolve it once
 
     def lookup(self, name: str) -> Any:
+        if name not in self.found:
+            self.found[name] = self._find(name)
+        return self.found[name]
+
+    def _find(self, name: str) -> Any:
         found = self.by_path.get(str(Path(name).resolve()))
         if found is not None:
             return found

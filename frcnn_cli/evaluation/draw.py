@@ -1,4 +1,5 @@
-"""Drawing detections on an image: a box, the class name and the score, one colour per class.
+"""Drawing detections on an image (a box, the class name and the score, one colour per class)
+and writing the drawing, tagged as frcnn's (:func:`save_image`).
 
 Colours are a fixed palette of strong, distinct hues (class k always gets colour k), and the
 label text is black or white, whichever reads better on its colour. Line width and font size
@@ -10,10 +11,19 @@ the same :func:`draw_boxes`.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from frcnn_cli.files import atomic_open
+from frcnn_cli.outputs import DRAWING_SOFTWARE, drawing_metadata
+
+# Suffixes written back in their own format; anything else becomes PNG.
+# (BMP holds no tag saying frcnn drew it, so a second run could not replace it: PNG too.)
+WRITABLE = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
+             ".webp": "WEBP"}
 
 # Kelly's / Tableau-like distinct colours, ordered so neighbouring labels differ strongly.
 PALETTE = [
@@ -97,3 +107,14 @@ def draw_boxes(pixels: np.ndarray, boxes: np.ndarray, colours: list[tuple[int, i
         draw.rectangle([tx, ty, tx + tw + 2 * pad, ty + th + 2 * pad], fill=colour)
         draw.text((tx + pad - left, ty + pad - top), text, fill=text_colour(colour), font=font)
     return image
+
+
+def save_image(image, path: Path, software: str = DRAWING_SOFTWARE) -> Path:
+    """Write a PIL image atomically in the format its suffix names (JPEG at quality 95),
+    tagged as drawn by ``software`` (predict's by default)."""
+    fmt = WRITABLE.get(path.suffix.lower(), "PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:  # tagged: a later run may replace it, and nothing else
+        image.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}),
+                   **drawing_metadata(fmt, software))
+    return path

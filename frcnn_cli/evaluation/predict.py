@@ -32,19 +32,13 @@ from frcnn_cli.data.images import IMAGE_SUFFIXES, MAX_PIXELS, is_image_file, rea
 from frcnn_cli.distributed import DistInfo
 from frcnn_cli.errors import DataError, InputError
 from frcnn_cli.evaluation.detections import to_coco_results
-from frcnn_cli.evaluation.draw import draw_detections
-from frcnn_cli.files import atomic_open
+from frcnn_cli.evaluation.draw import WRITABLE, draw_detections, save_image
+from frcnn_cli.files import resolved
 from frcnn_cli.inference.images import ImageSource
 from frcnn_cli.inference.loop import detect_images
 from frcnn_cli.inference.tiled import TiledImage, Tiling
-from frcnn_cli.outputs import drawing_metadata
 from frcnn_cli.progress import SILENT, Reporter
 from frcnn_cli.proposals.sources import ExternalProposals, proposals_for
-
-# Suffixes written back in their own format; anything else becomes PNG.
-# (BMP holds no tag saying frcnn drew it, so a second run could not replace it: PNG too.)
-_WRITABLE = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
-             ".webp": "WEBP"}
 
 
 @dataclass
@@ -169,7 +163,7 @@ def plan_outputs(found: Sequence[tuple[Path, Path]], out: str | os.PathLike) -> 
     taken: set[str] = set()
     jobs = []
     for i, (source, name) in enumerate(found, start=1):
-        if name.suffix.lower() not in _WRITABLE:
+        if name.suffix.lower() not in WRITABLE:
             name = name.with_suffix(".png")
         candidate, n = out / name, 1
         # case-insensitive: a.jpg and A.JPG are one file on macOS and Windows
@@ -178,19 +172,12 @@ def plan_outputs(found: Sequence[tuple[Path, Path]], out: str | os.PathLike) -> 
             candidate = out / name.with_name(f"{name.stem}-{n}{name.suffix}")
         taken.add(str(candidate).lower())
         jobs.append(ImageJob(source, candidate, i))
-    sources = {_resolved(job.source) for job in jobs}
+    sources = {resolved(job.source) for job in jobs}
     for job in jobs:
-        if _resolved(job.output) in sources:
+        if resolved(job.output) in sources:
             raise InputError(f"the drawing of {job.source} would replace the input image "
                              f"{job.output}; choose an --out folder that holds no input image")
     return jobs
-
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()
 
 
 def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = "cpu",
@@ -245,16 +232,6 @@ def predict_files(model, jobs: Sequence[ImageJob], device: str | torch.device = 
             report.images.append(TiledImage(found.item.path.name, found.width, found.height,
                                             found.tiles, len(results)))
     return report
-
-
-def save_image(image, path: Path) -> Path:
-    """Write a PIL image atomically in the format its suffix names (JPEG at quality 95)."""
-    fmt = _WRITABLE.get(path.suffix.lower(), "PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as f:  # tagged: a later run may replace it, and nothing else
-        image.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}),
-                   **drawing_metadata(fmt))
-    return path
 
 
 def describe_suffixes() -> str:
