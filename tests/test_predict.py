@@ -111,3 +111,25 @@ def test_predict_files_skips_unreadable_and_filters_scores(tmp_path):
     assert model.seen == [0.05]
     predict_files(model, jobs[1:], "cpu", score_thresh=0.01)
     assert model.seen[-1] == 0.01
+
+
+def test_an_unreadable_image_inside_a_batch_leaves_every_answer_with_its_image(
+        trained_shapes, shapes_four, tmp_path):
+    """A batch holding an image that cannot be decoded answers in the batch's order: the
+    skipped one in its place, each detection with the image it was made on."""
+    from frcnn_cli import load_model
+    from frcnn_cli.data.annotations import load_annotations
+    from frcnn_cli.inference.images import ImageSource
+    from frcnn_cli.inference.loop import detect_images
+
+    ann = load_annotations(shapes_four)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    files = [ann.image_path(ann.images[0]), broken, *(ann.image_path(im) for im in ann.images[1:3])]
+    source = ImageSource.of_files(list(enumerate(files, start=1)), skip_unreadable=True)
+    found = list(detect_images(load_model(trained_shapes), source, batch_size=4))
+    assert [d.index for d in found] == [0, 1, 2, 3]
+    assert [d.item.path for d in found] == files
+    assert [d.skipped is not None for d in found] == [False, True, False, False]
+    assert [(d.width, d.height) for d in found] == [(128, 128), (0, 0), (128, 128), (128, 128)]
+    assert all(d.output is not None for d in found if d.skipped is None)

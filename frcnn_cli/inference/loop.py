@@ -80,15 +80,14 @@ def detect_images(model, source: ImageSource, device: torch.device | str = "cpu"
     model.eval().to(device)
     if tiling is not None:
         source.as_view, batch_size = True, 1
-        sizes = [item.size() for item in source.items]
-        tiling.count([s for s in sizes if s is not None])  # refused if far too many
+        # every image's tiles, refused when far too many
+        tiles = tiling.count([s for item in source.items if (s := item.size()) is not None])
     if tiling is not None and dist.enabled:
         yield from _shared_tiles(model, source, device, tiling, precision, keep_pixels, dist,
                                  reporter, description, settings)
         return
     indices = source.shard(dist.rank, dist.world_size)
-    total = (sum(len(tiling.windows(*s)) for s in sizes if s is not None)
-             if tiling is not None else len(indices))
+    total = tiles if tiling is not None else len(indices)  # tiled: in one process, here
     workers = model.recipe.data.num_workers if num_workers is None else num_workers
     if tiling is not None:  # one large image decoded at a time, here: no copies in flight
         workers = 0
@@ -162,11 +161,9 @@ def _detect_batch(model, batch: list, device: torch.device, precision: str, prop
                   tiling: Tiling | None, keep_pixels: bool, task, settings: dict
                   ) -> list[Detected]:
     """One batch of ``(image or None, item, reason)`` through the model, in batch order."""
-    found = [Detected(item, None, skipped=reason) for image, item, reason in batch
-             if image is None]
     ready = [(image, item) for image, item, _ in batch if image is not None]
     if not ready:
-        return found
+        return [Detected(item, None, skipped=reason) for _, item, reason in batch]
     # a tiled image stays where it was decoded: its tiles go to the device one batch at a time
     inputs = [image if tiling else image.to(device, non_blocking=True) for image, _ in ready]
     synchronize(device)
@@ -182,10 +179,10 @@ def _detect_batch(model, batch: list, device: torch.device, precision: str, prop
             outputs = model.detect(inputs, **settings)
     synchronize(device)
     seconds = (time.perf_counter() - start) / len(ready)
-    for (image, item), out in zip(ready, outputs, strict=True):
-        tiles = len(tiling.windows(image.shape[2], image.shape[1])) if tiling else 0
-        found.append(Detected(item, {k: v.detach().float().cpu().numpy()
-                                     for k, v in out.items()}, image.shape[2], image.shape[1],
-                              image if keep_pixels else None, tiles, seconds))
-    order = {id(item): k for k, (_, item, _) in enumerate(batch)}
-    return sorted(found, key=lambda d: order[id(d.item)])
+    detected = iter([
+        Detected(item, {k: v.detach().float().cpu().numpy() for k, v in out.items()},
+                 image.shape[2], image.shape[1], image if keep_pixels else None,
+                 len(tiling.windows(image.shape[2], image.shape[1])) if tiling else 0, seconds)
+        for (image, item), out in zip(ready, outputs, strict=True)])
+    return [next(detected) if image is not None else Detected(item, None, skipped=reason)
+            for image, item, reason in batch]
