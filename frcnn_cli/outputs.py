@@ -25,7 +25,6 @@ file of the same shape from another tool (a COCO results list, say) is never tak
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import zipfile
@@ -40,7 +39,7 @@ DRAWING_SOFTWARE = "frcnn predict"
 ERROR_DRAWING_SOFTWARE = "frcnn error analysis"
 EXIF_SOFTWARE = 0x0131
 
-# JSON files larger than this are not parsed to be recognised (the detections of a COCO-sized
+# JSON files larger than this are not parsed to be described (the detections of a COCO-sized
 # evaluation take about 50 MB).
 _JSON_LIMIT = 256 << 20
 _HEAD = 4096
@@ -111,12 +110,6 @@ def _json(path: Path) -> Any:
         return None
     if stat.st_size > _JSON_LIMIT:
         return None
-    return _parsed(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=4)
-def _parsed(path: str, mtime_ns: int, size: int) -> Any:
-    """One parse per version of a file, whichever kinds look at it (read only)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -164,7 +157,10 @@ def _is_torchscript(path: Path) -> bool:
 
 def _is_svd_checkpoint(path: Path) -> bool:
     """A checkpoint ``frcnn export --svd`` wrote (``meta.svd_of``)."""
-    obj = _torch_dict(path)
+    return _svd_compressed(_torch_dict(path))
+
+
+def _svd_compressed(obj: dict[str, Any] | None) -> bool:
     return obj is not None and isinstance(obj.get("meta"), dict) and "svd_of" in obj["meta"]
 
 
@@ -252,8 +248,7 @@ def describe(path: Path) -> str:
     if writer is not None:
         return f"a dataset written by frcnn {writer}"
     obj = _torch_dict(path)
-    if obj is not None and obj.get("format") == CHECKPOINT_FORMAT \
-            and not _is_svd_checkpoint(path):
+    if obj is not None and obj.get("format") == CHECKPOINT_FORMAT and not _svd_compressed(obj):
         return "a checkpoint"
     for kind in _KINDS:
         if kind.recognise(path):
