@@ -51,7 +51,7 @@ def box_problem(bbox: list[float], extent: tuple[float, float] | None = None
                 ) -> tuple[str, str] | None:
     """The kind and description of what is wrong with one ``[x, y, w, h]`` box in an image of
     ``extent = (width, height)`` (None: unknown), or None when it is fine."""
-    kind = _box_kind(bbox, extent)
+    kind = box_kind(bbox, extent)
     if kind is None:
         return None
     shown = "[" + ", ".join(f"{v:g}" for v in bbox) + "]"  # only for a box with a problem
@@ -66,8 +66,8 @@ def box_problem(bbox: list[float], extent: tuple[float, float] | None = None
     return kind, f"box {shown} {where} the {width:g}x{height:g} image"
 
 
-def _box_kind(bbox: list[float], extent: tuple[float, float] | None) -> str | None:
-    """The kind of :func:`box_problem`, first found first."""
+def box_kind(bbox: list[float], extent: tuple[float, float] | None = None) -> str | None:
+    """The kind of :func:`box_problem`, first found first, without its description."""
     x, y, w, h = bbox
     if not all(math.isfinite(v) for v in bbox) or w <= 0 or h <= 0:
         return DEGENERATE
@@ -84,8 +84,7 @@ def _box_kind(bbox: list[float], extent: tuple[float, float] | None) -> str | No
 
 def is_degenerate(bbox: list[float]) -> bool:
     """Not finite, or without area: no detection can ever match it."""
-    problem = box_problem(bbox)
-    return problem is not None and problem[0] == DEGENERATE
+    return box_kind(bbox) == DEGENERATE
 
 
 def bad_xyxy_rows(boxes: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from frcnn_cli.boxes import DEGENERATE, OUTSIDE, PLURAL, box_problem
+from frcnn_cli.boxes import DEGENERATE, OUTSIDE, PLURAL, box_kind
 from frcnn_cli.config import Recipe
 from frcnn_cli.data.annotations import Annotations, load_annotations
 from frcnn_cli.errors import DataError
@@ -175,8 +175,8 @@ def unusable_kind(annotation: dict[str, Any], image: dict[str, Any] | None) -> s
     finite, no area, wholly outside the image as its record states the size), else None."""
     extent = (float(image["width"]), float(image["height"])) \
         if image is not None and image.get("width") and image.get("height") else None
-    problem = box_problem(annotation["bbox"], extent)
-    return problem[0] if problem is not None and problem[0] in UNUSABLE else None
+    kind = box_kind(annotation["bbox"], extent)
+    return kind if kind in UNUSABLE else None
 
 
 def without_unusable(ann: Annotations) -> Annotations:
