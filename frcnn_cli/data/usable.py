@@ -118,22 +118,22 @@ def structure_problems(ann: Annotations) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- images
 
 
-def probe_images(ann: Annotations, skip_unreadable: bool = False, what: str = "dataset",
-                 workers: int | None = None) -> Annotations:
+def probe_images(ann: Annotations, skip_unreadable: bool = False,
+                 what: str = "dataset") -> Annotations:
     """Every image's header read (no pixel decoded) and checked: missing or unreadable files
     are refused, or left out with one warning when ``skip_unreadable``; a size that differs
     from the record's is refused (:func:`check_size`); a record without a size gets the
     file's. Returns ``ann``, or a copy without the images left out."""
     from frcnn_cli.data.images import read_headers
 
-    sizes = [h if isinstance(h, DataError) else h[:2]
-             for h in read_headers([ann.image_path(im) for im in ann.images], workers=workers)]
+    paths = [ann.image_path(im) for im in ann.images]
+    sizes = [h if isinstance(h, DataError) else h[:2] for h in read_headers(paths)]
     unreadable = [(im, size) for im, size in zip(ann.images, sizes, strict=True)
                   if isinstance(size, DataError)]
-    for record, size in zip(ann.images, sizes, strict=True):
+    for record, path, size in zip(ann.images, paths, sizes, strict=True):
         if isinstance(size, DataError):
             continue
-        check_size(record, ann.image_path(record), *size)
+        check_size(record, path, *size)
         if not record.get("width") or not record.get("height"):
             record["width"], record["height"] = size
     if not unreadable:
